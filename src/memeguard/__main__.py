@@ -1,0 +1,3 @@
+from memeguard.cli import main
+
+main()

@@ -1,0 +1,277 @@
+"""The interface every vision-language model in memeguard shares.
+
+One contract so that training, prediction and ensembling never branch on architecture:
+
+* a **config** dataclass (subclass of :class:`VLConfig`) that round-trips through JSON;
+* a **processor** (``model.build_processor(tokenizer)``) that turns memes + region records into a
+  batch dict of tensors *outside* ``forward()``;
+* ``model(batch)`` returns the *hateful logit*, shape [B]; ``model.predict_proba(batch)`` = sigmoid of it.
+  Two-class heads of the original checkpoints are kept as they are and reduced with
+  ``blocks.two_class_to_logit`` (logit1 - logit0), so sigmoid(logit) equals their softmax[:, 1];
+* ``model.encode(batch)`` exposes the encoder states for task pretraining (MLM / ITM);
+* ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
+
+Standard batch keys (processors may add their own):
+``ids`` long [B]; ``input_ids``, ``attention_mask``, ``token_type_ids`` long [B, T];
+``visual_feats`` float [B, N, D]; ``visual_boxes`` float [B, N, P] (the model's box encoding);
+``visual_mask`` long [B, N]; ``labels`` float [B] (only when every meme has a label).
+Padding goes to the batch maximum, never beyond.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from memeguard.errors import CheckpointError, ConfigError
+from memeguard.features.boxes import BoxEncoding, encode_boxes
+from memeguard.features.record import RegionRecord
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class MemeLike(Protocol):
+    id: int
+    text: str
+    label: int | None
+
+
+@dataclass
+class VLConfig:
+    """Fields common to all architectures; subclasses add their own and set ``model_type``."""
+
+    model_type: ClassVar[str] = "base"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    visual_feat_dim: int = 2048
+    max_text_length: int = 128
+    max_regions: int = 100
+    tokenizer: str = "bert-base-uncased"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VLConfig:
+        data = dict(data)
+        data.pop("model_type", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown config keys {unknown}")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> VLConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"{type(self).__name__}: unknown config keys {unknown}")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder states for pretraining heads. ``text_hidden`` rows align with ``batch['input_ids']``."""
+
+    text_hidden: torch.Tensor  # [B, T, H]
+    visual_hidden: torch.Tensor | None  # [B, N, Hv]
+    pooled: torch.Tensor  # [B, Hp]: what the classification head reads
+
+
+def pad_stack(arrays: Sequence[np.ndarray], length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Stack [n_i, ...] arrays into [B, length, ...], zero-padded."""
+    first = arrays[0]
+    out = np.zeros((len(arrays), length, *first.shape[1:]), dtype=first.dtype)
+    for row, array in enumerate(arrays):
+        n = min(length, array.shape[0])
+        out[row, :n] = array[:n]
+    return torch.as_tensor(out, dtype=dtype)
+
+
+class RegionTextProcessor:
+    """Tokenises meme text and pads region features to the batch maximum.
+
+    Text: ``[CLS] wordpieces [SEP]`` truncated to ``max_text_length`` (whitespace collapsed first, as vilio).
+    Regions: the first ``max_regions`` boxes, encoded with ``box_encoding``.
+    Architectures subclass this and override ``encode_regions`` or ``__call__``.
+    """
+
+    box_encoding: BoxEncoding = "xyxy"
+
+    def __init__(self, tokenizer: Any, config: VLConfig, box_encoding: BoxEncoding | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        if box_encoding is not None:
+            self.box_encoding = box_encoding
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        cleaned = [" ".join(str(text).split()) for text in texts]
+        encoded = self.tokenizer(
+            cleaned,
+            padding="longest",
+            truncation=True,
+            max_length=self.config.max_text_length,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
+        return {
+            "input_ids": encoded["input_ids"].long(),
+            "attention_mask": encoded["attention_mask"].long(),
+            "token_type_ids": encoded["token_type_ids"].long(),
+        }
+
+    def encode_regions(self, record: RegionRecord) -> tuple[np.ndarray, np.ndarray]:
+        """One image's (features [n, D], position features [n, P]) before padding."""
+        n = min(record.num_boxes, self.config.max_regions)
+        features = np.asarray(record.features[:n], dtype=np.float32)
+        positions = encode_boxes(record.boxes[:n], record.image_size, self.box_encoding)
+        return features, positions
+
+    def check_regions(self, regions: Sequence[RegionRecord]) -> None:
+        for record in regions:
+            if record.feature_dim != self.config.visual_feat_dim:
+                raise ConfigError(
+                    f"meme {record.meme_id}: region features have dimension {record.feature_dim}, "
+                    f"the model expects {self.config.visual_feat_dim}"
+                )
+
+    def __call__(self, memes: Sequence[MemeLike], regions: Sequence[RegionRecord]) -> dict[str, torch.Tensor]:
+        if len(memes) != len(regions):
+            raise ValueError(f"{len(memes)} memes but {len(regions)} region records")
+        self.check_regions(regions)
+        batch = self.tokenize([meme.text for meme in memes])
+        encoded = [self.encode_regions(record) for record in regions]
+        length = max(features.shape[0] for features, _ in encoded)
+        batch["visual_feats"] = pad_stack([f for f, _ in encoded], length, torch.float32)
+        batch["visual_boxes"] = pad_stack([p for _, p in encoded], length, torch.float32)
+        batch["visual_mask"] = pad_stack(
+            [np.ones(f.shape[0], dtype=np.int64) for f, _ in encoded], length, torch.long
+        )
+        batch["ids"] = torch.tensor([int(meme.id) for meme in memes], dtype=torch.long)
+        if all(meme.label is not None for meme in memes):
+            batch["labels"] = torch.tensor([float(meme.label) for meme in memes], dtype=torch.float32)
+        return batch
+
+
+class MemeModel(nn.Module):
+    """Base class: see the module docstring for the contract."""
+
+    config_class: ClassVar[type[VLConfig]] = VLConfig
+    processor_class: ClassVar[type[RegionTextProcessor]] = RegionTextProcessor
+
+    def __init__(self, config: VLConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- the contract -------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        """Hateful logit, shape [B]."""
+        raise NotImplementedError
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_input_embeddings(self) -> nn.Embedding:  # pragma: no cover - abstract
+        """Word embeddings (for the MLM decoder tied to them)."""
+        raise NotImplementedError
+
+    def head_parameter_names(self) -> list[str]:
+        """Names of the task-head parameters (new when starting from a pretrained backbone)."""
+        return [name for name, _ in self.named_parameters() if name.startswith(("classifier", "head"))]
+
+    @torch.no_grad()
+    def predict_proba(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(self(batch).float())
+
+    def build_processor(self, tokenizer: Any | None = None) -> RegionTextProcessor:
+        if tokenizer is None:
+            from memeguard.models.tokenization import load_tokenizer
+
+            tokenizer = load_tokenizer(self.config.tokenizer)
+        return self.processor_class(tokenizer, self.config)
+
+    def init_weights(self) -> None:
+        from memeguard.models.blocks import init_bert_weights
+
+        self.apply(lambda module: init_bert_weights(module, self.config.initializer_range))
+
+    # -- our own format -----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from memeguard.io import write_json_atomic
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        state = _drop_shared_tensors(state)
+        tmp_path = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(state, str(tmp_path), metadata={"format": "pt"})
+        os.replace(tmp_path, directory / WEIGHTS_NAME)
+        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MemeModel:
+        from safetensors.torch import load_file
+
+        from memeguard.models.registry import architecture_for
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a memeguard model directory)")
+        data = json.loads(config_path.read_text())
+        model_cls = architecture_for(data.get("model_type", ""))
+        model = model_cls(model_cls.config_class.from_dict(data))
+        state = load_file(str(directory / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not _is_tied(model, key)]
+        if missing or unexpected:
+            raise CheckpointError(f"{directory}: missing keys {missing}, unexpected keys {unexpected}")
+        return model
+
+
+def _drop_shared_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage (tied weights): keep the first name of each."""
+    seen: dict[tuple[int, int], str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen[key] = name
+        kept[name] = tensor
+    return kept
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    """A parameter absent from the file because it shares storage with one that is present."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensor = params.get(key)
+    if tensor is None:
+        return False
+    ptr = tensor.data_ptr()
+    return any(other.data_ptr() == ptr and name != key for name, other in params.items())
