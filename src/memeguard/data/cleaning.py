@@ -174,8 +174,13 @@ def clean_dataset(
     out_dir: str | os.PathLike[str],
     *,
     progress: bool = True,
+    remove_duplicates: bool = True,
 ) -> CleaningResult:
-    """Run vilio's cleaning on ``data_dir`` and write the derived splits and report to ``out_dir``."""
+    """Run vilio's cleaning on ``data_dir`` and write the derived splits and report to ``out_dir``.
+
+    ``remove_duplicates=False`` writes the same derived splits without removing anything (a recipe's
+    ``clean: false``), so later stages always find train_clean / traindev / pretrain.
+    """
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == data_dir.resolve():
@@ -194,6 +199,8 @@ def clean_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = HashCache(out_dir / HASH_CACHE_NAME)
     hashes: dict[tuple[str, int], ImageHashes] = {}
+    if not remove_duplicates:
+        rows = []
     try:
         iterator = _progress(rows, "hashing images") if progress else rows
         for source, meme in iterator:
@@ -204,6 +211,8 @@ def clean_dataset(
 
     matched, conflicts = find_duplicate_removals(rows, hashes)
     listed = [{"id": i, "rule": "isis_list"} for i in ISIS_DUPS] + [{"id": i, "rule": "add_list"} for i in ADD_DUPS]
+    if not remove_duplicates:
+        listed = []
     train_ids = {meme.id for meme in train}
     candidates = matched + listed
     removed = [c for c in candidates if c["id"] in train_ids]

@@ -1,0 +1,96 @@
+"""``memeguard run`` (a recipe end to end) and ``memeguard demo`` (the embedded default)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer()
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def resolve_recipe(recipe: str) -> Path:
+    """A path, or the name of a shipped recipe (``demo``, ``vilio``)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{recipe.removesuffix('.yaml')}.yaml"
+    return shipped if shipped.is_file() else path
+
+
+def print_summary(report) -> None:  # noqa: ANN001 - RunReport, imported lazily
+    """AUROC / accuracy of every family and the ensemble on each labelled split (accuracy from the CSV labels)."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from memeguard.data.metrics import auroc
+    from memeguard.data.predictions import align_predictions, read_predictions
+    from memeguard.pipeline.stages import split_labels
+
+    data_dir = next((report.out_dir / "stages" / "clean").glob("*/data"), None)
+    labels = split_labels(data_dir) if data_dir else {}
+    splits = [s for s in ("dev_seen", "test_seen", "test_unseen") if s in labels]
+    table = Table(title="AUROC / accuracy")
+    table.add_column("model")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for name, files in {**report.family_files, "ENSEMBLE": report.fin_files}.items():
+        cells = []
+        for split in splits:
+            if split not in files:
+                cells.append("-")
+                continue
+            truth = labels[split]
+            preds = align_predictions(read_predictions(files[split]), list(truth), str(files[split]))
+            y = np.asarray([truth[i] for i in preds.ids.tolist()])
+            cells.append(f"{auroc(y, preds.proba):.3f} / {np.mean(preds.label == y):.3f}")
+        table.add_row(name, *cells)
+    Console().print(table)
+
+
+@app.command("run")
+def run(
+    recipe: str = typer.Argument(..., help="Recipe YAML file (or a shipped recipe name: demo, vilio)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder in the Hateful Memes layout."),
+    out: Path = typer.Option(..., "--out", help="Output folder (stages are cached here)."),
+    inference_only: bool = typer.Option(False, "--inference-only", help="Predict with the runs' fine-tuned checkpoints."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N memes of every split (smoke runs)."),
+) -> None:
+    """Run a recipe: clean -> features -> pretrain -> fine-tune -> seed average -> ensemble -> report."""
+    from memeguard.pipeline.runner import run_recipe
+
+    report = run_recipe(resolve_recipe(recipe), data, out, inference_only=inference_only, device=device, limit=limit)
+    print_summary(report)
+    typer.echo(f"FIN files and report.html in {out}")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("memeguard_demo"), "--out", help="Output folder."),
+    n: int = typer.Option(3000, "--n", help="Synthetic memes to generate."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The whole pipeline on the synthetic meme set: synth -> check -> clean -> features -> train -> ensemble -> report."""
+    from memeguard.data.check import check_dataset
+    from memeguard.data.cli import print_check_report
+    from memeguard.data.synth import generate_synthetic
+    from memeguard.errors import DataError
+    from memeguard.pipeline.runner import run_recipe
+
+    start = time.perf_counter()
+    data_dir = out / "synthetic"
+    if not (data_dir / "test_unseen.jsonl").is_file():
+        typer.echo(f"generating {n} synthetic memes in {data_dir} ...")
+        generate_synthetic(data_dir, n=n, seed=seed)
+    report = check_dataset(data_dir)
+    print_check_report(report)
+    if not report.ok:
+        raise DataError("; ".join(report.errors[:5]))
+    result = run_recipe(RECIPES_DIR / "demo.yaml", data_dir, out)
+    print_summary(result)
+    typer.echo(f"demo finished in {time.perf_counter() - start:.0f}s: {out}/FIN_*.csv, {out}/report.html")

@@ -1,0 +1,288 @@
+"""The recipe: one YAML file that lists feature sets, model families and the ensemble (torchtune-style).
+
+A recipe is validated completely at load time: an unknown key, a wrong type, a missing file or an
+impossible combination (a model on an undefined feature set, inference-only without checkpoints ...)
+is a :class:`ConfigError` that names the recipe file and the offending line.
+
+Shape::
+
+    name: demo
+    clean: true                      # run vilio's cleaning first (train_clean / traindev / pretrain)
+    features:                        # feature set name -> how to get it (exactly one source)
+      grid: {extractor: grid}
+      vgattr36: {extractor: butd, weights: weights/faster_rcnn_from_caffe_attr.pkl, boxes: "36"}
+      vg50: {import_tsv: features/hm_vg5050.tsv}
+      lmdb: {import_lmdb: features/detectron.lmdb}
+    models:                          # one entry per family; its runs are seed-averaged
+      - name: V
+        architecture: visualbert-base
+        init: weights/model.pth      # original checkpoint or our model dir (optional)
+        pretrain: {epochs: 8, lr: 0.5e-5, itm: false}   # task pretraining per run (optional)
+        train: {lr: 1e-5, epochs: 5, swa: torch, head_lr_mult: 500}
+        runs:                        # or the shorthand `seeds: [...]` + `features: name`
+          - {seed: 45, features: lmdb}
+          - {seed: 90, features: lmdb, checkpoints: {train: LASTtrain.pth, traindev: LASTtraindev.pth}}
+    ensemble: {method: loop}
+
+Relative paths are resolved against the recipe's folder, then the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from memeguard.errors import ConfigError
+
+EXTRACTORS = ("grid", "butd", "clip")
+ENSEMBLE_METHODS = ("loop", "sa", "pa", "ra", "sx", "opt")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class FeatureSetSpec(_Strict):
+    extractor: Literal["grid", "butd", "clip"] | None = None
+    weights: str | None = None  # BUTD weight file / CLIP model folder
+    boxes: str | None = None  # BUTD variant: "36", "50", "72", "10-100"
+    params: dict[str, Any] = Field(default_factory=dict)  # extra extractor arguments
+    import_tsv: str | None = None
+    import_lmdb: str | None = None
+    store: str | None = None  # an existing memeguard feature store
+    dtype: Literal["float16", "float32"] = "float16"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FeatureSetSpec:
+        sources = [s for s in (self.extractor, self.import_tsv, self.import_lmdb, self.store) if s]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of extractor, import_tsv, import_lmdb, store")
+        if self.boxes and self.extractor != "butd":
+            raise ValueError("boxes only applies to the butd extractor")
+        if self.extractor == "clip" and not self.weights:
+            raise ValueError("the clip extractor needs weights: a local Hugging Face CLIP folder")
+        return self
+
+    @property
+    def source(self) -> str:
+        return "extract" if self.extractor else "tsv" if self.import_tsv else "lmdb" if self.import_lmdb else "store"
+
+
+class CheckpointPair(_Strict):
+    """Fine-tuned weights of one run: ``train`` predicts dev_seen, ``traindev`` predicts the test splits."""
+
+    train: str
+    traindev: str
+
+
+class RunSpec(_Strict):
+    seed: int = 42
+    features: str | None = None  # defaults to the family's
+    name: str | None = None  # defaults to <family><seed>
+    checkpoints: CheckpointPair | None = None
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+    architecture: str
+    features: str | None = None
+    seeds: list[int] | None = None
+    runs: list[RunSpec] | None = None
+    init: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    pretrain: dict[str, Any] | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True  # vilio's "additional models not used" (D, X) ship disabled
+
+    @model_validator(mode="after")
+    def _runs(self) -> ModelSpec:
+        if self.runs and self.seeds:
+            raise ValueError("give either runs or seeds, not both")
+        if not self.runs:
+            if not self.features:
+                raise ValueError("features is required when runs are not listed")
+            self.runs = [RunSpec(seed=seed) for seed in (self.seeds or [42])]
+        for run in self.runs:
+            run.features = run.features or self.features
+            if not run.features:
+                raise ValueError(f"run with seed {run.seed} has no features")
+            run.name = run.name or f"{self.name}{run.seed}"
+        names = [run.name for run in self.runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run names must be unique within a model, got {names}")
+        return self
+
+
+class EnsembleSpec(_Strict):
+    method: Literal["loop", "sa", "pa", "ra", "sx", "opt"] = "loop"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recipe(_Strict):
+    name: str = "recipe"
+    clean: bool = True
+    features: dict[str, FeatureSetSpec]
+    models: list[ModelSpec]
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    source: str | None = None  # filled by load_recipe
+
+    @model_validator(mode="after")
+    def _references(self) -> Recipe:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        for index, model in enumerate(self.models):
+            for run in model.runs or []:
+                if run.features not in self.features:
+                    raise ValueError(
+                        f"models[{index}] ({model.name}): feature set {run.features!r} is not defined "
+                        f"(defined: {', '.join(self.features)})"
+                    )
+        if not any(m.enabled for m in self.models):
+            raise ValueError("no enabled model")
+        return self
+
+    @property
+    def enabled_models(self) -> list[ModelSpec]:
+        return [m for m in self.models if m.enabled]
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at pydantic location ``loc`` (deepest node found)."""
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == part), None)
+            if node is None:
+                # an unknown key: point at the key itself
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _key_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """For an 'extra key' error the last loc part is the unknown key: find its line."""
+    parent = node
+    for part in loc[:-1]:
+        if isinstance(parent, yaml.MappingNode):
+            parent = next((v for k, v in parent.value if k.value == part), None)
+        elif isinstance(parent, yaml.SequenceNode) and isinstance(part, int) and part < len(parent.value):
+            parent = parent.value[part]
+        else:
+            return None
+    if isinstance(parent, yaml.MappingNode):
+        for key, _ in parent.value:
+            if key.value == loc[-1]:
+                return key.start_mark.line + 1
+    return None
+
+
+def _resolve(path: str, base: Path) -> str:
+    candidate = Path(os.path.expandvars(os.path.expanduser(path)))
+    if candidate.is_absolute():
+        return str(candidate)
+    near_recipe = base / candidate
+    return str(near_recipe if near_recipe.exists() or not candidate.exists() else candidate.resolve())
+
+
+def _check_paths(recipe: Recipe, base: Path, inference_only: bool, where: str) -> None:
+    """Resolve relative paths and require every referenced file to exist."""
+    problems: list[str] = []
+
+    def need(label: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        resolved = _resolve(value, base)
+        if not Path(resolved).exists():
+            problems.append(f"{label}: {value} does not exist")
+        return resolved
+
+    for name, spec in recipe.features.items():
+        spec.weights = need(f"features.{name}.weights", spec.weights) if spec.weights else None
+        spec.import_tsv = need(f"features.{name}.import_tsv", spec.import_tsv)
+        spec.import_lmdb = need(f"features.{name}.import_lmdb", spec.import_lmdb)
+        spec.store = need(f"features.{name}.store", spec.store)
+    for model in recipe.enabled_models:
+        if not inference_only:
+            model.init = need(f"model {model.name}: init", model.init)
+        for run in model.runs or []:
+            if inference_only:
+                if run.checkpoints is None:
+                    problems.append(f"model {model.name}, run {run.name}: --inference-only needs checkpoints")
+                    continue
+                run.checkpoints.train = need(f"{run.name}: checkpoints.train", run.checkpoints.train) or ""
+                run.checkpoints.traindev = need(f"{run.name}: checkpoints.traindev", run.checkpoints.traindev) or ""
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def _check_model_names(recipe: Recipe, document: yaml.Node, where: str) -> None:
+    from memeguard.models.registry import list_models
+
+    known = set(list_models())
+    for index, model in enumerate(recipe.models):
+        if model.architecture not in known:
+            line = _line_of(document, ("models", index, "architecture"))
+            raise ConfigError(
+                f"{where}:{line}: unknown architecture {model.architecture!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+
+
+def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None:
+    """Unknown training/pretraining keys fail now, not hours into a run."""
+    from memeguard.training.config import PretrainConfig, TrainConfig
+
+    fixed = {"model", "features", "data_dir", "out_dir", "seed", "init", "model_overrides"}
+    train_keys = set(TrainConfig.__dataclass_fields__) - fixed
+    pretrain_keys = set(PretrainConfig.__dataclass_fields__) - fixed
+    for index, model in enumerate(recipe.models):
+        for section, allowed in (("train", train_keys), ("pretrain", pretrain_keys)):
+            params = getattr(model, section) or {}
+            for key in params:
+                if key not in allowed:
+                    line = _key_line(document, ("models", index, section, key))
+                    raise ConfigError(f"{where}:{line}: models[{index}].{section}: unknown key {key!r}")
+
+
+def load_recipe(path: str | os.PathLike[str], *, inference_only: bool = False, check_models: bool = True) -> Recipe:
+    """Parse and validate a recipe file; every error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        document = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        line = _key_line(document, loc) if first["type"] == "extra_forbidden" else _line_of(document, loc)
+        field = ".".join(str(p) for p in loc) or "recipe"
+        raise ConfigError(f"{path}:{line}: {field}: {first['msg']}") from None
+    recipe.source = str(path)
+    if check_models:
+        _check_model_names(recipe, document, str(path))
+        _check_stage_params(recipe, document, str(path))
+    _check_paths(recipe, path.parent.resolve(), inference_only, str(path))
+    return recipe

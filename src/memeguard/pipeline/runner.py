@@ -1,0 +1,326 @@
+"""The recipe runner: clean -> features -> pretrain -> fine-tune (both runs) -> seed average -> ensemble -> report.
+
+Every stage is cached under ``OUT/stages/<kind>/<label>-<key>/`` where ``key`` hashes the stage's
+config and the keys of the stages it reads, so
+
+* a rerun skips every finished stage (its folder holds a ``DONE`` marker, written last);
+* a killed run resumes: an unfinished stage runs again in its own folder (training and feature extraction
+  resume from what they had written);
+* changing one model's hyper-parameters reruns that model's stages and the ensemble, nothing else.
+
+Final outputs: ``OUT/predictions/<family>_<split>.csv`` (seed-averaged), ``OUT/FIN_<split>.csv``,
+``OUT/weights.json``, ``OUT/report.html`` and ``OUT/timings.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from memeguard.errors import ConfigError, DataError
+from memeguard.io import write_json_atomic
+from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
+
+DONE = "DONE"
+TRAIN_RUN = ("train_clean", ("dev_seen",))
+TRAINDEV_RUN = ("traindev", ("test_seen", "test_unseen"))
+PREDICTED_SPLITS = ("dev_seen", "test_seen", "test_unseen")
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Cheap identity of a file or folder tree: names, sizes and mtimes (not contents)."""
+    if path.is_file():
+        stat = path.stat()
+        return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    entries = []
+    for child in sorted(path.rglob("*")):
+        if child.is_file():
+            stat = child.stat()
+            entries.append((str(child.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return {"path": str(path.resolve()), "tree": fingerprint(entries)}
+
+
+def dataset_fingerprint(data_dir: Path) -> str:
+    """Split files by content, images by name/size/mtime."""
+    digest = hashlib.sha256()
+    for jsonl in sorted(data_dir.glob("*.jsonl")):
+        digest.update(jsonl.name.encode())
+        digest.update(hashlib.sha256(jsonl.read_bytes()).digest())
+    image_dir = data_dir / "img"
+    if image_dir.is_dir():
+        for entry in sorted(os.scandir(image_dir), key=lambda e: e.name):
+            stat = entry.stat()
+            digest.update(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class Stage:
+    kind: str
+    label: str
+    config: dict[str, Any]
+    deps: list[Stage]
+    action: Callable[[Path], Any]
+    key: str = ""
+    directory: Path = field(default_factory=Path)
+
+    def finalize(self, root: Path) -> None:
+        self.key = fingerprint({"kind": self.kind, "config": self.config, "deps": [d.key for d in self.deps]})
+        self.directory = root / "stages" / self.kind / f"{self.label}-{self.key[:12]}"
+
+    @property
+    def done(self) -> bool:
+        return (self.directory / DONE).is_file()
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    timings: dict[str, dict[str, Any]]
+    fin_files: dict[str, Path]
+    family_files: dict[str, dict[str, Path]]
+
+
+class RecipeRunner:
+    """Builds the stage graph of a recipe and executes it with caching."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        data_dir: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        inference_only: bool = False,
+        device: str = "auto",
+        limit: int | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.data_dir = Path(data_dir)
+        self.out_dir = Path(out_dir)
+        self.inference_only = inference_only
+        self.device = device
+        self.limit = limit
+        self.console = console or Console()
+        if not self.data_dir.is_dir():
+            raise DataError(f"{self.data_dir}: dataset directory not found")
+        self.stages: list[Stage] = []
+        self.clean_stage: Stage | None = None
+        self.feature_stages: dict[str, tuple[Stage, str | None]] = {}
+        self.run_predictions: dict[str, dict[str, dict[str, Path]]] = {}  # family -> run -> split -> csv
+
+    # -- graph ------------------------------------------------------------------------------------
+    def _add(self, stage: Stage) -> Stage:
+        stage.finalize(self.out_dir)
+        self.stages.append(stage)
+        return stage
+
+    def build(self) -> list[Stage]:
+        self.clean_stage = self._add(
+            Stage("clean", "data", {"data": dataset_fingerprint(self.data_dir), "clean": self.recipe.clean},
+                  [], self._do_clean)
+        )
+        self._build_features()
+        for model in self.recipe.enabled_models:
+            self.run_predictions[model.name] = {}
+            for run in model.runs or []:
+                self._build_run(model, run)
+        return self.stages
+
+    def _build_features(self) -> None:
+        butd_groups: dict[str, list[tuple[str, FeatureSetSpec]]] = {}
+        for name, spec in self.recipe.features.items():
+            if spec.extractor == "butd":
+                group = fingerprint({"weights": spec.weights, "params": spec.params, "dtype": spec.dtype})
+                butd_groups.setdefault(group, []).append((name, spec))
+                continue
+            if spec.source == "extract":
+                config = {"extractor": spec.extractor, "weights": spec.weights, "params": spec.params,
+                          "dtype": spec.dtype, "data": self.clean_stage.config["data"]}
+                if spec.weights:
+                    config["weights_id"] = file_fingerprint(Path(spec.weights))
+                stage = self._add(Stage("features", name, config, [], self._extract_action([spec], None)))
+                self.feature_stages[name] = (stage, None)
+            else:
+                source = spec.import_tsv or spec.import_lmdb or spec.store
+                config = {"source": spec.source, "file": file_fingerprint(Path(source)), "dtype": spec.dtype}
+                stage = self._add(Stage("features", name, config, [], self._import_action(spec)))
+                self.feature_stages[name] = (stage, None)
+        for members in butd_groups.values():
+            variants = sorted({spec.boxes or "36" for _, spec in members})
+            first = members[0][1]
+            config = {"extractor": "butd", "weights": first.weights, "params": first.params, "dtype": first.dtype,
+                      "variants": variants, "data": self.clean_stage.config["data"]}
+            if first.weights:
+                config["weights_id"] = file_fingerprint(Path(first.weights))
+            label = "butd-" + "_".join(variants)
+            stage = self._add(Stage("features", label, config, [], self._extract_action([s for _, s in members], variants)))
+            for name, spec in members:
+                self.feature_stages[name] = (stage, (spec.boxes or "36") if len(variants) > 1 else None)
+
+    def store_path(self, feature_set: str) -> Path:
+        stage, variant = self.feature_stages[feature_set]
+        if stage.config.get("source") == "store":
+            return Path(self.recipe.features[feature_set].store)  # type: ignore[arg-type]
+        return stage.directory / "store" / variant if variant else stage.directory / "store"
+
+    def _build_run(self, model: ModelSpec, run: RunSpec) -> None:
+        feature_stage, _ = self.feature_stages[run.features]  # type: ignore[index]
+        deps = [self.clean_stage, feature_stage]
+        store_key = f"{feature_stage.key}:{self.feature_stages[run.features][1]}"  # type: ignore[index]
+        base = {"architecture": model.architecture, "overrides": model.overrides, "seed": run.seed,
+                "store": store_key, "limit": self.limit}
+        outputs: dict[str, Path] = {}
+        if self.inference_only:
+            assert run.checkpoints is not None
+            for which, (_, splits) in (("train", TRAIN_RUN), ("traindev", TRAINDEV_RUN)):
+                checkpoint = getattr(run.checkpoints, which)
+                config = {**base, "checkpoint": file_fingerprint(Path(checkpoint)), "splits": list(splits)}
+                stage = self._add(Stage("predict", f"{run.name}-{which}", config, deps,
+                                        self._predict_action(model, run, checkpoint, splits)))
+                outputs.update({split: stage.directory / f"{split}.csv" for split in splits})
+        else:
+            init = model.init
+            init_deps = list(deps)
+            init_key: Any = file_fingerprint(Path(init)) if init else None
+            if model.pretrain is not None:
+                pre_config = {**base, "init": init_key, "pretrain": model.pretrain}
+                pre_stage = self._add(Stage("pretrain", run.name, pre_config, deps,
+                                            self._pretrain_action(model, run)))
+                init_deps.append(pre_stage)
+                init_key = pre_stage.key
+            for which, (train_split, splits) in (("train", TRAIN_RUN), ("traindev", TRAINDEV_RUN)):
+                config = {**base, "init": init_key, "train": model.train, "train_split": train_split,
+                          "splits": list(splits)}
+                stage = self._add(Stage("finetune", f"{run.name}-{which}", config, init_deps,
+                                        self._finetune_action(model, run, train_split, splits, init_deps)))
+                outputs.update({split: stage.directory / f"{split}.csv" for split in splits})
+        self.run_predictions[model.name][run.name or str(run.seed)] = outputs
+
+    # -- stage actions ----------------------------------------------------------------------------
+    @property
+    def clean_dir(self) -> Path:
+        assert self.clean_stage is not None
+        return self.clean_stage.directory / "data"
+
+    def _do_clean(self, directory: Path) -> None:
+        from memeguard.pipeline.stages import prepare_data
+
+        prepare_data(self.data_dir, directory / "data", clean=self.recipe.clean)
+
+    def _extract_action(self, specs: list[FeatureSetSpec], variants: list[str] | None) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import extract_store
+
+            extract_store(specs[0], self.clean_dir, directory / "store", variants=variants, device=self.device)
+
+        return action
+
+    def _import_action(self, spec: FeatureSetSpec) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import import_store
+
+            import_store(spec, directory / "store")
+
+        return action
+
+    def _pretrain_action(self, model: ModelSpec, run: RunSpec) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import run_pretrain
+
+            run_pretrain(model, run, self.store_path(run.features), self.clean_dir, directory / "run",  # type: ignore[arg-type]
+                         device=self.device, limit=self.limit)
+
+        return action
+
+    def _finetune_action(self, model: ModelSpec, run: RunSpec, train_split: str, splits: tuple[str, ...],
+                         deps: list[Stage]) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import run_finetune
+
+            pre = next((d for d in deps if d.kind == "pretrain"), None)
+            init = str(pre.directory / "run") if pre else model.init
+            run_finetune(model, run, self.store_path(run.features), self.clean_dir, directory,  # type: ignore[arg-type]
+                         train_split=train_split, splits=splits, init=init, device=self.device, limit=self.limit)
+
+        return action
+
+    def _predict_action(self, model: ModelSpec, run: RunSpec, checkpoint: str,
+                        splits: tuple[str, ...]) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import predict_from_checkpoint
+
+            predict_from_checkpoint(model, checkpoint, self.store_path(run.features), self.clean_dir,  # type: ignore[arg-type]
+                                    directory, splits=splits, device=self.device, limit=self.limit)
+
+        return action
+
+    # -- execution --------------------------------------------------------------------------------
+    def execute(self) -> RunReport:
+        if not self.stages:
+            self.build()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, dict[str, Any]] = {}
+        total = len(self.stages)
+        for number, stage in enumerate(self.stages, start=1):
+            name = f"{stage.kind} {stage.label}"
+            if stage.done:
+                self.console.print(f"[{number}/{total}] {name}: cached")
+                previous = json.loads((stage.directory / DONE).read_text() or "{}")
+                timings[name] = {"seconds": previous.get("seconds", 0.0), "cached": True}
+                continue
+            self.console.print(f"[{number}/{total}] {name} ...")
+            stage.directory.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stage.directory / "stage.json", {"kind": stage.kind, "label": stage.label,
+                                                               "key": stage.key, "config": stage.config})
+            start = time.perf_counter()
+            stage.action(stage.directory)
+            seconds = time.perf_counter() - start
+            write_json_atomic(stage.directory / DONE, {"seconds": seconds})
+            timings[name] = {"seconds": seconds, "cached": False}
+            self.console.print(f"[{number}/{total}] {name}: done in {seconds:.1f}s")
+
+        from memeguard.pipeline.stages import average_seeds, run_ensemble, write_run_report
+
+        start = time.perf_counter()
+        family_files = average_seeds(self.run_predictions, self.out_dir / "predictions")
+        timings["seed average"] = {"seconds": time.perf_counter() - start, "cached": False}
+        start = time.perf_counter()
+        fin_files = run_ensemble(self.out_dir / "predictions", self.clean_dir, self.out_dir, self.recipe.ensemble)
+        timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
+        write_json_atomic(self.out_dir / "timings.json", timings)
+        write_run_report(self.out_dir, family_files, fin_files, self.clean_dir, timings, self.recipe.name)
+        return RunReport(self.out_dir, timings, fin_files, family_files)
+
+
+def run_recipe(
+    recipe_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    inference_only: bool = False,
+    device: str = "auto",
+    limit: int | None = None,
+    console: Console | None = None,
+) -> RunReport:
+    """Load, validate and run a recipe (the ``memeguard run`` command)."""
+    from memeguard.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, inference_only=inference_only)
+    if Path(out_dir).resolve() == Path(data_dir).resolve():
+        raise ConfigError("--out must differ from --data (inputs are never overwritten)")
+    runner = RecipeRunner(recipe, data_dir, out_dir, inference_only=inference_only, device=device, limit=limit,
+                          console=console)
+    return runner.execute()

@@ -1,0 +1,147 @@
+"""What each pipeline stage does: thin adapters from recipe entries to the stage packages' APIs.
+
+Kept apart from the runner so that the stage graph (runner) and the work (here) can be read and tested
+separately; nothing here knows about caching.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memeguard.data.hm import read_split, split_path
+from memeguard.data.predictions import Predictions, align_predictions, read_predictions, write_predictions
+from memeguard.errors import ConfigError
+from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
+
+PREDICTED_SPLITS = ("dev_seen", "test_seen", "test_unseen")
+
+
+def prepare_data(data_dir: Path, out: Path, *, clean: bool) -> None:
+    """vilio's cleaning into ``out`` (or the same derived splits without removals)."""
+    from memeguard.data.cleaning import clean_dataset
+
+    clean_dataset(data_dir, out, progress=True, remove_duplicates=clean)
+
+
+def extract_store(spec: FeatureSetSpec, data_dir: Path, out: Path, *, variants: list[str] | None,
+                  device: str) -> None:
+    from memeguard.features.extract import extract_features
+    from memeguard.features.factory import make_extractor
+
+    boxes = ",".join(variants) if variants else spec.boxes
+    extractor = make_extractor(spec.extractor or "", weights=spec.weights, boxes=boxes,
+                               device=None if device == "auto" else device, **spec.params)
+    extract_features(data_dir, out, extractor, dtype=spec.dtype)
+
+
+def import_store(spec: FeatureSetSpec, out: Path) -> None:
+    if spec.import_tsv:
+        from memeguard.features.tsv import import_tsv
+
+        import_tsv(spec.import_tsv, out, dtype=spec.dtype, progress=True)
+    elif spec.import_lmdb:
+        from memeguard.features.lmdb_import import import_lmdb
+
+        import_lmdb(spec.import_lmdb, out, dtype=spec.dtype, progress=True)
+    # an existing store is used in place
+
+
+def run_pretrain(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, out: Path, *,
+                 device: str, limit: int | None) -> Path:
+    from memeguard.training import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
+                         seed=run.seed, init=model.init, model_overrides=dict(model.overrides), device=device,
+                         limit=limit, **(model.pretrain or {}))
+    return pretrain(cfg)
+
+
+def run_finetune(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, out: Path, *, train_split: str,
+                 splits: tuple[str, ...], init: str | None, device: str, limit: int | None) -> None:
+    from memeguard.training import TrainConfig, finetune
+
+    params = {"eval_split": "dev_seen", **model.train}
+    cfg = TrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
+                      train_split=train_split, predict_splits=tuple(splits), seed=run.seed, init=init,
+                      model_overrides=dict(model.overrides), device=device, limit=limit, **params)
+    finetune(cfg)
+
+
+def predict_from_checkpoint(model: ModelSpec, checkpoint: str, store: Path, data_dir: Path, out: Path, *,
+                            splits: tuple[str, ...], device: str, limit: int | None) -> None:
+    """Inference only: load fine-tuned weights (ours, vilio's LASTtrain*.pth, ERNIE step_* folders), predict."""
+    from memeguard.features.store import FeatureStore
+    from memeguard.training import predict
+    from memeguard.training.build import build_model
+
+    feature_dim = FeatureStore.open(store).feature_dim
+    built = build_model(model.architecture, feature_dim=feature_dim, init=checkpoint, overrides=dict(model.overrides))
+    model_dir = out / "model"
+    built.save_pretrained(model_dir)
+    for split in splits:
+        predict(model_dir, store, data_dir, split, out / f"{split}.csv", device=device, limit=limit)
+
+
+def average_seeds(run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]], out_dir: Path) -> dict[str, dict[str, Path]]:
+    """Per family and split: the mean probability over its runs, matched by id (vilio's ``--enstype sa``).
+
+    vilio averaged log-probabilities (PyTorch) or logits (ERNIE); we average probabilities.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family_files: dict[str, dict[str, Path]] = {}
+    for family, runs in run_predictions.items():
+        family_files[family] = {}
+        for split in PREDICTED_SPLITS:
+            files = [outputs[split] for outputs in runs.values() if split in outputs]
+            if not files:
+                continue
+            first = read_predictions(files[0])
+            stacked = [first.proba] + [align_predictions(read_predictions(f), first.ids, str(f)).proba for f in files[1:]]
+            mean = np.mean(np.stack(stacked), axis=0)
+            path = out_dir / f"{family}_{split}.csv"
+            write_predictions(path, first.ids, mean)
+            family_files[family][split] = path
+    return family_files
+
+
+def run_ensemble(pred_dir: Path, data_dir: Path, out_dir: Path, spec: EnsembleSpec) -> dict[str, Path]:
+    """FIN_<split>.csv from the family CSVs; one family is passed through (thresholded on dev_seen)."""
+    from memeguard.ensemble import ensemble_folder
+
+    families = sorted({p.name.rsplit("_dev_seen.csv", 1)[0] for p in pred_dir.glob("*_dev_seen.csv")})
+    if not families:
+        raise ConfigError(f"{pred_dir}: no <model>_dev_seen.csv predictions to ensemble")
+    gt = split_path(data_dir, "dev_seen")
+    ensemble_folder(pred_dir, gt, out_dir, method=spec.method, **spec.params)
+    return {split: out_dir / f"FIN_{split}.csv" for split in PREDICTED_SPLITS if (out_dir / f"FIN_{split}.csv").is_file()}
+
+
+def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
+    """Labels of the predicted splits that carry them (the synthetic and the labelled real release do)."""
+    labels: dict[str, dict[int, int]] = {}
+    for split in PREDICTED_SPLITS:
+        if split_path(data_dir, split).is_file():
+            memes = read_split(data_dir, split)
+            if memes and all(m.label is not None for m in memes):
+                labels[split] = {m.id: int(m.label) for m in memes}  # type: ignore[arg-type]
+    return labels
+
+
+def write_run_report(out_dir: Path, family_files: Mapping[str, Mapping[str, Path]], fin_files: Mapping[str, Path],
+                     data_dir: Path, timings: Mapping[str, Mapping[str, Any]], title: str) -> Path:
+    from memeguard.pipeline.report import write_report
+
+    predictions: dict[str, dict[str, Predictions]] = {
+        family: {split: read_predictions(path) for split, path in files.items()} for family, files in family_files.items()
+    }
+    predictions["ENSEMBLE"] = {split: read_predictions(path) for split, path in fin_files.items()}
+    weights_path = out_dir / "weights.json"
+    weights = json.loads(weights_path.read_text()) if weights_path.is_file() else None
+    stage_times = {name: float(entry["seconds"]) for name, entry in timings.items()}
+    return write_report(out_dir, predictions, split_labels(data_dir), weights=weights, stage_times=stage_times,
+                        title=f"memeguard report: {title}")
