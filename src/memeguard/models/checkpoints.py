@@ -90,3 +90,22 @@ def load_mapped_state_dict(
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing, unexpected
+
+
+def resolve_checkpoint_file(path: str | Path, known_names: tuple[str, ...]) -> Path:
+    """A checkpoint file, or a folder holding one of ``known_names`` (first found) or a single .pt/.pth/.bin."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    for name in known_names:
+        if (path / name).is_file():
+            return path / name
+    candidates = sorted(p for p in path.iterdir() if p.suffix in {".pt", ".pth", ".bin"} and p.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    raise CheckpointError(
+        f"{path}: expected one of {list(known_names)} or a single .pt/.pth/.bin file, "
+        f"found {[p.name for p in candidates] or 'none'}"
+    )

@@ -1,0 +1,299 @@
+"""UNITER (vilio's "U"): a single-stream BERT over text tokens followed by region features.
+
+Layout follows ``ChenRocks/UNITER`` ``model/model.py`` and vilio's ``src/vilio/modeling_bertU.py`` /
+``entryU.py``:
+
+* text: BERT embeddings (word + position + type 0) of ``[CLS] tokens [SEP]``;
+* regions: ``LayerNorm(img_layer_norm(img_linear(f)) + pos_layer_norm(pos_linear(p7)) + type_emb[1])`` with the
+  7-d box encoding ``[x1, y1, x2, y2, w, h, w*h]``; regions get no position embedding;
+* **packing**: each example's sequence is ``text_i, regions_i, padding`` (UNITER's ``gather_index``). Text and
+  regions are embedded as two padded blocks and then gathered so no padding sits between them;
+* a BERT encoder, BERT pooler on the first token, and vilio's head
+  ``Linear(h, 2h) -> GELU -> LayerNorm -> Linear(2h, 2)`` (keys ``classifier.{0,2,3}``).
+
+Our parameter names are UNITER's without the ``uniter.`` prefix (= vilio's ``ModelU`` without ``model.``),
+so both original layouts map onto ours by prefix handling only (see :func:`convert_uniter_state_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from memeguard.errors import CheckpointError
+from memeguard.features.boxes import BoxEncoding
+from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.blocks import (
+    BertEncoder,
+    BertPooler,
+    BertTextEmbeddings,
+    VilioClassifier,
+    extended_attention_mask,
+    two_class_to_logit,
+)
+from memeguard.models.checkpoints import (
+    load_mapped_state_dict,
+    read_torch_checkpoint,
+    resolve_checkpoint_file,
+    unwrap_vilio_finetuned,
+)
+from memeguard.models.registry import register_architecture, register_config
+
+UNITER_POS_DIM = 7  # [x1, y1, x2, y2, w, h, w*h]
+
+
+# --------------------------------------------------------------------------------------------
+# Config and processor
+# --------------------------------------------------------------------------------------------
+@dataclass
+class UniterConfig(VLConfig):
+    """UNITER sizes follow BERT; the released checkpoints use the cased BERT vocabulary (28,996 tokens).
+
+    ``max_text_length`` defaults to the position table size because vilio does not truncate UNITER's text.
+    ``use_mask_embedding`` adds UNITER's ``img_embeddings.mask_embedding`` (masked-region pretraining only;
+    vilio's BertU has none, so it is off by default and the released weight is then a documented extra key).
+    """
+
+    model_type: ClassVar[str] = "uniter"
+
+    vocab_size: int = 28996
+    max_text_length: int = 512
+    tokenizer: str = "bert-base-cased"
+    use_mask_embedding: bool = False
+
+
+class UniterProcessor(RegionTextProcessor):
+    """Standard batch with 7-d UNITER box positions; packing happens in the model from the two masks."""
+
+    box_encoding: BoxEncoding = "uniter7"
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+class UniterImageEmbeddings(nn.Module):
+    """UNITER's region embedding: features and positions each projected and normalised, then summed."""
+
+    def __init__(self, config: UniterConfig) -> None:
+        super().__init__()
+        hidden, eps = config.hidden_size, config.layer_norm_eps
+        self.img_linear = nn.Linear(config.visual_feat_dim, hidden)
+        self.img_layer_norm = nn.LayerNorm(hidden, eps=eps)
+        self.pos_linear = nn.Linear(UNITER_POS_DIM, hidden)
+        self.pos_layer_norm = nn.LayerNorm(hidden, eps=eps)
+        if config.use_mask_embedding:
+            # Row 1 is added to masked regions' features (MRM/MRFR pretraining); row 0 acts as zero.
+            self.mask_embedding = nn.Embedding(2, config.visual_feat_dim, padding_idx=0)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        type_embeddings: torch.Tensor,
+        masked_regions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if masked_regions is not None and hasattr(self, "mask_embedding"):
+            # UNITER zeroes row 0 before the lookup, so only row 1 ever contributes.
+            features = features + masked_regions[..., None].to(features.dtype) * self.mask_embedding.weight[1]
+        transformed_features = self.img_layer_norm(self.img_linear(features))
+        transformed_positions = self.pos_layer_norm(self.pos_linear(positions))
+        embeddings = transformed_features + transformed_positions + type_embeddings
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def pack_text_and_regions(
+    text_mask: torch.Tensor, visual_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNITER's ``gather_index``: where each packed position reads from in ``cat([text [B,T], regions [B,N]])``.
+
+    Example i's packed sequence is ``text (len t_i), regions (len n_i), padding`` with length
+    ``L = max_i(t_i + n_i)``; padding positions read an arbitrary (masked) slot, as in UNITER.
+    Both masks must be left-aligned (real entries first), as the processors build them.
+    Returns (gather_index long [B, L], packed attention mask long [B, L]).
+    """
+    batch, text_width = text_mask.shape
+    text_len = text_mask.long().sum(dim=1, keepdim=True)  # [B, 1]
+    total_len = text_len + visual_mask.long().sum(dim=1, keepdim=True)
+    length = int(total_len.max()) if batch else 0
+    positions = torch.arange(length, device=text_mask.device).expand(batch, length)
+    from_regions = text_width + positions - text_len
+    in_text, in_regions = positions < text_len, positions < total_len
+    gather_index = torch.where(in_text, positions, torch.where(in_regions, from_regions, positions))
+    return gather_index, in_regions.long()
+
+
+def _gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """hidden [B, L, H], index [B, M] -> [B, M, H] (indices clamped into range)."""
+    index = index.clamp(0, max(hidden.shape[1] - 1, 0))
+    return torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+@register_architecture
+class UniterModel(MemeModel):
+    """UNITER backbone + vilio's classifier; ``forward`` returns the hateful logit [B]."""
+
+    config_class = UniterConfig
+    processor_class = UniterProcessor
+
+    def __init__(self, config: UniterConfig) -> None:
+        super().__init__(config)
+        self.embeddings = BertTextEmbeddings(
+            config.vocab_size,
+            config.hidden_size,
+            config.max_position_embeddings,
+            config.type_vocab_size,
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+            config.pad_token_id,
+        )
+        self.img_embeddings = UniterImageEmbeddings(config)
+        self.encoder = BertEncoder(
+            config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            act=config.hidden_act,
+            attention_dropout=config.attention_probs_dropout_prob,
+            hidden_dropout=config.hidden_dropout_prob,
+            eps=config.layer_norm_eps,
+        )
+        self.pooler = BertPooler(config.hidden_size)
+        self.classifier = VilioClassifier(config.hidden_size, num_labels=2, eps=config.layer_norm_eps)
+        self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
+        input_ids = batch["input_ids"]
+        text_mask = batch["attention_mask"]
+        visual_feats = batch["visual_feats"]
+        visual_mask = batch["visual_mask"]
+
+        text_emb = self.embeddings(input_ids, batch.get("token_type_ids"))
+        image_type = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=visual_feats.device)
+        image_emb = self.img_embeddings(
+            visual_feats,
+            batch["visual_boxes"],
+            self.embeddings.token_type_embeddings(image_type),
+            batch.get("visual_masked"),
+        )
+
+        gather_index, packed_mask = pack_text_and_regions(text_mask, visual_mask)
+        packed = _gather_rows(torch.cat([text_emb, image_emb], dim=1), gather_index)
+        hidden = self.encoder(packed, extended_attention_mask(packed_mask, packed.dtype))
+        assert isinstance(hidden, torch.Tensor)
+
+        # Un-pack: text token t of example i sits at t, its region j at t_i + j.
+        text_len = text_mask.long().sum(dim=1, keepdim=True)
+        text_positions = torch.arange(input_ids.shape[1], device=hidden.device).expand_as(input_ids)
+        region_positions = text_len + torch.arange(visual_mask.shape[1], device=hidden.device)[None, :]
+        text_hidden = _gather_rows(hidden, text_positions) * text_mask[..., None].to(hidden.dtype)
+        visual_hidden = _gather_rows(hidden, region_positions) * visual_mask[..., None].to(hidden.dtype)
+        return EncoderOutput(text_hidden=text_hidden, visual_hidden=visual_hidden, pooled=self.pooler(hidden))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return two_class_to_logit(self.classifier(self.encode(batch).pooled))
+
+    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
+        """Load a UNITER release (``uniter-base.pt`` / ``uniter-large.pt``) or vilio's ``LASTtrain.pth``."""
+        checkpoint = resolve_checkpoint_file(path, UNITER_CHECKPOINT_NAMES)
+        state = read_torch_checkpoint(checkpoint)
+        layout = detect_uniter_layout(state)
+        converted = convert_uniter_state_dict(state, layout)
+        has_mask = self.config.use_mask_embedding
+        if layout == "vilio-finetuned":
+            missing_ok: set[str] = {MASK_EMBEDDING_KEY} if has_mask else set()
+            return load_mapped_state_dict(
+                self,
+                converted,
+                source=f"{checkpoint} (vilio fine-tuned UNITER)",
+                allowed_missing=missing_ok,
+                allowed_unexpected={"embeddings.position_ids"},
+            )
+        return load_mapped_state_dict(
+            self,
+            converted,
+            source=f"{checkpoint} (UNITER pretrained release)",
+            allowed_missing=lambda key: (
+                key.startswith("classifier.") or (has_mask and key == MASK_EMBEDDING_KEY)
+            ),
+            allowed_unexpected=lambda key: (
+                key.startswith(UNITER_PRETRAINING_HEADS)
+                or key in {"embeddings.position_ids", MASK_EMBEDDING_KEY}
+            ),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Original checkpoints
+# --------------------------------------------------------------------------------------------
+UNITER_CHECKPOINT_NAMES = ("LASTtrain.pth", "LASTtraindev.pth", "uniter-large.pt", "uniter-base.pt")
+# Heads of UniterForPretraining (MLM, MRFR, MRC, ITM): saved beside the backbone, unused for classification.
+UNITER_PRETRAINING_HEADS = ("cls.", "feat_regress.", "region_classifier.", "itm_output.")
+MASK_EMBEDDING_KEY = "img_embeddings.mask_embedding.weight"
+
+
+def detect_uniter_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """``vilio-finetuned`` (``model.*`` + ``classifier.*``) or ``pretrained`` (UNITER release / bert-prefixed)."""
+    keys = [key.removeprefix("module.") for key in state if key != "n_averaged"]
+    if any(key.startswith("model.") for key in keys) and any(key.startswith("classifier.") for key in keys):
+        return "vilio-finetuned"
+    return "pretrained"
+
+
+def convert_uniter_state_dict(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Rename original keys to ours.
+
+    * ``vilio-finetuned``: ``HM.load`` (drop ``n_averaged``, strip ``module.``) then strip ``model.``.
+    * ``pretrained``: UNITER's own loader renames TF-style ``gamma``/``beta``; vilio's ``ModelU.load`` deletes the
+      substring ``uniter.`` and strips ``module.``/``bert.``. ``pos_linear`` keeps all 7 columns (num_pos 6).
+    """
+    if layout == "vilio-finetuned":
+        return {key.removeprefix("model."): value for key, value in unwrap_vilio_finetuned(state).items()}
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new_key = key.replace("uniter.", "")
+        if new_key.endswith(".gamma"):
+            new_key = new_key[: -len("gamma")] + "weight"
+        elif new_key.endswith(".beta"):
+            new_key = new_key[: -len("beta")] + "bias"
+        for prefix in ("module.", "bert."):
+            new_key = new_key.removeprefix(prefix)
+        if new_key in converted:
+            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (second: {key!r})")
+        converted[new_key] = value
+    return converted
+
+
+# --------------------------------------------------------------------------------------------
+# Named configs
+# --------------------------------------------------------------------------------------------
+register_config("uniter-base", "uniter", tokenizer="bert-base-cased")
+register_config(
+    "uniter-large",
+    "uniter",
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    tokenizer="bert-large-cased",
+)
+# Tiny: offline-testable with the uncased vocabulary that ships with the package's dependencies.
+register_config(
+    "uniter-tiny",
+    "uniter",
+    vocab_size=30522,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    tokenizer="bert-base-uncased",
+)

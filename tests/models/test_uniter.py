@@ -1,0 +1,386 @@
+"""UNITER: processor, packing, original checkpoints (UNITER release, vilio LASTtrain.pth) and parity with a
+plain per-example reference forward that reads the original key names."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from memeguard.data.meme import Meme
+from memeguard.errors import CheckpointError
+from memeguard.features.record import RegionRecord
+from memeguard.models import create_model, get_config
+from memeguard.models.uniter import UniterModel, pack_text_and_regions
+
+FEAT_DIM = 32
+HIDDEN = 64
+HEADS = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def make_records(counts: list[int], seed: int = 0) -> list[RegionRecord]:
+    rng = np.random.default_rng(seed)
+    records = []
+    for meme_id, n in enumerate(counts, start=1):
+        x1 = rng.uniform(0, 200, n)
+        y1 = rng.uniform(0, 100, n)
+        boxes = np.stack([x1, y1, x1 + rng.uniform(5, 100, n), y1 + rng.uniform(5, 50, n)], axis=1)
+        records.append(
+            RegionRecord(
+                meme_id=meme_id,
+                features=rng.normal(size=(n, FEAT_DIM)).astype(np.float32),
+                boxes=boxes.astype(np.float32),
+                image_size=(160, 320),
+            )
+        )
+    return records
+
+
+MEMES = [
+    Meme(1, "img/00001.png", "when  you   finally get the joke", 1),
+    Meme(2, "img/00002.png", "hi", 0),
+    Meme(3, "img/00003.png", "a longer caption with many words in it for padding", 0),
+]
+
+
+def tiny(**overrides) -> UniterModel:
+    model = create_model("uniter-tiny", **{"visual_feat_dim": FEAT_DIM, **overrides})
+    assert isinstance(model, UniterModel)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Original layouts, written from our tiny shapes through the inverse of the converter
+# ---------------------------------------------------------------------------------------------
+def random_state(model: UniterModel, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen) * 0.5 for k, v in model.state_dict().items()}
+
+
+def uniter_release(state: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
+    """UniterForPretraining's state dict: ``uniter.`` + backbone, plus the pretraining heads."""
+    gen = torch.Generator().manual_seed(seed)
+    h, vocab = HIDDEN, state["embeddings.word_embeddings.weight"].shape[0]
+    out = {f"uniter.{k}": v for k, v in state.items() if not k.startswith("classifier.")}
+    out["uniter.img_embeddings.mask_embedding.weight"] = torch.randn(2, FEAT_DIM, generator=gen)
+    heads = {
+        "cls.predictions.bias": (vocab,),
+        "cls.predictions.transform.dense.weight": (h, h),
+        "cls.predictions.transform.dense.bias": (h,),
+        "cls.predictions.transform.LayerNorm.weight": (h,),
+        "cls.predictions.transform.LayerNorm.bias": (h,),
+        "feat_regress.weight": (h, FEAT_DIM),
+        "feat_regress.bias": (FEAT_DIM,),
+        "feat_regress.net.0.weight": (h, h),
+        "feat_regress.net.0.bias": (h,),
+        "feat_regress.net.2.weight": (h,),
+        "feat_regress.net.2.bias": (h,),
+        "region_classifier.net.0.weight": (h, h),
+        "region_classifier.net.0.bias": (h,),
+        "region_classifier.net.2.weight": (h,),
+        "region_classifier.net.2.bias": (h,),
+        "region_classifier.net.3.weight": (1601, h),
+        "region_classifier.net.3.bias": (1601,),
+        "itm_output.weight": (2, h),
+        "itm_output.bias": (2,),
+    }
+    out.update({k: torch.randn(shape, generator=gen) for k, shape in heads.items()})
+    out["cls.predictions.decoder.weight"] = out[
+        "uniter.embeddings.word_embeddings.weight"
+    ]  # tied, saved twice
+    return out
+
+
+def vilio_finetuned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """vilio ModelU.state_dict(): ``model.`` + BertU keys (with HF's position_ids buffer) and ``classifier.*``."""
+    out = {(k if k.startswith("classifier.") else f"model.{k}"): v for k, v in state.items()}
+    out["model.embeddings.position_ids"] = torch.arange(512).expand(1, -1)
+    return out
+
+
+# Real key names of the original files, written out literally so a wrong name in our mapping cannot pass.
+LITERAL_RELEASE_KEYS = {
+    "uniter.embeddings.word_embeddings.weight": (30522, HIDDEN),
+    "uniter.embeddings.position_embeddings.weight": (512, HIDDEN),
+    "uniter.embeddings.token_type_embeddings.weight": (2, HIDDEN),
+    "uniter.embeddings.LayerNorm.weight": (HIDDEN,),
+    "uniter.img_embeddings.img_linear.weight": (HIDDEN, FEAT_DIM),
+    "uniter.img_embeddings.img_layer_norm.bias": (HIDDEN,),
+    "uniter.img_embeddings.pos_linear.weight": (HIDDEN, 7),
+    "uniter.img_embeddings.pos_layer_norm.weight": (HIDDEN,),
+    "uniter.img_embeddings.LayerNorm.bias": (HIDDEN,),
+    "uniter.img_embeddings.mask_embedding.weight": (2, FEAT_DIM),
+    "uniter.encoder.layer.0.attention.self.query.weight": (HIDDEN, HIDDEN),
+    "uniter.encoder.layer.0.attention.self.value.bias": (HIDDEN,),
+    "uniter.encoder.layer.0.attention.output.dense.weight": (HIDDEN, HIDDEN),
+    "uniter.encoder.layer.1.attention.output.LayerNorm.weight": (HIDDEN,),
+    "uniter.encoder.layer.1.intermediate.dense.weight": (128, HIDDEN),
+    "uniter.encoder.layer.1.output.dense.weight": (HIDDEN, 128),
+    "uniter.encoder.layer.1.output.LayerNorm.bias": (HIDDEN,),
+    "uniter.pooler.dense.weight": (HIDDEN, HIDDEN),
+}
+LITERAL_VILIO_KEYS = {
+    "model.embeddings.position_ids": (1, 512),
+    "model.img_embeddings.pos_linear.weight": (HIDDEN, 7),
+    "model.encoder.layer.1.output.dense.bias": (HIDDEN,),
+    "model.pooler.dense.bias": (HIDDEN,),
+    "classifier.0.weight": (2 * HIDDEN, HIDDEN),
+    "classifier.2.weight": (2 * HIDDEN,),
+    "classifier.3.weight": (2, 2 * HIDDEN),
+    "classifier.3.bias": (2,),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain reference forward (one example, no padding), reading vilio's original key names
+# ---------------------------------------------------------------------------------------------
+def ln(x, sd, name, eps=1e-12):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
+
+
+def lin(x, sd, name):
+    return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def reference_layer(h, sd, p):
+    length, width = h.shape
+    d = width // HEADS
+    q = lin(h, sd, f"{p}.attention.self.query").reshape(length, HEADS, d)
+    k = lin(h, sd, f"{p}.attention.self.key").reshape(length, HEADS, d)
+    v = lin(h, sd, f"{p}.attention.self.value").reshape(length, HEADS, d)
+    probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d), dim=-1)
+    context = torch.einsum("hqk,khd->qhd", probs, v).reshape(length, width)
+    attended = ln(lin(context, sd, f"{p}.attention.output.dense") + h, sd, f"{p}.attention.output.LayerNorm")
+    inner = gelu(lin(attended, sd, f"{p}.intermediate.dense"))
+    return ln(lin(inner, sd, f"{p}.output.dense") + attended, sd, f"{p}.output.LayerNorm")
+
+
+def reference_uniter(sd, ids, feats, pos7, num_layers=2):
+    """vilio ModelU on one example: [text ; regions] (no padding) -> (hidden [L, H], hateful logit)."""
+    m = "model."
+    positions = torch.arange(len(ids))
+    text = (
+        sd[m + "embeddings.word_embeddings.weight"][ids]
+        + sd[m + "embeddings.position_embeddings.weight"][positions]
+        + sd[m + "embeddings.token_type_embeddings.weight"][0]
+    )
+    text = ln(text, sd, m + "embeddings.LayerNorm")
+    image = (
+        ln(lin(feats, sd, m + "img_embeddings.img_linear"), sd, m + "img_embeddings.img_layer_norm")
+        + ln(lin(pos7, sd, m + "img_embeddings.pos_linear"), sd, m + "img_embeddings.pos_layer_norm")
+        + sd[m + "embeddings.token_type_embeddings.weight"][1]
+    )
+    image = ln(image, sd, m + "img_embeddings.LayerNorm")
+    hidden = torch.cat([text, image], dim=0)
+    for i in range(num_layers):
+        hidden = reference_layer(hidden, sd, f"{m}encoder.layer.{i}")
+    pooled = torch.tanh(lin(hidden[0], sd, m + "pooler.dense"))
+    head = ln(gelu(lin(pooled, sd, "classifier.0")), sd, "classifier.2")
+    logits = lin(head, sd, "classifier.3")
+    return hidden, logits[1] - logits[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+def test_named_configs():
+    large = get_config("uniter-large")
+    assert (
+        large.hidden_size,
+        large.num_hidden_layers,
+        large.num_attention_heads,
+        large.intermediate_size,
+    ) == (
+        1024,
+        24,
+        16,
+        4096,
+    )
+    assert large.vocab_size == 28996 and large.tokenizer == "bert-large-cased"
+    base = get_config("uniter-base")
+    assert (base.hidden_size, base.num_hidden_layers, base.vocab_size) == (768, 12, 28996)
+    t = get_config("uniter-tiny", visual_feat_dim=48)
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size) == (64, 2, 2, 128)
+    assert tiny(visual_feat_dim=48).img_embeddings.img_linear.weight.shape == (64, 48)
+
+
+def test_pack_text_and_regions_matches_hand_layout():
+    text_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    visual_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    index, mask = pack_text_and_regions(text_mask, visual_mask)
+    # concat slots: text 0..2, regions 3..6. Example 0: t0 t1 t2 r0 r1 ; example 1: t0 r0 r1 r2 + 1 pad.
+    assert index.tolist() == [[0, 1, 2, 3, 4], [0, 3, 4, 5, 4]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+
+
+def test_processor_builds_uniter7_boxes_and_scores_batch():
+    model = tiny()
+    records = make_records([3, 5, 2])
+    batch = model.build_processor()(MEMES, records)
+    assert batch["visual_boxes"].shape == (3, 5, 7)
+    x1, y1, x2, y2 = records[1].boxes[2] / np.array([320, 160, 320, 160])
+    expected = [x1, y1, x2, y2, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)]
+    np.testing.assert_allclose(batch["visual_boxes"][1, 2].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert batch["visual_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [1.0, 0.0, 0.0]
+    logits = model(batch)
+    assert logits.shape == (3,) and torch.isfinite(logits).all()
+    torch.testing.assert_close(model(batch), logits)  # dropout off in eval
+    probs = model.predict_proba(batch)
+    assert ((probs > 0) & (probs < 1)).all()
+
+
+def test_finetuned_checkpoint_parity_with_reference(tmp_path):
+    model = tiny()
+    original = vilio_finetuned(random_state(model, seed=3))
+    for key, shape in LITERAL_VILIO_KEYS.items():
+        assert tuple(original[key].shape) == shape, key
+    path = tmp_path / "LASTtrain.pth"
+    torch.save(original, path)
+
+    missing, unexpected = model.load_original(path)
+    assert missing == [] and unexpected == ["embeddings.position_ids"]
+    own = model.state_dict()
+    for key, value in original.items():
+        if key != "model.embeddings.position_ids":
+            torch.testing.assert_close(own[key.removeprefix("model.")], value, rtol=0, atol=0)
+
+    records = make_records([3, 5, 2], seed=4)
+    batch = model.build_processor()(MEMES, records)
+    with torch.no_grad():
+        logits = model(batch)
+        encoded = model.encode(batch)
+    for i in range(len(MEMES)):
+        t = int(batch["attention_mask"][i].sum())
+        n = int(batch["visual_mask"][i].sum())
+        hidden, logit = reference_uniter(
+            original, batch["input_ids"][i, :t], batch["visual_feats"][i, :n], batch["visual_boxes"][i, :n]
+        )
+        assert abs(float(logits[i]) - float(logit)) <= 1e-5
+        assert (encoded.text_hidden[i, :t] - hidden[:t]).abs().max() <= 1e-5
+        assert (encoded.visual_hidden[i, :n] - hidden[t:]).abs().max() <= 1e-5
+        assert not encoded.text_hidden[i, t:].any()  # padding rows zeroed
+        assert not encoded.visual_hidden[i, n:].any()
+
+
+def test_release_checkpoint_loads_backbone_and_documents_heads(tmp_path):
+    model = tiny()
+    original = uniter_release(random_state(model, seed=5))
+    for key, shape in LITERAL_RELEASE_KEYS.items():
+        assert tuple(original[key].shape) == shape, key
+    torch.save(original, tmp_path / "uniter-base.pt")
+    missing, unexpected = model.load_original(tmp_path)  # a folder holding the release file
+    assert missing == [
+        "classifier.0.bias",
+        "classifier.0.weight",
+        "classifier.2.bias",
+        "classifier.2.weight",
+        "classifier.3.bias",
+        "classifier.3.weight",
+    ]
+    assert "img_embeddings.mask_embedding.weight" in unexpected
+    assert {
+        "itm_output.weight",
+        "cls.predictions.decoder.weight",
+        "feat_regress.weight",
+        "region_classifier.net.3.bias",
+    } <= set(unexpected)
+    own = model.state_dict()
+    for key, value in original.items():
+        if key.startswith("uniter.") and "mask_embedding" not in key:
+            torch.testing.assert_close(own[key.removeprefix("uniter.")], value, rtol=0, atol=0)
+
+    with_mask = tiny(use_mask_embedding=True)
+    missing, unexpected = with_mask.load_original(tmp_path / "uniter-base.pt")
+    assert "img_embeddings.mask_embedding.weight" not in unexpected
+    torch.testing.assert_close(
+        with_mask.img_embeddings.mask_embedding.weight.detach(),
+        original["uniter.img_embeddings.mask_embedding.weight"],
+    )
+
+
+def test_release_checkpoint_in_half_precision_with_tf_layernorm_names(tmp_path):
+    model = tiny()
+    original = {k: v.half() for k, v in uniter_release(random_state(model, seed=6)).items()}
+    original["uniter.embeddings.LayerNorm.gamma"] = original.pop("uniter.embeddings.LayerNorm.weight")
+    torch.save(original, tmp_path / "ok.pt")
+    model.load_original(tmp_path / "ok.pt")
+    assert model.embeddings.LayerNorm.weight.dtype == torch.float32
+    torch.testing.assert_close(
+        model.embeddings.LayerNorm.weight.detach(), original["uniter.embeddings.LayerNorm.gamma"].float()
+    )
+
+
+def test_unexplained_or_missing_keys_fail_listing_them(tmp_path):
+    model = tiny()
+    original = vilio_finetuned(random_state(model, seed=7))
+    original["model.img_embeddings.surprise.weight"] = torch.zeros(3)
+    torch.save(original, tmp_path / "LASTtrain.pth")
+    with pytest.raises(CheckpointError, match="img_embeddings.surprise.weight"):
+        model.load_original(tmp_path / "LASTtrain.pth")
+
+    original = vilio_finetuned(random_state(model, seed=7))
+    del original["model.encoder.layer.1.output.dense.weight"]
+    torch.save(original, tmp_path / "LASTtrain.pth")
+    with pytest.raises(CheckpointError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
+        model.load_original(tmp_path / "LASTtrain.pth")
+
+    release = uniter_release(random_state(model, seed=8))
+    release["uniter.img_embeddings.pos_linear.weight"] = torch.zeros(HIDDEN, 4)  # vilio's num_pos 4 variant
+    torch.save(release, tmp_path / "uniter-large.pt")
+    with pytest.raises(CheckpointError, match="pos_linear"):
+        model.load_original(tmp_path / "uniter-large.pt")
+
+
+def test_mask_embedding_is_added_to_masked_regions_only():
+    model = tiny(use_mask_embedding=True)
+    with torch.no_grad():
+        model.img_embeddings.mask_embedding.weight.normal_()
+    batch = model.build_processor()(MEMES[:1], make_records([4]))
+    plain = model.encode(batch).visual_hidden
+    masked_nothing = model.encode(
+        {**batch, "visual_masked": torch.zeros(1, 4, dtype=torch.long)}
+    ).visual_hidden
+    torch.testing.assert_close(plain, masked_nothing)
+    features = batch["visual_feats"].clone()
+    features[0, 2] += model.img_embeddings.mask_embedding.weight[1].detach()
+    by_hand = model.encode({**batch, "visual_feats": features}).visual_hidden
+    masked = model.encode({**batch, "visual_masked": torch.tensor([[0, 0, 1, 0]])}).visual_hidden
+    torch.testing.assert_close(masked, by_hand)
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    from memeguard.models.base import MemeModel
+
+    model = tiny()
+    batch = model.build_processor()(MEMES, make_records([2, 3, 1]))
+    model.save_pretrained(tmp_path / "m")
+    again = MemeModel.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(again, UniterModel)
+    torch.testing.assert_close(again(batch), model(batch))
+
+
+def test_swa_wrapped_finetuned_layout_loads(tmp_path):
+    """``AveragedModel`` state dicts (``n_averaged`` + ``module.``) unwrap as vilio's HM.load does."""
+    model = tiny()
+    plain = vilio_finetuned(random_state(model, seed=11))
+    wrapped = {f"module.{k}": v for k, v in plain.items()}
+    wrapped["n_averaged"] = torch.tensor(12)
+    torch.save(wrapped, tmp_path / "LASTtraindev.pth")
+    missing, unexpected = model.load_original(tmp_path / "LASTtraindev.pth")
+    assert missing == [] and unexpected == ["embeddings.position_ids"]
+    torch.testing.assert_close(model.classifier[3].weight.detach(), plain["classifier.3.weight"])
+    torch.testing.assert_close(
+        model.img_embeddings.pos_linear.weight.detach(), plain["model.img_embeddings.pos_linear.weight"]
+    )
