@@ -28,6 +28,7 @@ _SUBAPPS: tuple[tuple[str, str, str | None], ...] = (
     ("memeguard.training.cli", "app", None),
     ("memeguard.ensemble.cli", "app", None),
     ("memeguard.pipeline.cli", "app", None),
+    ("memeguard.serving.cli", "app", None),
 )
 
 
