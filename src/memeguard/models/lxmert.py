@@ -1,0 +1,419 @@
+"""LXMERT (vilio's model "X"): a language stream, a relation (object) stream and cross-modality layers.
+
+Layout, as airsplay/lxmert ``src/lxrt/modeling.py`` and vilio's ``BertX`` (``src/vilio/modeling_bertX.py``):
+
+* ``embeddings``: BERT text embeddings (word + position + token_type -> LayerNorm -> dropout);
+* ``encoder.visn_fc``: regions -> (LayerNorm(``visn_fc``(features)) + LayerNorm(``box_fc``(boxes))) / 2
+  -> dropout, boxes as normalised (x1, y1, x2, y2);
+* ``encoder.layer.{0..L-1}``: BERT layers on the text; ``encoder.r_layers.{0..R-1}``: BERT layers on
+  the regions; ``encoder.x_layers.{0..X-1}``: cross layers. Each cross layer runs ONE cross-attention
+  module ``visual_attention`` both ways (text attends to regions, regions attend to text, same
+  weights), then ``lang_self_att`` / ``visn_self_att``, then the FFNs ``lang_inter``/``lang_output`` and
+  ``visn_inter``/``visn_output``. Post-LN, LayerNorm eps 1e-12;
+* ``pooler``: dense + tanh on the text [CLS] after the cross layers.
+
+Depths are configurable: ``num_hidden_layers`` = L, ``r_layers`` = R, ``x_layers`` = X. ``lxmert-base``
+uses vilio's bash setting 12/2/5; the released ``Epoch18_LXRT.pth`` is 9/5/5, so loading it into
+``lxmert-base`` leaves text layers 9-11 at their (random) init — reported as missing keys — and
+skips the checkpoint's relation layers 2-4 — reported as unexpected keys. vilio filled text layers 9-11
+from bert-base-uncased: do the same with ``load_original(bert_checkpoint)`` then ``load_original(epoch18)``,
+or build ``create_model("lxmert-base", num_hidden_layers=9, r_layers=5)`` to match the checkpoint exactly.
+
+Head: vilio's ``classifier`` = Linear(H, 2H) -> GELU -> LayerNorm -> Linear(2H, 2) on the pooled output.
+Padded regions (batch maximum) are masked; vilio gave every image the same box count and no mask.
+
+Checkpoints ``load_original`` understands (detected from the keys):
+
+* the original pre-trained ``Epoch18_LXRT.pth`` (``module.bert.*``; pre-training heads ``module.cls.*``,
+  ``module.obj_predict_head.*`` unexpected-but-documented, ``module.answer_head.*`` dropped as vilio does);
+* vilio fine-tuned ``LASTtrain.pth`` / ``LASTtraindev.pth``: torch ``AveragedModel`` of ``ModelX``
+  (``n_averaged``, ``module.model.bert.*``, ``module.classifier.{0,2,3}.*``) or the same without SWA;
+* vilio task-pretrained ``LAST_BX.pth`` (``bert.*``, ``cls.*``, ...);
+* a text-only BERT checkpoint (``bert.embeddings/encoder.layer/pooler.*``, old ``LayerNorm.gamma/beta``
+  names accepted): fills the text stream, leaves the visual and cross parts and the head as they are;
+* Hugging Face ``LxmertModel`` / ``LxmertFor*`` weights (``lxmert.*`` or bare ``encoder.x_layers.*``),
+  as ``pytorch_model.bin`` / ``model.safetensors`` or their folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from memeguard.errors import CheckpointError, ConfigError
+from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.blocks import (
+    BertAttention,
+    BertIntermediate,
+    BertLayer,
+    BertPooler,
+    BertTextEmbeddings,
+    DenseResidualNorm,
+    MultiHeadAttention,
+    VilioClassifier,
+    extended_attention_mask,
+    two_class_to_logit,
+)
+from memeguard.models.checkpoints import load_mapped_state_dict
+from memeguard.models.registry import register_architecture, register_config
+from memeguard.models.visualbert import read_original_state
+
+
+@dataclass
+class LxmertConfig(VLConfig):
+    """LXMERT on bert-base-uncased. ``num_hidden_layers`` is the number of text layers (L)."""
+
+    model_type: ClassVar[str] = "lxmert"
+
+    num_hidden_layers: int = 12  # L: vilio's bash (--llayers 12); the original checkpoint has 9
+    r_layers: int = 2  # R: object-relation layers (original 5)
+    x_layers: int = 5  # X: cross-modality layers
+    visual_pos_dim: int = 4  # normalised (x1, y1, x2, y2)
+    num_labels: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("num_hidden_layers", "r_layers", "x_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"lxmert: {name} must be >= 0, got {getattr(self, name)}")
+        if self.visual_pos_dim != 4:
+            raise ConfigError(f"lxmert: visual_pos_dim must be 4 (x1, y1, x2, y2 boxes), got {self.visual_pos_dim}")
+
+
+# -- blocks specific to LXMERT ----------------------------------------------------------------
+
+
+class VisualFeatEncoder(nn.Module):
+    """Region features and boxes, each projected and LayerNorm-ed, averaged."""
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__()
+        self.visn_fc = nn.Linear(config.visual_feat_dim, config.hidden_size)
+        self.visn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.box_fc = nn.Linear(config.visual_pos_dim, config.hidden_size)
+        self.box_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        x = self.visn_layer_norm(self.visn_fc(feats))
+        y = self.box_layer_norm(self.box_fc(boxes))
+        return self.dropout((x + y) / 2)
+
+
+class CrossAttentionLayer(nn.Module):
+    """``att`` (queries from one stream, keys/values from the other) + ``output`` (dense, residual, LN)."""
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__()
+        self.att = MultiHeadAttention(
+            config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob
+        )
+        self.output = DenseResidualNorm(
+            config.hidden_size, config.hidden_size, config.hidden_dropout_prob, config.layer_norm_eps
+        )
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.att(hidden, context_mask, context), hidden)
+
+
+class CrossModalityLayer(nn.Module):
+    """LXMERT's ``LXRTXLayer``: shared cross-attention both ways, then self-attention, then FFNs."""
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__()
+        attention_kwargs = dict(
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            attention_dropout=config.attention_probs_dropout_prob,
+            hidden_dropout=config.hidden_dropout_prob,
+            eps=config.layer_norm_eps,
+        )
+        self.visual_attention = CrossAttentionLayer(config)
+        self.lang_self_att = BertAttention(**attention_kwargs)  # type: ignore[arg-type]
+        self.visn_self_att = BertAttention(**attention_kwargs)  # type: ignore[arg-type]
+        self.lang_inter = BertIntermediate(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.lang_output = DenseResidualNorm(
+            config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, config.layer_norm_eps
+        )
+        self.visn_inter = BertIntermediate(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.visn_output = DenseResidualNorm(
+            config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, config.layer_norm_eps
+        )
+
+    def forward(
+        self,
+        lang: torch.Tensor,
+        lang_mask: torch.Tensor,
+        visn: torch.Tensor,
+        visn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Both directions read the inputs of this layer (not each other's outputs).
+        lang_att = self.visual_attention(lang, visn, visn_mask)
+        visn_att = self.visual_attention(visn, lang, lang_mask)
+        lang_att = self.lang_self_att(lang_att, lang_mask)
+        visn_att = self.visn_self_att(visn_att, visn_mask)
+        return (
+            self.lang_output(self.lang_inter(lang_att), lang_att),
+            self.visn_output(self.visn_inter(visn_att), visn_att),
+        )
+
+
+class LxmertEncoder(nn.Module):
+    """``visn_fc``, then L text layers, R region layers, X cross layers (airsplay's ``LXRTEncoder``)."""
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__()
+        layer_kwargs = dict(
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            act=config.hidden_act,
+            attention_dropout=config.attention_probs_dropout_prob,
+            hidden_dropout=config.hidden_dropout_prob,
+            eps=config.layer_norm_eps,
+        )
+        self.visn_fc = VisualFeatEncoder(config)
+        self.layer = nn.ModuleList([BertLayer(**layer_kwargs) for _ in range(config.num_hidden_layers)])  # type: ignore[arg-type]
+        self.x_layers = nn.ModuleList([CrossModalityLayer(config) for _ in range(config.x_layers)])
+        self.r_layers = nn.ModuleList([BertLayer(**layer_kwargs) for _ in range(config.r_layers)])  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        lang: torch.Tensor,
+        lang_mask: torch.Tensor,
+        visual_feats: torch.Tensor,
+        visual_boxes: torch.Tensor,
+        visn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        visn = self.visn_fc(visual_feats, visual_boxes)
+        for layer in self.layer:
+            lang = layer(lang, lang_mask)
+        for layer in self.r_layers:
+            visn = layer(visn, visn_mask)
+        for layer in self.x_layers:
+            lang, visn = layer(lang, lang_mask, visn, visn_mask)
+        return lang, visn
+
+
+class LxmertBackbone(nn.Module):
+    """``embeddings`` + ``encoder`` + ``pooler``: airsplay's ``LXRTModel`` (vilio's ``BertX.bert``)."""
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__()
+        self.embeddings = BertTextEmbeddings(
+            config.vocab_size,
+            config.hidden_size,
+            config.max_position_embeddings,
+            config.type_vocab_size,
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+            config.pad_token_id,
+        )
+        self.encoder = LxmertEncoder(config)
+        self.pooler = BertPooler(config.hidden_size)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text states [B, T, H], region states [B, N, H], pooled [B, H])."""
+        input_ids = batch["input_ids"]
+        text_mask = batch.get("attention_mask")
+        if text_mask is None:
+            text_mask = torch.ones_like(input_ids)
+        lang = self.embeddings(input_ids, batch.get("token_type_ids"))
+        dtype = lang.dtype
+        visn_mask = batch.get("visual_mask")
+        lang, visn = self.encoder(
+            lang,
+            extended_attention_mask(text_mask, dtype),
+            batch["visual_feats"].to(dtype),
+            batch["visual_boxes"].to(dtype),
+            None if visn_mask is None else extended_attention_mask(visn_mask, dtype),
+        )
+        return lang, visn, self.pooler(lang)
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+class LxmertProcessor(RegionTextProcessor):
+    """Text as BERT; regions with normalised (x1, y1, x2, y2) boxes (vilio's ``--num_pos 4``)."""
+
+    box_encoding = "xyxy"
+
+
+@register_architecture
+class LxmertModel(MemeModel):
+    """LXMERT with vilio's MLP head; ``forward(batch)`` -> hateful logit [B]."""
+
+    config_class: ClassVar[type[VLConfig]] = LxmertConfig
+    processor_class: ClassVar[type[RegionTextProcessor]] = LxmertProcessor
+    config: LxmertConfig
+
+    def __init__(self, config: LxmertConfig) -> None:
+        super().__init__(config)
+        self.bert = LxmertBackbone(config)
+        self.classifier = VilioClassifier(config.hidden_size, config.num_labels, config.layer_norm_eps)
+        self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
+        lang, visn, pooled = self.bert(batch)
+        return EncoderOutput(text_hidden=lang, visual_hidden=visn, pooled=pooled)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        _, _, pooled = self.bert(batch)
+        return two_class_to_logit(self.classifier(pooled))
+
+    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
+        """Load an airsplay / vilio / Hugging Face LXMERT checkpoint (layout detected from its keys).
+
+        Layers the checkpoint lacks (``lxmert-base`` has 12 text layers, ``Epoch18_LXRT.pth`` 9) keep
+        their init and come back as missing; layers the model lacks come back as unexpected.
+        """
+        state = read_original_state(path)
+        layout = detect_layout(state)
+        converted = CONVERTERS[layout](state)
+        own = self.state_dict()
+        absent_layers = _layers_absent_from(own, converted)  # deeper model: these keep their init
+        extra_layers = _layers_absent_from(converted, own)  # deeper checkpoint: these are skipped
+        head = {key for key in own if key.startswith("classifier.")}
+        finetuned = layout.startswith("vilio-finetuned")
+
+        def allowed_missing(key: str) -> bool:
+            if layout == "bert":  # a text-only checkpoint: the visual and cross parts keep their init
+                return not key.startswith(("bert.embeddings.", "bert.encoder.layer.", "bert.pooler."))
+            return (not finetuned and key in head) or _layer_of(key) in absent_layers
+
+        def allowed_unexpected(key: str) -> bool:
+            return DOCUMENTED_UNEXPECTED[layout](key) or _layer_of(key) in extra_layers
+
+        return load_mapped_state_dict(
+            self,
+            converted,
+            source=f"{path} ({layout} LXMERT layout)",
+            allowed_missing=allowed_missing,
+            allowed_unexpected=allowed_unexpected,
+        )
+
+
+# -- original checkpoints ---------------------------------------------------------------------
+
+_LAYER = re.compile(r"^(bert\.encoder\.(?:layer|r_layers|x_layers)\.\d+)\.")
+
+
+def _layer_of(key: str) -> str | None:
+    """``bert.encoder.layer.10.output.dense.weight`` -> ``bert.encoder.layer.10``; None outside the stacks."""
+    match = _LAYER.match(key)
+    return match.group(1) if match else None
+
+
+def _layers_absent_from(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> set[str]:
+    """Whole layers that ``source`` has and ``target`` has not a single key of (depth differences)."""
+    target_layers = {_layer_of(key) for key in target}
+    return {layer for key in source if (layer := _layer_of(key)) is not None and layer not in target_layers}
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """Name the layout an LXMERT state dict is in; fail with the first keys when none fits."""
+    keys = list(state)
+    if any(key.startswith("module.model.bert.") for key in keys):
+        return "vilio-finetuned-swa"
+    if any(key.startswith("model.bert.") for key in keys):
+        return "vilio-finetuned"
+    if any(key.startswith("module.bert.") for key in keys):
+        return "lxmert-pretrained"
+    if any(key.startswith("lxmert.") for key in keys) or any(key.startswith("encoder.x_layers.") for key in keys):
+        return "huggingface"
+    if any(key.startswith(("bert.encoder.visn_fc.", "bert.encoder.x_layers.")) for key in keys):
+        return "vilio-pretrained"
+    if any(key.startswith("bert.encoder.layer.") for key in keys):
+        return "bert"
+    raise CheckpointError(
+        "not a known LXMERT checkpoint layout (airsplay module.bert.*, vilio module.model.bert.*/model.bert.*/"
+        f"bert.*, Hugging Face lxmert.*, BERT bert.encoder.layer.*); first keys: {keys[:5]}"
+    )
+
+
+def convert_vilio_finetuned(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """vilio ``LASTtrain.pth``: [``n_averaged``,] ``[module.]model.bert.*`` -> ``bert.*``, ``classifier.*`` kept."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "n_averaged":
+            continue
+        key = key.removeprefix("module.")
+        out[key.removeprefix("model.")] = value
+    return out
+
+
+def convert_lxmert_pretrained(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """airsplay ``Epoch18_LXRT.pth`` (DataParallel ``LXRTPretraining``): strip ``module.``, drop ``*answer*``."""
+    return {key.removeprefix("module."): value for key, value in state.items() if "answer" not in key}
+
+
+def convert_vilio_pretrained(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """vilio ``LAST_BX.pth`` (``BertXPretraining``): ``bert.*`` is already our name; ``*answer*`` dropped."""
+    return {key: value for key, value in state.items() if "answer" not in key}
+
+
+def convert_bert(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A BERT checkpoint (``bert-base-uncased`` ``pytorch_model.bin``): ``bert.*`` is already our name;
+    the old TF-style ``LayerNorm.gamma``/``beta`` become ``weight``/``bias``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+        out[re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)] = value
+    return out
+
+
+def convert_huggingface(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face LXMERT keys equal the original ones: ``lxmert.`` (or nothing) -> ``bert.``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        bare = key.removeprefix("lxmert.")
+        if bare.startswith(("embeddings.", "encoder.", "pooler.")):
+            out[f"bert.{bare}"] = value
+        else:
+            out[key] = value  # pre-training / QA heads: reported as unexpected
+    return out
+
+
+CONVERTERS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
+    "vilio-finetuned-swa": convert_vilio_finetuned,
+    "vilio-finetuned": convert_vilio_finetuned,
+    "lxmert-pretrained": convert_lxmert_pretrained,
+    "vilio-pretrained": convert_vilio_pretrained,
+    "bert": convert_bert,
+    "huggingface": convert_huggingface,
+}
+
+_POSITION_IDS = "bert.embeddings.position_ids"  # buffer of vilio's HF-3.0.2 BertEmbeddings
+_PRETRAINING_HEADS = ("cls.", "obj_predict_head.")  # masked LM + ITM, visual feature/label regression
+DOCUMENTED_UNEXPECTED: dict[str, Callable[[str], bool]] = {
+    "vilio-finetuned-swa": lambda key: key == _POSITION_IDS,
+    "vilio-finetuned": lambda key: key == _POSITION_IDS,
+    "lxmert-pretrained": lambda key: key == _POSITION_IDS or key.startswith(_PRETRAINING_HEADS),
+    "vilio-pretrained": lambda key: key == _POSITION_IDS or key.startswith(_PRETRAINING_HEADS),
+    "bert": lambda key: key == _POSITION_IDS or key.startswith("cls."),
+    "huggingface": lambda key: key == _POSITION_IDS or key.startswith((*_PRETRAINING_HEADS, "answer_head.")),
+}
+
+
+# -- named configs ----------------------------------------------------------------------------
+
+register_config("lxmert-base", "lxmert", num_hidden_layers=12, r_layers=2, x_layers=5)
+register_config(
+    "lxmert-tiny",
+    "lxmert",
+    hidden_size=64,
+    num_hidden_layers=2,
+    r_layers=2,
+    x_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+)
