@@ -109,3 +109,23 @@ def resolve_checkpoint_file(path: str | Path, known_names: tuple[str, ...]) -> P
         f"{path}: expected one of {list(known_names)} or a single .pt/.pth/.bin file, "
         f"found {[p.name for p in candidates] or 'none'}"
     )
+
+
+def read_any_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A torch file (``.pth``/``.bin``/``.pt``), a ``.safetensors`` file, or a folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.pth", "pytorch_model.bin", "model.safetensors"):
+            if (path / name).is_file():
+                return read_any_checkpoint(path / name)
+        raise CheckpointError(f"{path}: no model.pth, pytorch_model.bin or model.safetensors in this folder")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return read_torch_checkpoint(path)

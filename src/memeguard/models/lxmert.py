@@ -60,9 +60,8 @@ from memeguard.models.blocks import (
     extended_attention_mask,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import load_mapped_state_dict
+from memeguard.models.checkpoints import load_mapped_state_dict, read_any_checkpoint
 from memeguard.models.registry import register_architecture, register_config
-from memeguard.models.visualbert import read_original_state
 
 
 @dataclass
@@ -276,7 +275,7 @@ class LxmertModel(MemeModel):
         Layers the checkpoint lacks (``lxmert-base`` has 12 text layers, ``Epoch18_LXRT.pth`` 9) keep
         their init and come back as missing; layers the model lacks come back as unexpected.
         """
-        state = read_original_state(path)
+        state = read_any_checkpoint(path)
         layout = detect_layout(state)
         converted = CONVERTERS[layout](state)
         own = self.state_dict()

@@ -53,7 +53,7 @@ from memeguard.models.blocks import (
     extended_attention_mask,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import load_mapped_state_dict, read_torch_checkpoint
+from memeguard.models.checkpoints import load_mapped_state_dict, read_any_checkpoint
 from memeguard.models.registry import register_architecture, register_config
 
 HEADS = ("layeravg", "mlp")
@@ -209,7 +209,7 @@ class VisualBertModel(MemeModel):
 
     def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
         """Load an MMF / vilio / Hugging Face VisualBERT checkpoint (layout detected from its keys)."""
-        state = read_original_state(path)
+        state = read_any_checkpoint(path)
         layout = detect_layout(state)
         converted = CONVERTERS[layout](state)
         head = set(self.head_parameter_names())
@@ -232,26 +232,6 @@ HF_RENAMES = {
     "embeddings.visual_token_type_embeddings.": "embeddings.token_type_embeddings_visual.",
     "embeddings.visual_position_embeddings.": "embeddings.position_embeddings_visual.",
 }
-
-
-def read_original_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torch file (``.pth``/``.bin``/``.pt``), a ``.safetensors`` file, or a folder holding one."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.pth", "pytorch_model.bin", "model.safetensors"):
-            if (path / name).is_file():
-                return read_original_state(path / name)
-        raise CheckpointError(f"{path}: no model.pth, pytorch_model.bin or model.safetensors in this folder")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-    return read_torch_checkpoint(path)
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
