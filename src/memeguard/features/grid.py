@@ -1,0 +1,234 @@
+"""Grid "regions": weight-free region features computed from an image grid.
+
+Why: BUTD weights cannot be downloaded here, yet every model needs regions to train on. A grid of
+cells with colour, hue, edge and position statistics is enough for a model to learn which colour
+a dominant shape has, roughly what its outline looks like, and where it is — exactly what the
+synthetic dataset encodes. It costs a few milliseconds per image on one CPU core.
+
+Regions (default ``levels=(6, 2, 1)``): the 36 cells of a 6x6 grid, then the 4 quadrants, then the
+whole image — 41 rows. Boxes are the cell rectangles in ORIGINAL image pixels. Each row has
+``GRID_FEATURE_DIM`` = 42 values, in the order of ``FEATURE_NAMES``:
+
+====================  ===  =====================================================================
+rgb_mean / rgb_std     6   per-channel mean and std of R, G, B in [0, 1]
+sat/val mean, std      4   HSV saturation and value statistics
+hue_vec                2   mean of saturation * (cos hue, sin hue): the region's dominant hue
+hue_hist              12   fraction of region pixels that are chromatic (s > .25, v > .2) per 30° hue bin
+edge_mean/std/strong   3   colour Sobel gradient magnitude (steepest RGB channel): mean, std, fraction > 0.1
+orient_hist            8   orientation of strong edges (> 0.1) in 22.5° bins (0, 22, 45, ... 157), magnitude-
+                           weighted, sums to 1 (all 0 when the region has no strong edge)
+rgb_contrast           3   region rgb mean minus whole-image rgb mean (what stands out)
+position               4   box centre x, y and width, height as fractions of the image
+====================  ===  =====================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from memeguard.features.record import RegionRecord
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"rgb_mean_{c}" for c in "rgb"),
+    *(f"rgb_std_{c}" for c in "rgb"),
+    "sat_mean",
+    "val_mean",
+    "sat_std",
+    "val_std",
+    "hue_cos",
+    "hue_sin",
+    *(f"hue_hist_{i * 30:03d}" for i in range(12)),
+    "edge_mean",
+    "edge_std",
+    "edge_strong",
+    *(f"orient_{i * 45 // 2:03d}" for i in range(8)),
+    *(f"rgb_contrast_{c}" for c in "rgb"),
+    "center_x",
+    "center_y",
+    "width",
+    "height",
+)
+GRID_FEATURE_DIM = len(FEATURE_NAMES)
+
+HUE_BINS = 12
+ORIENT_BINS = 8
+CHROMA_SAT, CHROMA_VAL = 0.25, 0.2
+STRONG_EDGE = 0.1
+
+# Per-pixel channels whose region means give every statistic above.
+_RGB, _RGB2 = slice(0, 3), slice(3, 6)
+_SV, _SV2 = slice(6, 8), slice(8, 10)
+_HUEVEC = slice(10, 12)
+_HUEHIST = slice(12, 12 + HUE_BINS)
+_EDGE = 12 + HUE_BINS  # magnitude, magnitude², strong indicator
+_ORIENT = slice(_EDGE + 3, _EDGE + 3 + ORIENT_BINS)
+_NUM_CHANNELS = _EDGE + 3 + ORIENT_BINS
+
+
+def _pixel_channels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """[height, width, _NUM_CHANNELS] per-pixel quantities of the image resized to ``size`` (w, h)."""
+    small = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    rgb = np.asarray(small, dtype=np.float32) / 255.0
+    hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 255.0
+    hue, sat_val = hsv[..., 0] * (2 * math.pi), hsv[..., 1:]
+    chromatic = (hsv[..., 1] > CHROMA_SAT) & (hsv[..., 2] > CHROMA_VAL)
+    hue_bin = np.minimum((hsv[..., 0] * HUE_BINS).astype(np.int64), HUE_BINS - 1)
+
+    # Colour gradient: per pixel, the RGB channel with the steepest Sobel gradient. A grey-level
+    # gradient would miss edges between colours of equal brightness (green on mid-grey).
+    gx = np.stack([ndimage.sobel(rgb[..., c], axis=1) for c in range(3)])
+    gy = np.stack([ndimage.sobel(rgb[..., c], axis=0) for c in range(3)])
+    channel_magnitude = np.hypot(gx, gy)
+    steepest = channel_magnitude.argmax(axis=0)[None]
+    gx = np.take_along_axis(gx, steepest, axis=0)[0]
+    gy = np.take_along_axis(gy, steepest, axis=0)[0]
+    magnitude = np.take_along_axis(channel_magnitude, steepest, axis=0)[0] / 4.0  # Sobel's gain is 4
+    angle = np.mod(np.arctan2(gy, gx), math.pi)
+    orient_bin = np.rint(angle / (math.pi / ORIENT_BINS)).astype(np.int64) % ORIENT_BINS
+    # Only strong edges vote: faint texture/noise would otherwise drown an object's outline.
+    strong = magnitude > STRONG_EDGE
+
+    channels = np.zeros((size[1], size[0], _NUM_CHANNELS), dtype=np.float32)
+    channels[..., _RGB] = rgb
+    channels[..., _RGB2] = rgb * rgb
+    channels[..., _SV] = sat_val
+    channels[..., _SV2] = sat_val * sat_val
+    channels[..., _HUEVEC] = np.stack([np.cos(hue), np.sin(hue)], axis=-1) * hsv[..., 1:2]
+    # One-hot histograms: write each pixel's single non-zero entry in place.
+    np.put_along_axis(
+        channels[..., _HUEHIST], hue_bin[..., None], chromatic[..., None].astype(np.float32), axis=-1
+    )
+    channels[..., _EDGE] = magnitude
+    channels[..., _EDGE + 1] = magnitude * magnitude
+    channels[..., _EDGE + 2] = strong
+    np.put_along_axis(channels[..., _ORIENT], orient_bin[..., None], (magnitude * strong)[..., None], axis=-1)
+    return channels
+
+
+def _block_means(channels: np.ndarray, cells: int) -> np.ndarray:
+    """Mean of every channel over each cell of a cells x cells grid -> [cells * cells, C], row-major."""
+    height, width = channels.shape[:2]
+    blocks = channels.reshape(cells, height // cells, cells, width // cells, -1).mean(axis=(1, 3))
+    return blocks.reshape(cells * cells, -1)
+
+
+def _cell_boxes(cells: int, height: int, width: int) -> np.ndarray:
+    """Pixel (x1, y1, x2, y2) of each cell, row-major, matching ``_block_means``."""
+    xs = np.linspace(0.0, width, cells + 1, dtype=np.float64)
+    ys = np.linspace(0.0, height, cells + 1, dtype=np.float64)
+    grid_y, grid_x = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+    gx, gy = grid_x.ravel(), grid_y.ravel()
+    return np.stack([xs[gx], ys[gy], xs[gx + 1], ys[gy + 1]], axis=1).astype(np.float32)
+
+
+def _region_features(
+    means: np.ndarray, image_mean_rgb: np.ndarray, boxes: np.ndarray, size: tuple[int, int]
+) -> np.ndarray:
+    """Per-region channel means -> the documented feature rows."""
+    height, width = size
+    rgb = means[:, _RGB]
+    rgb_std = np.sqrt(np.maximum(means[:, _RGB2] - rgb * rgb, 0.0))
+    sv = means[:, _SV]
+    sv_std = np.sqrt(np.maximum(means[:, _SV2] - sv * sv, 0.0))
+    edge = means[:, _EDGE]
+    edge_std = np.sqrt(np.maximum(means[:, _EDGE + 1] - edge * edge, 0.0))
+    orient = means[:, _ORIENT]
+    orient = orient / np.maximum(orient.sum(axis=1, keepdims=True), 1e-6)
+    position = np.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / (2 * width),
+            (boxes[:, 1] + boxes[:, 3]) / (2 * height),
+            (boxes[:, 2] - boxes[:, 0]) / width,
+            (boxes[:, 3] - boxes[:, 1]) / height,
+        ],
+        axis=1,
+    )
+    parts = [
+        rgb,
+        rgb_std,
+        sv,
+        sv_std,
+        means[:, _HUEVEC],
+        means[:, _HUEHIST],
+        edge[:, None],
+        edge_std[:, None],
+        means[:, _EDGE + 2 : _EDGE + 3],
+        orient,
+        rgb - image_mean_rgb[None, :],
+        position,
+    ]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+class GridExtractor:
+    """Weight-free grid regions (see the module docstring for the 42 features)."""
+
+    name = "grid"
+
+    def __init__(self, levels: Sequence[int] = (6, 2, 1), cell_px: int = 32, batch_size: int = 32) -> None:
+        levels = tuple(int(level) for level in levels)
+        if not levels or any(level < 1 for level in levels):
+            raise ValueError(f"grid levels must be positive integers, got {levels}")
+        self.levels = levels
+        self.batch_size = batch_size
+        self._lcm = math.lcm(*levels)
+        # The short side of the working copy: every level divides it, ~cell_px pixels per finest cell.
+        self.side = max(1, math.ceil(max(levels) * cell_px / self._lcm)) * self._lcm
+        self.cell_px = cell_px
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) of the working copy: short side ``side``, aspect kept (angles stay true), long side
+        rounded to a multiple every level divides and capped at 4x the short side."""
+        short, long = min(width, height), max(width, height)
+        long_work = min(
+            4 * self.side, max(self.side, round(self.side * long / short / self._lcm) * self._lcm)
+        )
+        return (long_work, self.side) if width >= height else (self.side, long_work)
+
+    @property
+    def num_regions(self) -> int:
+        return sum(level * level for level in self.levels)
+
+    @property
+    def feature_dim(self) -> int:
+        return GRID_FEATURE_DIM
+
+    def variants(self) -> list[str]:
+        return ["default"]
+
+    def extract_one(self, image: Image.Image, meme_id: int) -> RegionRecord:
+        width, height = image.size
+        channels = _pixel_channels(image, self.work_size(width, height))
+        image_mean_rgb = channels[..., _RGB].reshape(-1, 3).mean(axis=0)
+        means = np.concatenate([_block_means(channels, level) for level in self.levels], axis=0)
+        boxes = np.concatenate([_cell_boxes(level, height, width) for level in self.levels], axis=0)
+        features = _region_features(means, image_mean_rgb, boxes, (height, width))
+        return RegionRecord(meme_id=int(meme_id), features=features, boxes=boxes, image_size=(height, width))
+
+    def extract(
+        self, images: Sequence[Image.Image], meme_ids: Sequence[int], texts: Sequence[str] | None = None
+    ) -> dict[str, list[RegionRecord]]:
+        if len(images) != len(meme_ids):
+            raise ValueError(f"{len(images)} images but {len(meme_ids)} meme ids")
+        return {
+            "default": [
+                self.extract_one(image, meme_id) for image, meme_id in zip(images, meme_ids, strict=True)
+            ]
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "extractor": self.name,
+            "weights": None,
+            "weights_sha256": None,
+            "feature_dim": GRID_FEATURE_DIM,
+            "num_regions": self.num_regions,
+            "parameters": {"levels": list(self.levels), "cell_px": self.cell_px, "work_side": self.side},
+            "feature_names": list(FEATURE_NAMES),
+        }

@@ -1,0 +1,642 @@
+"""The feature store: one directory of flat, memory-mapped arrays per feature set.
+
+Why this shape: vilio re-parsed multi-GB base64 TSVs for every split of every run. Here every array
+is a raw little-endian file that ``numpy.memmap`` maps without parsing, so opening a store costs
+milliseconds and reading an image costs one slice. Images keep their own box count (10–100) because
+rows are concatenated and an index gives each image its (row_start, n_rows); nothing is padded.
+
+Directory layout::
+
+    layout.json          feature dim, dtype, which optional fields/extras exist (written at the 1st record)
+    index.bin            int64 records (meme_id, row_start, n_rows, height, width), append-only journal
+    features.bin         [rows, D] float16|float32
+    boxes.bin            [rows, 4] float32, pixel x1, y1, x2, y2 of the original image
+    object_ids.bin ...   [rows] int64 / float32, only when the extractor has them
+    extra.<name>.bin     [images, dim] float32, fixed-size per-image vectors (CLIP embeddings)
+    meta.json            written LAST by ``finalize`` (atomically): counts, file sizes, user meta
+
+Crash safety: a record's data is appended and flushed before its index entry, so after a kill the
+index is a prefix of complete records; the writer cuts any partial tail on resume. Readers only
+accept a store whose ``meta.json`` exists and whose file sizes match it exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from memeguard.errors import FeatureStoreError
+from memeguard.features.record import RegionRecord
+from memeguard.io import write_json_atomic
+
+FORMAT_NAME = "memeguard-feature-store"
+FORMAT_VERSION = 1
+
+LAYOUT_FILE = "layout.json"
+INDEX_FILE = "index.bin"
+META_FILE = "meta.json"
+LOCK_FILE = ".lock"
+
+# (meme_id, row_start, n_rows, height, width) per image.
+INDEX_COLUMNS = ("meme_id", "row_start", "n_rows", "height", "width")
+INDEX_RECORD_BYTES = 8 * len(INDEX_COLUMNS)
+
+FEATURE_DTYPES = ("float16", "float32")
+
+# Optional per-box fields: attribute of RegionRecord -> on-disk dtype.
+OPTIONAL_FIELDS: dict[str, str] = {
+    "object_ids": "<i8",
+    "object_conf": "<f4",
+    "attr_ids": "<i8",
+    "attr_conf": "<f4",
+}
+BOXES_DTYPE = "<f4"
+EXTRA_DTYPE = "<f4"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _extra_file(name: str) -> str:
+    return f"extra.{name}.bin"
+
+
+def _row_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Files with one entry per box row: name -> (numpy dtype, bytes per row)."""
+    feature_dtype = np.dtype(layout["dtype"]).newbyteorder("<")
+    files = {
+        "features.bin": (feature_dtype.str, feature_dtype.itemsize * int(layout["feature_dim"])),
+        "boxes.bin": (BOXES_DTYPE, 4 * 4),
+    }
+    for field in layout["fields"]:
+        dtype = np.dtype(OPTIONAL_FIELDS[field])
+        files[f"{field}.bin"] = (dtype.str, dtype.itemsize)
+    return files
+
+
+def _image_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Files with one entry per image (the extras): name -> (dtype, bytes per image)."""
+    return {_extra_file(name): (EXTRA_DTYPE, 4 * int(dim)) for name, dim in layout["extras"].items()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise FeatureStoreError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise FeatureStoreError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_layout(layout: dict[str, Any], path: Path) -> dict[str, Any]:
+    if layout.get("format") != FORMAT_NAME:
+        raise FeatureStoreError(
+            f"{path}: not a memeguard feature store layout (format={layout.get('format')!r})"
+        )
+    if layout.get("version") != FORMAT_VERSION:
+        raise FeatureStoreError(
+            f"{path}: unsupported store version {layout.get('version')!r} (expected {FORMAT_VERSION})"
+        )
+    if layout.get("dtype") not in FEATURE_DTYPES:
+        raise FeatureStoreError(f"{path}: unsupported feature dtype {layout.get('dtype')!r}")
+    if not isinstance(layout.get("feature_dim"), int) or layout["feature_dim"] <= 0:
+        raise FeatureStoreError(f"{path}: bad feature_dim {layout.get('feature_dim')!r}")
+    unknown = set(layout.get("fields", [])) - set(OPTIONAL_FIELDS)
+    if unknown:
+        raise FeatureStoreError(f"{path}: unknown per-box fields {sorted(unknown)}")
+    layout.setdefault("fields", [])
+    layout.setdefault("extras", {})
+    return layout
+
+
+def _read_index(path: Path, n_records: int | None = None) -> np.ndarray:
+    raw = np.fromfile(path, dtype="<i8") if path.exists() else np.zeros(0, dtype="<i8")
+    usable = (raw.size // len(INDEX_COLUMNS)) * len(INDEX_COLUMNS)
+    index = raw[:usable].reshape(-1, len(INDEX_COLUMNS))
+    return index if n_records is None else index[:n_records]
+
+
+# --------------------------------------------------------------------------------------------- reader
+
+
+class FeatureStore:
+    """Read-only view of a finalised store. ``store[meme_id]`` -> :class:`RegionRecord` (float32)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], index: np.ndarray) -> None:
+        self.path = path
+        self._meta = meta
+        info = meta["store"]
+        self._layout = info
+        self._index = index
+        self._ids = index[:, 0]
+        self._ordinal: dict[int, int] = {int(meme_id): i for i, meme_id in enumerate(self._ids.tolist())}
+        self._arrays: dict[str, np.ndarray] = {}
+        num_rows, num_images = int(info["num_rows"]), int(info["num_images"])
+        for name, (dtype, row_bytes) in _row_files(info).items():
+            width = row_bytes // np.dtype(dtype).itemsize
+            self._arrays[name] = self._map(name, dtype, (num_rows, width))
+        for name, (dtype, row_bytes) in _image_files(info).items():
+            self._arrays[name] = self._map(name, dtype, (num_images, row_bytes // 4))
+
+    def _map(self, name: str, dtype: str, shape: tuple[int, int]) -> np.ndarray:
+        if shape[0] == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(self.path / name, dtype=dtype, mode="r", shape=shape)
+
+    # -- opening and validation
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> FeatureStore:
+        """Open and validate a store; a missing, unfinished, truncated or inconsistent one raises."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FeatureStoreError(f"{path}: feature store not found (expected a directory)")
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            if (path / INDEX_FILE).exists() or (path / LAYOUT_FILE).exists():
+                raise FeatureStoreError(
+                    f"{path}: feature store was never finalised (extraction or import interrupted?); "
+                    "re-run the same extract/import command to resume and finalise it"
+                )
+            raise FeatureStoreError(f"{path}: not a feature store (no {META_FILE})")
+        meta = _read_json(meta_path)
+        info = meta.get("store")
+        if not isinstance(info, dict):
+            raise FeatureStoreError(f"{meta_path}: missing the 'store' section")
+        _check_layout(info, meta_path)
+        for key in ("num_images", "num_rows", "files"):
+            if key not in info:
+                raise FeatureStoreError(f"{meta_path}: missing store.{key}")
+        cls._check_file_sizes(path, info)
+        index = _read_index(path / INDEX_FILE)
+        cls._check_index(path, info, index)
+        return cls(path, meta, index)
+
+    @staticmethod
+    def _check_file_sizes(path: Path, info: dict[str, Any]) -> None:
+        num_rows, num_images = int(info["num_rows"]), int(info["num_images"])
+        expected = {INDEX_FILE: num_images * INDEX_RECORD_BYTES}
+        expected.update({name: num_rows * row for name, (_, row) in _row_files(info).items()})
+        expected.update({name: num_images * size for name, (_, size) in _image_files(info).items()})
+        recorded = info["files"]
+        for name, size in expected.items():
+            if recorded.get(name) != size:
+                raise FeatureStoreError(
+                    f"{path}: meta.json is inconsistent: {name} should be {size} bytes, meta says {recorded.get(name)}"
+                )
+            file_path = path / name
+            actual = file_path.stat().st_size if file_path.exists() else None
+            if actual != size:
+                state = "missing" if actual is None else f"{actual} bytes"
+                raise FeatureStoreError(
+                    f"{file_path}: truncated or overwritten feature store file ({state}, expected {size} bytes)"
+                )
+
+    @staticmethod
+    def _check_index(path: Path, info: dict[str, Any], index: np.ndarray) -> None:
+        where = path / INDEX_FILE
+        if len(index) != int(info["num_images"]):
+            raise FeatureStoreError(
+                f"{where}: {len(index)} index entries, meta.json says {info['num_images']}"
+            )
+        if len(index) == 0:
+            return
+        counts = index[:, 2]
+        if (counts < 0).any() or (index[:, 3:] <= 0).any():
+            bad = int(np.flatnonzero((counts < 0) | (index[:, 3:] <= 0).any(axis=1))[0])
+            raise FeatureStoreError(f"{where}: corrupt entry {bad} (meme id {int(index[bad, 0])})")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if not np.array_equal(starts, index[:, 1]) or int(counts.sum()) != int(info["num_rows"]):
+            raise FeatureStoreError(f"{where}: row offsets are inconsistent with the box counts")
+        unique, first = np.unique(index[:, 0], return_counts=True)
+        if len(unique) != len(index):
+            raise FeatureStoreError(f"{where}: meme id {int(unique[first > 1][0])} is stored more than once")
+
+    # -- the mapping interface
+
+    def __len__(self) -> int:
+        return len(self._ordinal)
+
+    def __contains__(self, meme_id: object) -> bool:
+        try:
+            return int(meme_id) in self._ordinal  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def __getitem__(self, meme_id: int) -> RegionRecord:
+        return self._record(self._lookup(meme_id))
+
+    def __iter__(self) -> Iterator[RegionRecord]:
+        """Records in storage order (the order they were written)."""
+        for ordinal in range(len(self._index)):
+            yield self._record(ordinal)
+
+    def get(self, meme_id: int, default: RegionRecord | None = None) -> RegionRecord | None:
+        return self[meme_id] if meme_id in self else default
+
+    def ids(self) -> list[int]:
+        """Stored meme ids in storage order."""
+        return [int(meme_id) for meme_id in self._ids.tolist()]
+
+    def records(self, meme_ids: Iterable[int]) -> list[RegionRecord]:
+        return [self[meme_id] for meme_id in meme_ids]
+
+    def batches(
+        self, meme_ids: Sequence[int] | None = None, batch_size: int = 8
+    ) -> Iterator[list[RegionRecord]]:
+        """Records in batches of ``batch_size`` (all ids in storage order when none are given)."""
+        ids = self.ids() if meme_ids is None else list(meme_ids)
+        for start in range(0, len(ids), batch_size):
+            yield self.records(ids[start : start + batch_size])
+
+    # -- cheap metadata
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self._layout["feature_dim"])
+
+    @property
+    def dtype(self) -> str:
+        """On-disk dtype of the features (reads are always float32)."""
+        return str(self._layout["dtype"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The whole ``meta.json``: extractor, weights sha256, parameters, created, and a ``store`` section."""
+        return self._meta
+
+    @property
+    def fields(self) -> list[str]:
+        """Optional per-box fields present (object_ids, object_conf, attr_ids, attr_conf)."""
+        return list(self._layout["fields"])
+
+    @property
+    def extras(self) -> dict[str, int]:
+        """Per-image extra vectors: name -> dimension."""
+        return dict(self._layout["extras"])
+
+    def num_boxes(self, meme_id: int) -> int:
+        return int(self._index[self._lookup(meme_id), 2])
+
+    def box_counts(self) -> np.ndarray:
+        """Box count of every image, in storage order (no feature reads)."""
+        return self._index[:, 2].copy()
+
+    def image_size(self, meme_id: int) -> tuple[int, int]:
+        row = self._index[self._lookup(meme_id)]
+        return int(row[3]), int(row[4])
+
+    # -- internals
+
+    def _lookup(self, meme_id: object) -> int:
+        try:
+            return self._ordinal[int(meme_id)]  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError):
+            raise KeyError(f"meme id {meme_id!r} is not in feature store {self.path}") from None
+
+    def _record(self, ordinal: int) -> RegionRecord:
+        meme_id, start, count, height, width = (int(v) for v in self._index[ordinal])
+        rows = slice(start, start + count)
+        arrays = self._arrays
+
+        def optional(field: str, dtype: type) -> np.ndarray | None:
+            name = f"{field}.bin"
+            return np.array(arrays[name][rows, 0], dtype=dtype) if name in arrays else None
+
+        extras = {
+            name: np.array(arrays[_extra_file(name)][ordinal], dtype=np.float32)
+            for name in self._layout["extras"]
+        }
+        return RegionRecord(
+            meme_id=meme_id,
+            features=np.array(arrays["features.bin"][rows], dtype=np.float32),
+            boxes=np.array(arrays["boxes.bin"][rows], dtype=np.float32),
+            image_size=(height, width),
+            object_ids=optional("object_ids", np.int64),
+            object_conf=optional("object_conf", np.float32),
+            attr_ids=optional("attr_ids", np.int64),
+            attr_conf=optional("attr_conf", np.float32),
+            extras=extras,
+        )
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # DataLoader workers (spawn) get the path and re-map the files, instead of a pickled copy
+        # of every memmap's contents.
+        return (FeatureStore.open, (str(self.path),))
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, images={len(self)}, feature_dim={self.feature_dim}, dtype={self.dtype})"
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+
+class FeatureStoreWriter:
+    """Appends records to a store directory; resumable, never stores an id twice.
+
+    ``feature_dim`` may be None: it is then taken from an existing store or the first record.
+    Re-opening a store (finalised or interrupted) continues it; ``add`` skips ids already stored and
+    returns False for them. Only ``finalize`` makes the store readable, by writing ``meta.json`` last.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        feature_dim: int | None = None,
+        dtype: str = "float16",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise FeatureStoreError(
+                f"{path}: unsupported feature dtype {dtype!r}; choose one of {FEATURE_DTYPES}"
+            )
+        if meta is not None and "store" in meta:
+            raise FeatureStoreError(f"{path}: 'store' is a reserved meta.json key")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock()
+        self._handles: dict[str, IO[bytes]] = {}
+        self._finalised_on_disk = (self.path / META_FILE).exists()
+        self._closed = False
+        self._layout: dict[str, Any] | None = None
+        self._ids: dict[int, int] = {}
+        self._num_rows = 0
+        layout_path = self.path / LAYOUT_FILE
+        if layout_path.exists():
+            self._resume(layout_path, feature_dim, dtype, meta)
+        else:
+            self._refuse_foreign_directory()
+            self._feature_dim, self._dtype = feature_dim, dtype
+            self._user_meta = dict(meta or {})
+            self._created = _now()
+
+    # -- setup
+
+    def _acquire_lock(self) -> IO[bytes]:
+        handle = open(self.path / LOCK_FILE, "ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FeatureStoreError(
+                f"{self.path}: feature store is being written by another process"
+            ) from None
+        return handle
+
+    def _refuse_foreign_directory(self) -> None:
+        others = [p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.startswith(".")]
+        if others:
+            raise FeatureStoreError(
+                f"{self.path}: directory is not empty and is not a feature store (found {sorted(others)[:5]})"
+            )
+
+    def _resume(
+        self, layout_path: Path, feature_dim: int | None, dtype: str, meta: dict[str, Any] | None
+    ) -> None:
+        layout = _check_layout(_read_json(layout_path), layout_path)
+        if feature_dim is not None and feature_dim != layout["feature_dim"]:
+            raise FeatureStoreError(
+                f"{self.path}: existing store has feature dim {layout['feature_dim']}, asked to write {feature_dim}"
+            )
+        if dtype != layout["dtype"]:
+            raise FeatureStoreError(
+                f"{self.path}: existing store holds {layout['dtype']} features, asked for {dtype}"
+            )
+        self._layout = layout
+        self._feature_dim, self._dtype = int(layout["feature_dim"]), str(layout["dtype"])
+        self._user_meta = dict(meta) if meta is not None else dict(layout.get("meta", {}))
+        self._created = str(layout.get("created", _now()))
+        self._recover()
+
+    def _recover(self) -> None:
+        """Keep the longest prefix of index entries whose data is fully on disk; cut everything after it."""
+        assert self._layout is not None
+        index = _read_index(self.path / INDEX_FILE)
+        row_files, image_files = _row_files(self._layout), _image_files(self._layout)
+        sizes = {name: self._size(name) for name in (*row_files, *image_files)}
+        ends = index[:, 1] + index[:, 2] if len(index) else np.zeros(0, dtype=np.int64)
+        keep = 0
+        for i in range(len(index)):
+            rows_ok = all(ends[i] * row <= sizes[name] for name, (_, row) in row_files.items())
+            images_ok = all((i + 1) * size <= sizes[name] for name, (_, size) in image_files.items())
+            if not (rows_ok and images_ok) or (i > 0 and index[i, 1] != ends[i - 1]):
+                break
+            keep = i + 1
+        num_rows = int(ends[keep - 1]) if keep else 0
+        self._truncate(INDEX_FILE, keep * INDEX_RECORD_BYTES)
+        for name, (_, row) in row_files.items():
+            self._truncate(name, num_rows * row)
+        for name, (_, size) in image_files.items():
+            self._truncate(name, keep * size)
+        self._ids = {int(meme_id): i for i, meme_id in enumerate(index[:keep, 0].tolist())}
+        self._num_rows = num_rows
+
+    def _size(self, name: str) -> int:
+        file_path = self.path / name
+        return file_path.stat().st_size if file_path.exists() else 0
+
+    def _truncate(self, name: str, size: int) -> None:
+        file_path = self.path / name
+        if file_path.exists() and file_path.stat().st_size != size:
+            os.truncate(file_path, size)
+        elif not file_path.exists() and size == 0:
+            file_path.touch()
+
+    def _start_layout(self, record: RegionRecord) -> None:
+        dim = self._feature_dim if self._feature_dim is not None else record.feature_dim
+        fields = [field for field in OPTIONAL_FIELDS if getattr(record, field) is not None]
+        extras = {name: int(np.asarray(value).size) for name, value in sorted(record.extras.items())}
+        self._write_layout(int(dim), fields, extras)
+
+    def _write_layout(self, feature_dim: int, fields: list[str], extras: dict[str, int]) -> None:
+        self._feature_dim = feature_dim
+        self._layout = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "feature_dim": feature_dim,
+            "dtype": self._dtype,
+            "fields": fields,
+            "extras": extras,
+            "created": self._created,
+            "meta": self._user_meta,
+        }
+        write_json_atomic(self.path / LAYOUT_FILE, self._layout)
+
+    # -- writing
+
+    def __contains__(self, meme_id: object) -> bool:
+        try:
+            return int(meme_id) in self._ids  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self._feature_dim
+
+    def add(self, record: RegionRecord) -> bool:
+        """Append one image; returns False (and writes nothing) if its id is already stored."""
+        if self._closed:
+            raise FeatureStoreError(f"{self.path}: writer is closed")
+        meme_id = int(record.meme_id)
+        if meme_id in self._ids:
+            return False
+        if self._layout is None:
+            self._start_layout(record)
+        arrays = self._validate(record)
+        if self._finalised_on_disk:
+            # The store changes: it stops being readable until finalize() describes the new contents.
+            (self.path / META_FILE).unlink(missing_ok=True)
+            self._finalised_on_disk = False
+        for name, array in arrays.items():
+            self._handle(name).write(array.tobytes())
+        for handle in self._handles.values():
+            handle.flush()
+        n_rows = arrays["features.bin"].shape[0]
+        height, width = record.image_size
+        entry = np.array([meme_id, self._num_rows, n_rows, int(height), int(width)], dtype="<i8")
+        index = self._handle(INDEX_FILE)
+        index.write(entry.tobytes())
+        index.flush()
+        self._ids[meme_id] = len(self._ids)
+        self._num_rows += n_rows
+        return True
+
+    def _handle(self, name: str) -> IO[bytes]:
+        if name not in self._handles:
+            self._handles[name] = open(self.path / name, "ab")
+        return self._handles[name]
+
+    def _validate(self, record: RegionRecord) -> dict[str, np.ndarray]:
+        """Check one record against the layout; returns file name -> bytes-ready array."""
+        assert self._layout is not None
+        where = f"{self.path}: meme id {record.meme_id}"
+        features = np.asarray(record.features)
+        if features.ndim != 2 or features.shape[1] != self._layout["feature_dim"]:
+            raise FeatureStoreError(
+                f"{where}: features have shape {features.shape}, expected [n, {self._layout['feature_dim']}]"
+            )
+        n = features.shape[0]
+        boxes = np.asarray(record.boxes, dtype=np.float32)
+        if boxes.shape != (n, 4):
+            raise FeatureStoreError(f"{where}: boxes have shape {boxes.shape}, expected ({n}, 4)")
+        height, width = record.image_size
+        if int(height) <= 0 or int(width) <= 0:
+            raise FeatureStoreError(f"{where}: bad image size {record.image_size}")
+        if not np.isfinite(features).all() or not np.isfinite(boxes).all():
+            raise FeatureStoreError(f"{where}: features or boxes contain NaN/inf")
+        with np.errstate(over="ignore"):  # overflow is reported below, with the meme id
+            stored = features.astype(np.dtype(self._dtype).newbyteorder("<"))
+        if not np.isfinite(stored).all():
+            raise FeatureStoreError(
+                f"{where}: feature values overflow {self._dtype} (max |x| = {float(np.abs(features).max()):.3g}); "
+                "write this store with dtype float32"
+            )
+        arrays = {"features.bin": stored, "boxes.bin": boxes.astype(BOXES_DTYPE)}
+        for field, dtype in OPTIONAL_FIELDS.items():
+            value = getattr(record, field)
+            present = field in self._layout["fields"]
+            if (value is not None) != present:
+                state = "has" if value is not None else "lacks"
+                raise FeatureStoreError(
+                    f"{where}: record {state} {field}, unlike the first record of this store"
+                )
+            if value is not None:
+                value = np.asarray(value).reshape(-1)
+                if value.shape != (n,):
+                    raise FeatureStoreError(f"{where}: {field} has {value.size} entries, expected {n}")
+                arrays[f"{field}.bin"] = value.astype(dtype)
+        if set(record.extras) != set(self._layout["extras"]):
+            raise FeatureStoreError(
+                f"{where}: extras {sorted(record.extras)} differ from this store's {sorted(self._layout['extras'])}"
+            )
+        for name, dim in self._layout["extras"].items():
+            value = np.asarray(record.extras[name], dtype=EXTRA_DTYPE).reshape(-1)
+            if value.size != dim:
+                raise FeatureStoreError(f"{where}: extra {name!r} has {value.size} values, expected {dim}")
+            arrays[_extra_file(name)] = value
+        return arrays
+
+    def finalize(self) -> Path:
+        """Sync the data and write ``meta.json`` atomically; after this the store opens for reading."""
+        if self._closed:
+            raise FeatureStoreError(f"{self.path}: writer is closed")
+        if self._layout is None:
+            if self._feature_dim is None:
+                raise FeatureStoreError(
+                    f"{self.path}: cannot finalise an empty store whose feature dim is unknown"
+                )
+            self._write_layout(int(self._feature_dim), [], {})
+        assert self._layout is not None
+        for handle in self._handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+        names = [INDEX_FILE, *_row_files(self._layout), *_image_files(self._layout)]
+        for name in names:
+            if not (self.path / name).exists():
+                (self.path / name).touch()
+        if not self._finalised_on_disk:
+            info = {
+                key: self._layout[key]
+                for key in ("format", "version", "feature_dim", "dtype", "fields", "extras")
+            }
+            info.update(
+                num_images=len(self._ids),
+                num_rows=self._num_rows,
+                files={name: self._size(name) for name in names},
+                finalized=_now(),
+            )
+            meta = {"created": self._created, **self._user_meta, "store": info}
+            write_json_atomic(self.path / META_FILE, meta)
+            self._finalised_on_disk = True
+        self.close()
+        return self.path
+
+    def close(self) -> None:
+        """Release files and the lock without finalising (the store stays resumable)."""
+        if self._closed:
+            return
+        for handle in self._handles.values():
+            with contextlib.suppress(OSError):
+                handle.close()
+        self._handles.clear()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+        self._closed = True
+
+    def __enter__(self) -> FeatureStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Finalise only on success: an exception leaves a resumable, unreadable store.
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def is_feature_store(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds a finalised store (cheap; does not validate sizes)."""
+    return (Path(path) / META_FILE).is_file()

@@ -1,0 +1,155 @@
+"""GridExtractor: exact values on simple images; colour, shape and position are recoverable."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from memeguard.features.extractor import Extractor
+from memeguard.features.grid import FEATURE_NAMES, GRID_FEATURE_DIM, GridExtractor
+
+COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def cols(prefix: str) -> list[int]:
+    return [i for name, i in COL.items() if name.startswith(prefix)]
+
+
+def test_protocol_dims_and_meta() -> None:
+    grid = GridExtractor()
+    assert isinstance(grid, Extractor)
+    assert GRID_FEATURE_DIM == 42 <= 128 and grid.num_regions == 36 + 4 + 1
+    assert grid.variants() == ["default"]
+    image = Image.new("RGB", (50, 30), (10, 20, 30))
+    out = grid.extract([image, image], [3, 4], ["a", "b"])
+    assert list(out) == ["default"] and [r.meme_id for r in out["default"]] == [3, 4]
+    record = out["default"][0]
+    assert record.features.shape == (41, 42) and record.features.dtype == np.float32
+    assert record.image_size == (30, 50)
+    meta = grid.meta()
+    assert meta["feature_dim"] == 42 and meta["weights"] is None
+    json.dumps(meta)
+
+
+def test_boxes_are_cell_rectangles_in_original_pixels() -> None:
+    record = GridExtractor(levels=(6, 2, 1)).extract_one(Image.new("RGB", (180, 120)), 1)
+    boxes = record.boxes
+    np.testing.assert_allclose(boxes[0], [0, 0, 30, 20])
+    np.testing.assert_allclose(boxes[6 * 1 + 2], [60, 20, 90, 40])  # row 1, column 2
+    np.testing.assert_allclose(boxes[35], [150, 100, 180, 120])
+    np.testing.assert_allclose(
+        boxes[36:40], [[0, 0, 90, 60], [90, 0, 180, 60], [0, 60, 90, 120], [90, 60, 180, 120]]
+    )
+    np.testing.assert_allclose(boxes[40], [0, 0, 180, 120])
+    # position features restate the boxes as fractions
+    np.testing.assert_allclose(
+        record.features[7, cols("center_x") + cols("center_y")], [1.5 / 6, 1.5 / 6], atol=1e-6
+    )
+    np.testing.assert_allclose(record.features[40, COL["width"]], 1.0)
+
+
+def test_exact_values_on_a_red_blue_image() -> None:
+    pixels = np.zeros((120, 180, 3), np.uint8)
+    pixels[:, :90] = (255, 0, 0)
+    pixels[:, 90:] = (0, 0, 255)
+    features = GridExtractor().extract_one(Image.fromarray(pixels), 1).features
+    red, blue, full = features[0], features[5], features[40]
+    np.testing.assert_allclose(red[cols("rgb_mean")], [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(red[cols("rgb_std")], 0, atol=1e-3)
+    np.testing.assert_allclose(red[[COL["sat_mean"], COL["val_mean"]]], [1, 1], atol=1e-6)
+    np.testing.assert_allclose(red[[COL["hue_cos"], COL["hue_sin"]]], [1, 0], atol=1e-6)
+    assert red[COL["hue_hist_000"]] == 1 and red[cols("hue_hist")].sum() == 1
+    assert blue[COL["hue_hist_240"]] == 1
+    angle = 2 * math.pi * 170 / 255  # PIL stores hue in 0..255
+    np.testing.assert_allclose(
+        blue[[COL["hue_cos"], COL["hue_sin"]]], [math.cos(angle), math.sin(angle)], atol=1e-4
+    )
+    np.testing.assert_allclose(red[cols("edge")], 0, atol=1e-6)
+    np.testing.assert_allclose(red[cols("rgb_contrast")], [0.5, 0, -0.5], atol=0.01)
+    # The colour boundary is a vertical edge: its gradient points along x (orientation 0).
+    boundary = features[2]
+    assert boundary[COL["edge_mean"]] > 0.003 and boundary[COL["edge_strong"]] > 0
+    assert boundary[COL["orient_000"]] > 0.99
+    np.testing.assert_allclose(full[cols("rgb_mean")], [0.5, 0, 0.5], atol=0.01)
+    np.testing.assert_allclose(full[cols("rgb_std")], [0.5, 0, 0.5], atol=0.01)
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 60, 230), "yellow": (235, 220, 30)}
+SHAPES = ("square", "circle", "triangle")
+
+
+def synthetic(colour: str, shape: str, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, float]]:
+    width, height = int(rng.integers(200, 320)), int(rng.integers(200, 320))
+    noise = rng.normal(128, 6, (height, width, 1)).clip(0, 255).astype(np.uint8).repeat(3, axis=2)
+    image = Image.fromarray(noise)
+    radius = 0.18 * min(width, height)
+    cx, cy = rng.uniform(radius + 2, width - radius - 2), rng.uniform(radius + 2, height - radius - 2)
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[colour]
+    if shape == "square":
+        draw.rectangle([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+    elif shape == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+    else:
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+    return image, (cx / width, cy / height)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    grid = GridExtractor()
+    feats, colours, shapes, centres = [], [], [], []
+    for repeat in range(8):
+        for c, colour in enumerate(COLOURS):
+            for s, shape in enumerate(SHAPES):
+                image, centre = synthetic(colour, shape, rng)
+                feats.append(grid.extract_one(image, repeat).features)
+                colours.append(c)
+                shapes.append(s)
+                centres.append(centre)
+    return np.stack(feats), np.array(colours), np.array(shapes), np.array(centres)
+
+
+def _held_out_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+    half = len(y) // 2
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(x[:half], y[:half])
+    return float((model.predict(x[half:]) == y[half:]).mean())
+
+
+def test_colour_is_recoverable(dataset) -> None:
+    feats, colours, _, _ = dataset
+    whole_image = feats[:, 40]  # position-free: the full-image region
+    assert _held_out_accuracy(whole_image[:, cols("hue") + cols("rgb_mean")], colours) >= 0.95
+
+
+def test_shape_is_recoverable(dataset) -> None:
+    feats, _, shapes, _ = dataset
+    whole_image = feats[:, 40]
+    accuracy = _held_out_accuracy(whole_image[:, cols("orient") + cols("edge")], shapes)
+    assert accuracy >= 0.85, accuracy
+
+
+def test_position_is_recoverable(dataset) -> None:
+    feats, _, _, centres = dataset
+    cells = feats[:, :36]
+    contrast = np.linalg.norm(cells[:, :, cols("rgb_contrast")], axis=2)
+    weights = np.where(contrast > 0.5 * contrast.max(axis=1, keepdims=True), contrast, 0.0)
+    xy = cells[:, :, [COL["center_x"], COL["center_y"]]]
+    predicted = (weights[..., None] * xy).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+    error = np.abs(predicted - centres).max(axis=1)
+    assert (error < 0.1).mean() >= 0.9, np.sort(error)[-5:]
+
+
+def test_bad_levels_rejected() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        GridExtractor(levels=(0,))
+    assert GridExtractor(levels=(4,)).extract_one(Image.new("RGB", (33, 17)), 1).features.shape == (16, 42)
