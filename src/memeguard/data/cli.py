@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from memeguard.errors import DataError
-
 app = typer.Typer(help="Hateful Memes splits: validate, clean (vilio's rules), synthesise.", no_args_is_help=True)
 
 
@@ -78,7 +76,5 @@ def synth(
     """Generate the synthetic meme set in the Hateful Memes layout."""
     from memeguard.data.synth import generate_synthetic
 
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: output folder is not empty")
     summary = generate_synthetic(out, n=n, seed=seed)
     typer.echo(f"wrote {summary} to {out}")
