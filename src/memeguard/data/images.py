@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -14,27 +16,38 @@ from memeguard.errors import DataError
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-def _checked_open(path: Path, context: str) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"{context}: image {path} does not exist")
+def _decode(opener: Callable[[], Image.Image], context: str) -> Image.Image:
+    """Open and fully decode, turning bombs, truncation and garbage into DataErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = opener()
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise DataError(
-                    f"{context}: image {path} is {width}x{height} pixels, larger than the "
+                    f"{context}: image is {width}x{height} pixels, larger than the "
                     f"{MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb?)"
                 )
             image.load()  # forces a full decode: catches truncated files
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{context}: image {path} is too large to be a meme ({exc})") from exc
+        raise DataError(f"{context}: image is too large to be a meme ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{context}: image {path} is unreadable or truncated ({exc})") from exc
+        raise DataError(f"{context}: image is unreadable or truncated ({exc})") from exc
     return image
+
+
+def _checked_open(path: Path, context: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{context}: image {path} does not exist")
+    return _decode(lambda: Image.open(path), f"{context}: {path}" if context != str(path) else context)
+
+
+def open_image_bytes(data: bytes, context: str = "uploaded image") -> Image.Image:
+    """Decode an uploaded image with the same checks as :func:`open_image`; RGB."""
+    image = _decode(lambda: Image.open(io.BytesIO(data)), context)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def open_image(path: str | os.PathLike[str], context: str | None = None) -> Image.Image:

@@ -22,11 +22,9 @@ over one meme, so they cannot score a single new meme.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from memeguard.data.images import MAX_IMAGE_PIXELS, open_image
+from memeguard.data.images import MAX_IMAGE_PIXELS, open_image, open_image_bytes
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
 from memeguard.features.record import RegionRecord
@@ -57,28 +55,6 @@ RERUNNABLE = ("grid", "butd", "clip")
 # ------------------------------------------------------------------------------------------ images
 
 
-def _decode(opener: Callable[[], Image.Image], label: str) -> Image.Image:
-    """Open + fully decode, turning bombs and truncation into DataErrors (as ``data.images.open_image``)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = opener()
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"{label}: image is {width}x{height} pixels, larger than the "
-                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb?)"
-                )
-            image.load()  # a full decode: catches truncated files
-    except DataError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{label}: image is too large to be a meme ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{label}: image is unreadable or truncated ({exc})") from exc
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def load_image(source: ImageSource, context: str = "image") -> Image.Image:
     """A PIL image, encoded bytes or a path -> a fully decoded RGB image; bad input raises DataError."""
     if isinstance(source, Image.Image):
@@ -90,7 +66,7 @@ def load_image(source: ImageSource, context: str = "image") -> Image.Image:
         data = bytes(source)
         if not data:
             raise DataError(f"{context}: empty image bytes")
-        return _decode(lambda: Image.open(io.BytesIO(data)), context)
+        return open_image_bytes(data, context)
     if isinstance(source, (str, os.PathLike)):
         return open_image(source, context=context if context != "image" else None)
     raise DataError(f"{context}: expected a PIL image, encoded bytes or a path, got {type(source).__name__}")
