@@ -130,3 +130,26 @@ def test_base_size_model_scores_a_processor_batch(name):
     with torch.no_grad():
         logits = model(batch)
     assert logits.shape == (2,) and torch.isfinite(logits).all()
+
+
+def test_feature_standardisation_is_applied_by_every_processor() -> None:
+    """Config-level feature_mean/std reach the batch of every architecture, and survive save/load."""
+    import numpy as np
+
+    from memeguard.data.meme import Meme
+    from memeguard.features.record import RegionRecord
+    from memeguard.models import create_model, list_models
+
+    rng = np.random.default_rng(0)
+    features = rng.random((5, 8)).astype(np.float32)
+    boxes = np.array([[0, 0, 10, 10]] * 5, dtype=np.float32)
+    record = RegionRecord(1, features, boxes, (20, 20))
+    mean = features.mean(0).tolist()
+    std = (features.std(0) + 0.5).tolist()
+    for name in [n for n in list_models() if n.endswith("-tiny")]:
+        model = create_model(name, visual_feat_dim=8, feature_mean=mean, feature_std=std)
+        processor = model.build_processor()
+        batch = processor([Meme(1, "img/00001.png", "a dog", 1)], [record])
+        expected = (features - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        got = batch["visual_feats"][0].numpy()
+        assert any(np.allclose(got[k:k + 5], expected, atol=1e-6) for k in range(got.shape[0] - 4)), name

@@ -69,6 +69,11 @@ class VLConfig:
     max_text_length: int = 128
     max_regions: int = 100
     tokenizer: str = "bert-base-uncased"
+    # Per-dimension standardisation of region features, (x - mean) / std, applied by the processor.
+    # Set by the trainer for backbones trained from scratch on weak features (grid), where raw feature
+    # offsets drown the informative variation after projection + LayerNorm; None for pretrained backbones.
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +155,18 @@ class RegionTextProcessor:
         positions = encode_boxes(record.boxes[:n], record.image_size, self.box_encoding)
         return features, positions
 
+    def normalize_regions(self, regions: Sequence[RegionRecord]) -> list[RegionRecord]:
+        """Standardise features with the config's ``feature_mean`` / ``feature_std`` (a no-op when unset)."""
+        mean, std = self.config.feature_mean, self.config.feature_std
+        if mean is None or std is None:
+            return list(regions)
+        mean_arr = np.asarray(mean, dtype=np.float32)
+        std_arr = np.asarray(std, dtype=np.float32)
+        return [
+            dataclasses.replace(record, features=(np.asarray(record.features, np.float32) - mean_arr) / std_arr)
+            for record in regions
+        ]
+
     def check_regions(self, regions: Sequence[RegionRecord]) -> None:
         for record in regions:
             if record.feature_dim != self.config.visual_feat_dim:
@@ -162,6 +179,7 @@ class RegionTextProcessor:
         if len(memes) != len(regions):
             raise ValueError(f"{len(memes)} memes but {len(regions)} region records")
         self.check_regions(regions)
+        regions = self.normalize_regions(regions)
         batch = self.tokenize([meme.text for meme in memes])
         encoded = [self.encode_regions(record) for record in regions]
         length = max(features.shape[0] for features, _ in encoded)

@@ -147,6 +147,7 @@ class ErnieVilProcessor(RegionTextProcessor):
             raise ValueError(f"{len(memes)} memes, {len(regions)} region records, {len(gt_regions)} gt records")
         self.check_regions(regions)
         self.check_regions(gt_regions)
+        regions, gt_regions = self.normalize_regions(regions), self.normalize_regions(gt_regions)
         for main, gt in zip(regions, gt_regions, strict=True):
             if main.meme_id != gt.meme_id:
                 raise ConfigError(f"gt region record of meme {gt.meme_id} paired with meme {main.meme_id}")
