@@ -10,8 +10,11 @@ The hidden rule
 * **Visual attribute** ``v``: the colour family of one salient object (circle / square / triangle / star)
   drawn large (about 30-50 % of the panel's shorter side, so it covers several cells of a 6x6 grid and
   its colour dominates them). ``v = 0`` is *warm* (red, orange, magenta-pink hues), ``v = 1`` is *cool*
-  (green, cyan, blue). Everything else in the picture is label-free: a low-saturation gradient
-  background with a texture (stripes, checks or blotches) and mild noise, small distractor shapes in
+  (green, cyan, blue). The scene's light carries the class too: the background gradient is tinted with
+  two hues of the same family. (With the class in the object alone, a tiny transformer trained from
+  scratch sits on the XOR plateau for thousands of updates: the class then lives in ~3 of 41 grid
+  regions and the noun in 1 of ~13 tokens, so the interaction signal at initialisation is tiny.)
+  Everything else in the picture is label-free: a gradient background with a texture (stripes, checks or blotches) and mild noise, small distractor shapes in
   *neutral* hues (yellow, violet, grey) that belong to neither family, and, for about a quarter of the
   memes, a 2-panel collage where each panel holds its own background and an object of the same family.
 * **Text attribute** ``t``: which group the one target noun in the caption belongs to, ``t = 0`` for
@@ -549,13 +552,15 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int, visual: int) -> np.ndarray:
     """Low-saturation two-colour gradient times a texture plus mild grain, float RGB in [0, 1].
 
     The grain is monochrome and comes in 4x4-pixel blocks: per-pixel colour noise would make every PNG
     ~150 kB and slow to encode, while coarse grain keeps files ~25 kB and still defeats exact matching."""
-    c1 = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.03, 0.3), _uniform(rng, (0.45, 0.8)))
-    c2 = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.03, 0.3), _uniform(rng, (0.4, 0.8)))
+    # The scene's light is tinted by the visual class too (warm or cool): the class then shows in every
+    # region of a coarse grid, not only in the few cells the object covers.
+    c1 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.2, 0.45), _uniform(rng, (0.45, 0.8)))
+    c2 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.2, 0.45), _uniform(rng, (0.4, 0.8)))
     ys, xs = np.indices((height, width), dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))
@@ -608,6 +613,12 @@ def _draw_shape(
         draw.polygon(_shape_points(shape, cx, cy, radius, rotation), fill=fill)
 
 
+def _class_hue(rng: np.random.Generator, visual: int) -> float:
+    """A hue from one of the visual class's hue ranges."""
+    low, high = OBJECT_HUES[visual][int(rng.integers(len(OBJECT_HUES[visual])))]
+    return float(rng.uniform(low, high))
+
+
 def _object_colour(rng: np.random.Generator, visual: int) -> np.ndarray:
     families = OBJECT_HUES[visual]
     hue = _uniform(rng, families[int(rng.integers(len(families)))])
@@ -626,7 +637,7 @@ def _panel(
 ) -> tuple[Image.Image, dict[str, object]]:
     """One photo-like panel: background, 2-6 small distractors, then one large salient object kept
     inside the middle 64 % of the height so captions rarely cover it."""
-    image = Image.fromarray((_background(rng, width, height) * 255).round().astype(np.uint8), mode="RGB")
+    image = Image.fromarray((_background(rng, width, height, visual) * 255).round().astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
     short = min(width, height)
     for _ in range(int(rng.integers(2, 7))):

@@ -640,3 +640,30 @@ class FeatureStoreWriter:
 def is_feature_store(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` holds a finalised store (cheap; does not validate sizes)."""
     return (Path(path) / META_FILE).is_file()
+
+
+def feature_statistics(
+    source: Any, ids: Sequence[int] | None = None, max_images: int = 2000
+) -> tuple[list[float], list[float]]:
+    """Per-dimension mean and standard deviation of region features over (up to ``max_images``) images.
+
+    Used to standardise weak, hand-made features (grid) for models trained from scratch: their raw
+    offsets (colour means around 0.5) otherwise dominate the projected input after LayerNorm. ``source``
+    is a FeatureStore or any Mapping of id -> RegionRecord; the first ``max_images`` ids are used, so the
+    result is deterministic. A floor of 1e-3 on the deviation keeps constant dimensions finite.
+    """
+    chosen = list(ids if ids is not None else (source.ids() if hasattr(source, "ids") else source.keys()))
+    chosen = chosen[:max_images]
+    if not chosen:
+        raise FeatureStoreError("feature statistics need at least one image")
+    total = None
+    total_sq = None
+    count = 0
+    for meme_id in chosen:
+        features = np.asarray(source[meme_id].features, dtype=np.float64)
+        total = features.sum(0) if total is None else total + features.sum(0)
+        total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
+        count += features.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean.astype(np.float32).tolist(), np.maximum(std, 1e-3).astype(np.float32).tolist()
