@@ -1,0 +1,77 @@
+"""Building the model a run starts from: new, from our format, from a run dir, or from an original checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from memeguard.errors import ConfigError
+from memeguard.models.base import CONFIG_NAME, MemeModel
+
+# Overrides that only matter for a freshly initialised model (or are re-read anyway): ignored, not refused,
+# when the weights come from a checkpoint (e.g. TINY_DEFAULTS' init std with ``--init``).
+INIT_ONLY_KEYS = ("initializer_range", "tokenizer")
+
+
+def model_dir_of(path: str | Path) -> Path | None:
+    """Our ``save_pretrained`` dir at ``path`` or at ``path/model`` (a train or pretrain run dir), else None."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    return None
+
+
+def load_model_dir(path: str | Path) -> MemeModel:
+    directory = model_dir_of(path)
+    if directory is None:
+        raise ConfigError(f"{path}: neither a memeguard model dir nor a run dir with model/{CONFIG_NAME}")
+    return MemeModel.from_pretrained(directory)
+
+
+def build_model(
+    name: str,
+    *,
+    feature_dim: int,
+    init: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+) -> MemeModel:
+    """The model a run trains; its ``visual_feat_dim`` must equal the feature store's."""
+    from memeguard.models.registry import create_model, get_config
+
+    overrides = dict(overrides or {})
+    if tokenizer:
+        overrides["tokenizer"] = tokenizer
+    asked = overrides.pop("visual_feat_dim", feature_dim)
+    if asked != feature_dim:
+        raise ConfigError(f"the feature store has {feature_dim}-d region features but the model expects {asked}-d")
+    expected = get_config(name, **{**overrides, "visual_feat_dim": feature_dim})  # unknown name -> ConfigError
+    if init is None:
+        model = create_model(name, **{**overrides, "visual_feat_dim": feature_dim})
+    elif model_dir_of(init) is not None:
+        model = load_model_dir(init)
+        if model.config.model_type != expected.model_type:
+            raise ConfigError(
+                f"{init}: holds a {model.config.model_type!r} model, but --model {name} is {expected.model_type!r}"
+            )
+        for key, value in overrides.items():
+            if key not in INIT_ONLY_KEYS and getattr(model.config, key, value) != value:
+                raise ConfigError(f"{init}: model config has {key}={getattr(model.config, key)!r}, asked for {value!r}")
+        if tokenizer:
+            model.config.tokenizer = tokenizer
+    else:
+        if not Path(init).exists():
+            raise ConfigError(f"{init}: init checkpoint not found")
+        model = create_model(name, **{**overrides, "visual_feat_dim": feature_dim})
+        loader = getattr(model, "load_original", None)
+        if loader is None:
+            raise ConfigError(f"{name}: cannot load original checkpoints (no load_original)")
+        loader(init)
+    if model.config.visual_feat_dim != feature_dim:
+        raise ConfigError(
+            f"the feature store has {feature_dim}-d region features but the model "
+            f"({init or name}) expects {model.config.visual_feat_dim}-d"
+        )
+    return model
+

@@ -1,0 +1,287 @@
+"""Task pretraining on the memes themselves (vilio's ``pretrain_bert{O,V,X}.py``): masked LM + image-text matching.
+
+* MLM: 15% of the word pieces ([CLS]/[SEP]/padding excluded) are selected; 80% become [MASK], 10% a random
+  vocabulary token, 10% stay; the loss is cross-entropy on the selected positions of ``encode(batch).text_hidden``
+  through :class:`~memeguard.models.blocks.MLMHead` tied to the model's word embeddings.
+* ITM: half of the texts are swapped for another meme's text; a linear head on ``encode(batch).pooled`` says
+  whether text and image match. MLM is counted on mismatched pairs too (as vilio's O).
+* Feature masking, applied even though there is no visual loss (vilio did the same): per box with p=0.15,
+  80% zero vector, 10% the feature of a random box (vilio drew it from a random image of the dataset; we draw it
+  from the batch), 10% unchanged.
+* AdamW (eps 1e-6, no decay), warmup 5%, cosine (O, V) or linear (X) decay, clip 1.0, no accumulation.
+
+The randomness of masking and swapping comes from a generator seeded by (seed, epoch, batch), so a resumed run
+masks exactly as the uninterrupted one. Output: ``RUN_DIR/model/`` (our ``save_pretrained`` of the backbone with
+its untrained classifier, what ``train --init RUN_DIR`` starts from), ``RUN_DIR/pretrain_heads.safetensors``
+(``mlm.*`` without the tied decoder, ``itm.*``), ``pretrain_config.json``, ``metrics.jsonl``, ``DONE``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memeguard.data.meme import Meme
+from memeguard.errors import ConfigError
+from memeguard.features.record import RegionRecord
+from memeguard.io import write_json_atomic
+from memeguard.models.base import MemeModel
+from memeguard.models.blocks import MLMHead
+from memeguard.training import checkpoint as ckpt
+from memeguard.training import distributed as ddp
+from memeguard.training.build import build_model
+from memeguard.training.config import PretrainConfig
+from memeguard.training.data import (
+    RegionSource,
+    epoch_batches,
+    open_regions,
+    read_memes,
+    region_feature_dim,
+    require_regions,
+    to_device,
+)
+from memeguard.training.optim import make_adamw, make_schedule, parameter_groups
+from memeguard.training.runlog import (
+    DONE_NAME,
+    METRICS_FILE,
+    Progress,
+    append_metrics,
+    autocast,
+    trim_metrics,
+)
+
+CONFIG_FILE = "pretrain_config.json"
+HEADS_FILE = "pretrain_heads.safetensors"
+IGNORE = -100
+
+
+class PretrainingModel(nn.Module):
+    """The backbone with an MLM head (tied to its word embeddings) and an ITM head on the pooled output."""
+
+    def __init__(self, backbone: MemeModel, text_dim: int, pooled_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        act = getattr(backbone.config, "hidden_act", "gelu")
+        self.mlm = MLMHead(text_dim, backbone.get_input_embeddings(), act=act, eps=backbone.config.layer_norm_eps)
+        self.itm = nn.Linear(pooled_dim, 2)
+        for module in (self.mlm.transform.dense, self.itm):
+            nn.init.normal_(module.weight, std=backbone.config.initializer_range)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone.encode(batch)
+        return self.mlm(out.text_hidden), self.itm(out.pooled)
+
+    def heads_state(self) -> dict[str, torch.Tensor]:
+        """The pretraining heads without the decoder weight (it is the backbone's word embedding matrix)."""
+        state = {f"mlm.{k}": v for k, v in self.mlm.state_dict().items() if k != "decoder.weight"}
+        state.update({f"itm.{k}": v for k, v in self.itm.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def mask_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Sequence[int], mask_id: int,
+    vocab_size: int, rate: float, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 masking -> (masked ids, labels with -100 where not selected)."""
+    candidates = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids)))
+    selected = (torch.rand(input_ids.shape, generator=generator) < rate) & candidates
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
+    action = torch.rand(input_ids.shape, generator=generator)
+    random_tokens = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    masked = input_ids.clone()
+    masked[selected & (action < 0.8)] = mask_id
+    use_random = selected & (action >= 0.8) & (action < 0.9)
+    masked[use_random] = random_tokens[use_random]
+    return masked, labels
+
+
+def mask_features(
+    feats: torch.Tensor, visual_mask: torch.Tensor, rate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """vilio's ``random_feat``: per real box with p=``rate``: 80% zeros, 10% another box's feature, 10% kept."""
+    batch, boxes, _ = feats.shape
+    real = visual_mask.bool()
+    selected = (torch.rand((batch, boxes), generator=generator) < rate) & real
+    action = torch.rand((batch, boxes), generator=generator)
+    pool = feats[real]  # every real box in the batch
+    donors = pool[torch.randint(max(1, pool.shape[0]), (batch, boxes), generator=generator)]
+    out = feats.clone()
+    out[selected & (action < 0.8)] = 0.0
+    swap = selected & (action >= 0.8) & (action < 0.9)
+    out[swap] = donors[swap]
+    return out
+
+
+def itm_texts(memes: Sequence[Meme], all_texts: Sequence[str], generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """Half of the texts replaced by a random other meme's text (re-drawn if it happens to be identical)."""
+    texts, matched = [], []
+    for meme in memes:
+        keep = bool(torch.rand((), generator=generator) >= 0.5)
+        text = meme.text
+        if not keep:
+            for _ in range(10):
+                text = all_texts[int(torch.randint(len(all_texts), (), generator=generator))]
+                if text != meme.text:
+                    break
+            keep = text == meme.text
+        texts.append(text)
+        matched.append(1 if keep else 0)
+    return texts, torch.tensor(matched, dtype=torch.long)
+
+
+def _step_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 131 + rank)
+
+
+def make_pretrain_batch(
+    processor, memes: Sequence[Meme], records: Sequence[RegionRecord], all_texts: Sequence[str],
+    cfg: PretrainConfig, generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    if cfg.itm:
+        texts, itm_labels = itm_texts(memes, all_texts, generator)
+        memes = [Meme(m.id, m.img, t, None) for m, t in zip(memes, texts, strict=True)]
+    batch = processor(memes, records)
+    batch.pop("labels", None)
+    if cfg.itm:
+        batch["itm_labels"] = itm_labels
+    tok = processor.tokenizer
+    special = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id) if i is not None]
+    if cfg.mlm:
+        batch["input_ids"], batch["mlm_labels"] = mask_tokens(
+            batch["input_ids"], batch["attention_mask"], special, tok.mask_token_id, len(tok), cfg.word_mask_rate,
+            generator,
+        )
+    if cfg.obj_mask_rate > 0:
+        batch["visual_feats"] = mask_features(batch["visual_feats"], batch["visual_mask"], cfg.obj_mask_rate, generator)
+    return batch
+
+
+def pretrain_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: PretrainConfig) -> torch.Tensor:
+    """MLM + ITM. ``model`` is the PretrainingModel or its DDP wrapper (so gradients get all-reduced).
+    The MLM term is a sum over selected tokens / their count, so a batch with none selected still gives every
+    head parameter a (zero) gradient, which DDP needs."""
+    mlm_logits, itm_logits = model(batch)
+    loss = torch.zeros((), device=itm_logits.device)
+    if cfg.mlm:
+        labels = batch["mlm_labels"].flatten()
+        summed = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels, ignore_index=IGNORE, reduction="sum")
+        loss = loss + summed / (labels != IGNORE).sum().clamp(min=1)
+    if cfg.itm:
+        loss = loss + F.cross_entropy(itm_logits.float(), batch["itm_labels"])
+    else:
+        loss = loss + 0.0 * itm_logits.sum()
+    return loss
+
+
+def pretrain(
+    cfg: PretrainConfig, *, regions: RegionSource | None = None, on_update: Callable[[int], None] | None = None
+) -> Path:
+    """Run task pretraining; returns the run dir (pass it to ``train --init``)."""
+    run_dir = Path(cfg.out_dir)
+    device = ddp.resolve_device(cfg.device)
+    if device.type != "cuda" and cfg.precision == "fp16":
+        raise ConfigError("fp16 needs a CUDA device; use --precision bf16 or fp32 on CPU")
+    info = ddp.setup(device)
+    try:
+        if ddp.broadcast_flag((run_dir / DONE_NAME).is_file(), info, device):
+            return run_dir
+        ckpt.seed_everything(cfg.seed)
+        source = open_regions(regions if regions is not None else cfg.features)
+        memes = read_memes(cfg.data_dir, cfg.split, cfg.limit)
+        require_regions(memes, source, cfg.split, str(cfg.features))
+        backbone = build_model(cfg.model, feature_dim=region_feature_dim(source, memes), init=cfg.init,
+                               overrides=cfg.model_overrides, tokenizer=cfg.tokenizer)
+        if len(memes) < 2 and cfg.itm:
+            raise ConfigError("image-text matching needs at least 2 memes")
+        _run(cfg, memes, source, backbone, run_dir, device, info, on_update)
+        return run_dir
+    finally:
+        ddp.teardown(info)
+
+
+def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone: MemeModel, run_dir: Path,
+         device: torch.device, info: ddp.DistInfo, on_update: Callable[[int], None] | None) -> None:
+    from safetensors.torch import save_file
+
+    processor = backbone.build_processor()
+    all_texts = [m.text for m in memes]
+    backbone.to(device)
+    with torch.no_grad():  # probe the encoder's widths (eval mode: no dropout, no RNG drawn)
+        backbone.eval()
+        probe = to_device(processor(memes[:2], [source[m.id] for m in memes[:2]]), device)
+        out = backbone.encode(probe)
+        backbone.train()
+    model = PretrainingModel(backbone, out.text_hidden.shape[-1], out.pooled.shape[-1]).to(device)
+
+    batches_per_epoch = len(epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=0,
+                                          rank=info.rank, world_size=info.world_size))
+    total = batches_per_epoch * cfg.epochs
+    optimizer = make_adamw(parameter_groups(model, lr=cfg.lr), cfg.lr, cfg.adam_eps)
+    scheduler = make_schedule(optimizer, cfg.schedule, int(cfg.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    checkpoint_dir = run_dir / "checkpoints"
+    payload = ckpt.load_checkpoint(checkpoint_dir, map_location=device)
+    position = ckpt.restore(payload, stateful) if payload is not None else ckpt.Position()
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
+        if payload is not None:
+            trim_metrics(run_dir, position.update)
+        else:
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    trained = ddp.wrap(model, info, device)
+    bar = Progress(cfg.progress and info.is_main, total, position.update)
+    update = position.update
+    try:
+        for epoch in range(position.epoch, cfg.epochs):
+            loss_sum, count = 0.0, 0
+            batches = epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                    rank=info.rank, world_size=info.world_size)
+            for index, indices in enumerate(batches):
+                generator = _step_generator(cfg.seed, epoch, index, info.rank)
+                chosen = [memes[i] for i in indices]
+                batch = make_pretrain_batch(processor, chosen, [source[m.id] for m in chosen], all_texts, cfg,
+                                            generator)
+                batch = to_device(batch, device)
+                with autocast(device, cfg.precision):
+                    loss = pretrain_loss(trained, batch, cfg)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if cfg.clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                update += 1
+                loss_sum, count = loss_sum + float(loss.detach()), count + 1
+                bar.update(loss_sum / count, math.nan)
+                if on_update is not None:
+                    on_update(update)
+            if info.is_main:
+                append_metrics(run_dir, {"update": update, "epoch": epoch, "loss": loss_sum / max(1, count),
+                                          "time": time.time()})
+                ckpt.save_checkpoint(checkpoint_dir, ckpt.Position(epoch + 1, 0, update), stateful)
+            ddp.barrier(info)
+    finally:
+        bar.close()
+    if info.is_main:
+        backbone.save_pretrained(run_dir / "model")
+        tmp = run_dir / f".{HEADS_FILE}.tmp"
+        save_file(model.heads_state(), str(tmp), metadata={"format": "pt"})
+        tmp.replace(run_dir / HEADS_FILE)
+        write_json_atomic(run_dir / DONE_NAME, {"finished": time.time(), "updates": update})
+    ddp.barrier(info)
+
+
+def read_pretrain_config(run_dir: str | Path) -> PretrainConfig:
+    return PretrainConfig.from_dict(json.loads((Path(run_dir) / CONFIG_FILE).read_text()))
