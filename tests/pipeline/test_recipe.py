@@ -78,7 +78,7 @@ def test_inference_only_needs_checkpoints(tmp_path: Path) -> None:
 
 def test_shipped_demo_recipe_loads() -> None:
     recipe = load_recipe(RECIPES / "demo.yaml")
-    assert {m.architecture for m in recipe.models} == {"visualbert-tiny", "uniter-tiny", "lxmert-tiny"}
+    assert {m.architecture for m in recipe.models} == {"visualbert-tiny", "uniter-tiny", "oscar-tiny"}
     assert all(len(m.runs) == 2 for m in recipe.models)
 
 

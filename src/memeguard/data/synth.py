@@ -559,8 +559,8 @@ def _background(rng: np.random.Generator, width: int, height: int, visual: int) 
     ~150 kB and slow to encode, while coarse grain keeps files ~25 kB and still defeats exact matching."""
     # The scene's light is tinted by the visual class too (warm or cool): the class then shows in every
     # region of a coarse grid, not only in the few cells the object covers.
-    c1 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.2, 0.45), _uniform(rng, (0.45, 0.8)))
-    c2 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.2, 0.45), _uniform(rng, (0.4, 0.8)))
+    c1 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.35, 0.6), _uniform(rng, (0.45, 0.8)))
+    c2 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.35, 0.6), _uniform(rng, (0.4, 0.8)))
     ys, xs = np.indices((height, width), dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))

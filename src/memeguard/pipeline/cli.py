@@ -60,11 +60,13 @@ def run(
     inference_only: bool = typer.Option(False, "--inference-only", help="Predict with the runs' fine-tuned checkpoints."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N memes of every split (smoke runs)."),
+    workers: int = typer.Option(1, "--workers", help="Stages run in parallel processes (fine-tunes of different runs)."),
 ) -> None:
     """Run a recipe: clean -> features -> pretrain -> fine-tune -> seed average -> ensemble -> report."""
     from memeguard.pipeline.runner import run_recipe
 
-    report = run_recipe(resolve_recipe(recipe), data, out, inference_only=inference_only, device=device, limit=limit)
+    report = run_recipe(resolve_recipe(recipe), data, out, inference_only=inference_only, device=device, limit=limit,
+                        workers=workers)
     print_summary(report)
     typer.echo(f"FIN files and report.html in {out}")
 
@@ -74,6 +76,7 @@ def demo(
     out: Path = typer.Option(Path("memeguard_demo"), "--out", help="Output folder."),
     n: int = typer.Option(3000, "--n", help="Synthetic memes to generate."),
     seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(2, "--workers", help="Parallel training processes (2 fit a 2-core machine)."),
 ) -> None:
     """The whole pipeline on the synthetic meme set: synth -> check -> clean -> features -> train -> ensemble -> report."""
     from memeguard.data.check import check_dataset
@@ -91,6 +94,6 @@ def demo(
     print_check_report(report)
     if not report.ok:
         raise DataError("; ".join(report.errors[:5]))
-    result = run_recipe(RECIPES_DIR / "demo.yaml", data_dir, out)
+    result = run_recipe(RECIPES_DIR / "demo.yaml", data_dir, out, workers=workers)
     print_summary(result)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f}s: {out}/FIN_*.csv, {out}/report.html")

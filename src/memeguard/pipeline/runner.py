@@ -106,8 +106,10 @@ class RecipeRunner:
         device: str = "auto",
         limit: int | None = None,
         console: Console | None = None,
+        workers: int = 1,
     ) -> None:
         self.recipe = recipe
+        self.workers = max(1, workers)
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir)
         self.inference_only = inference_only
@@ -224,7 +226,7 @@ class RecipeRunner:
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import extract_store
 
-            extract_store(specs[0], self.clean_dir, directory / "store", variants=variants, device=self.device)
+            extract_store(specs[0], self.data_dir, directory / "store", variants=variants, device=self.device)
 
         return action
 
@@ -268,29 +270,75 @@ class RecipeRunner:
         return action
 
     # -- execution --------------------------------------------------------------------------------
+    def _announce_cached(self, stage: Stage, number: int, timings: dict[str, dict[str, Any]]) -> None:
+        name = f"{stage.kind} {stage.label}"
+        self.console.print(f"[{number}/{len(self.stages)}] {name}: cached")
+        previous = json.loads((stage.directory / DONE).read_text() or "{}")
+        timings[name] = {"seconds": previous.get("seconds", 0.0), "cached": True}
+
+    def _execute_sequential(self, timings: dict[str, dict[str, Any]]) -> None:
+        for number, stage in enumerate(self.stages, start=1):
+            if stage.done:
+                self._announce_cached(stage, number, timings)
+                continue
+            name = f"{stage.kind} {stage.label}"
+            self.console.print(f"[{number}/{len(self.stages)}] {name} ...")
+            seconds = run_stage(stage)
+            timings[name] = {"seconds": seconds, "cached": False}
+            self.console.print(f"[{number}/{len(self.stages)}] {name}: done in {seconds:.1f}s")
+
+    def _execute_parallel(self, timings: dict[str, dict[str, Any]]) -> None:
+        """Run independent stages (the fine-tunes of different runs) in ``workers`` spawned processes.
+
+        Each child rebuilds the runner from the recipe file and runs one stage by key; torch threads are
+        split between the workers (tiny models run fastest single-threaded).
+        """
+        import concurrent.futures as futures
+        import multiprocessing
+
+        if self.recipe.source is None:
+            raise ConfigError("parallel execution needs a recipe loaded from a file")
+        numbers = {id(stage): number for number, stage in enumerate(self.stages, start=1)}
+        pending = []
+        for stage in self.stages:
+            if stage.done:
+                self._announce_cached(stage, numbers[id(stage)], timings)
+            else:
+                pending.append(stage)
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        spec = {"recipe": self.recipe.source, "data": str(self.data_dir), "out": str(self.out_dir),
+                "inference_only": self.inference_only, "device": self.device, "limit": self.limit,
+                "threads": threads}
+        running: dict[futures.Future[float], Stage] = {}
+        finished: set[str] = {stage.key for stage in self.stages if stage.done}
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            while pending or running:
+                ready = [s for s in pending if all(d.key in finished for d in s.deps)]
+                for stage in ready[: max(0, self.workers - len(running))]:
+                    pending.remove(stage)
+                    self.console.print(f"[{numbers[id(stage)]}/{len(self.stages)}] {stage.kind} {stage.label} ...")
+                    running[pool.submit(_run_stage_in_child, spec, stage.key)] = stage
+                if not running:
+                    raise ConfigError("stage graph is stuck: unfinished dependencies")
+                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                for future in done:
+                    stage = running.pop(future)
+                    seconds = future.result()  # re-raises a stage's error here
+                    finished.add(stage.key)
+                    name = f"{stage.kind} {stage.label}"
+                    timings[name] = {"seconds": seconds, "cached": False}
+                    self.console.print(f"[{numbers[id(stage)]}/{len(self.stages)}] {name}: done in {seconds:.1f}s")
+
     def execute(self) -> RunReport:
         if not self.stages:
             self.build()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         timings: dict[str, dict[str, Any]] = {}
-        total = len(self.stages)
-        for number, stage in enumerate(self.stages, start=1):
-            name = f"{stage.kind} {stage.label}"
-            if stage.done:
-                self.console.print(f"[{number}/{total}] {name}: cached")
-                previous = json.loads((stage.directory / DONE).read_text() or "{}")
-                timings[name] = {"seconds": previous.get("seconds", 0.0), "cached": True}
-                continue
-            self.console.print(f"[{number}/{total}] {name} ...")
-            stage.directory.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(stage.directory / "stage.json", {"kind": stage.kind, "label": stage.label,
-                                                               "key": stage.key, "config": stage.config})
-            start = time.perf_counter()
-            stage.action(stage.directory)
-            seconds = time.perf_counter() - start
-            write_json_atomic(stage.directory / DONE, {"seconds": seconds})
-            timings[name] = {"seconds": seconds, "cached": False}
-            self.console.print(f"[{number}/{total}] {name}: done in {seconds:.1f}s")
+        if self.workers > 1:
+            self._execute_parallel(timings)
+        else:
+            self._execute_sequential(timings)
 
         from memeguard.pipeline.stages import average_seeds, run_ensemble, write_run_report
 
@@ -305,6 +353,36 @@ class RecipeRunner:
         return RunReport(self.out_dir, timings, fin_files, family_files)
 
 
+def run_stage(stage: Stage) -> float:
+    """Run one stage in its folder; ``DONE`` (with the time taken) is written only after it succeeds."""
+    stage.directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage.directory / "stage.json", {"kind": stage.kind, "label": stage.label,
+                                                       "key": stage.key, "config": stage.config})
+    start = time.perf_counter()
+    stage.action(stage.directory)
+    seconds = time.perf_counter() - start
+    write_json_atomic(stage.directory / DONE, {"seconds": seconds})
+    return seconds
+
+
+def _run_stage_in_child(spec: dict[str, Any], key: str) -> float:
+    """Entry point of a worker process: rebuild the runner from the recipe file, run the stage ``key``."""
+    import torch
+
+    from memeguard.pipeline.recipe import load_recipe
+
+    torch.set_num_threads(int(spec["threads"]))
+    os.environ["MEMEGUARD_NO_PROGRESS"] = "1"  # several workers' progress bars would garble the terminal
+    recipe = load_recipe(spec["recipe"], inference_only=spec["inference_only"])
+    runner = RecipeRunner(recipe, spec["data"], spec["out"], inference_only=spec["inference_only"],
+                          device=spec["device"], limit=spec["limit"], console=Console(quiet=True))
+    runner.build()
+    stage = next((s for s in runner.stages if s.key == key), None)
+    if stage is None:
+        raise ConfigError(f"stage {key[:12]} not found when rebuilding the recipe in a worker")
+    return run_stage(stage)
+
+
 def run_recipe(
     recipe_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -314,6 +392,7 @@ def run_recipe(
     device: str = "auto",
     limit: int | None = None,
     console: Console | None = None,
+    workers: int = 1,
 ) -> RunReport:
     """Load, validate and run a recipe (the ``memeguard run`` command)."""
     from memeguard.pipeline.recipe import load_recipe
@@ -322,5 +401,5 @@ def run_recipe(
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ConfigError("--out must differ from --data (inputs are never overwritten)")
     runner = RecipeRunner(recipe, data_dir, out_dir, inference_only=inference_only, device=device, limit=limit,
-                          console=console)
+                          console=console, workers=workers)
     return runner.execute()

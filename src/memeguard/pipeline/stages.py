@@ -21,6 +21,13 @@ from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, R
 PREDICTED_SPLITS = ("dev_seen", "test_seen", "test_unseen")
 
 
+def show_progress() -> bool:
+    """Progress bars, unless this stage runs in a parallel worker."""
+    import os
+
+    return os.environ.get("MEMEGUARD_NO_PROGRESS") != "1"
+
+
 def prepare_data(data_dir: Path, out: Path, *, clean: bool) -> None:
     """vilio's cleaning into ``out`` (or the same derived splits without removals)."""
     from memeguard.data.cleaning import clean_dataset
@@ -56,8 +63,8 @@ def run_pretrain(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, ou
     from memeguard.training import PretrainConfig, pretrain
 
     cfg = PretrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
-                         seed=run.seed, init=model.init, model_overrides=dict(model.overrides), device=device,
-                         limit=limit, **(model.pretrain or {}))
+                         seed=run.seed, init=model.init, model_overrides=dict(model.overrides),
+                         device=device, limit=limit, progress=show_progress(), **(model.pretrain or {}))
     return pretrain(cfg)
 
 
@@ -68,7 +75,8 @@ def run_finetune(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, ou
     params = {"eval_split": "dev_seen", **model.train}
     cfg = TrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
                       train_split=train_split, predict_splits=tuple(splits), seed=run.seed, init=init,
-                      model_overrides=dict(model.overrides), device=device, limit=limit, **params)
+                      model_overrides=dict(model.overrides), device=device, limit=limit,
+                      progress=show_progress(), **params)
     finetune(cfg)
 
 

@@ -75,3 +75,21 @@ def build_model(
         )
     return model
 
+
+def standardization_overrides(
+    mode: str, init: str | None, overrides: dict[str, Any] | None, source: Any, meme_ids: list[int]
+) -> dict[str, Any]:
+    """``overrides`` plus the region-feature statistics when the features should be standardised.
+
+    A backbone trained from scratch on hand-made features (grid) learns far faster on standardised inputs:
+    raw offsets (colour means near 0.5) otherwise dominate the projected input after LayerNorm. A pretrained
+    backbone expects its own raw features, so ``auto`` standardises only when ``init`` is None. The statistics
+    go into the model config, so prediction and serving apply the same transform.
+    """
+    out = dict(overrides or {})
+    wanted = mode == "always" or (mode == "auto" and init is None)
+    if wanted and "feature_mean" not in out:
+        from memeguard.features.store import feature_statistics
+
+        out["feature_mean"], out["feature_std"] = feature_statistics(source, meme_ids)
+    return out

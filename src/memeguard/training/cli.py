@@ -55,6 +55,9 @@ def train_command(
     select_best: bool = typer.Option(False, help="Keep the weights with the best eval AUROC."),
     checkpoint_every: int = typer.Option(0, help="Updates between mid-epoch checkpoints (0: epoch ends only)."),
     limit: int | None = typer.Option(None, help="Only the first N memes of every split (vilio's topk)."),
+    standardize_features: str = typer.Option(
+        "auto", help="auto: standardise region features when the model starts from scratch; always; never."
+    ),
     device: str = typer.Option("auto"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 on CUDA only)."),
     num_workers: int = typer.Option(0),
@@ -73,6 +76,7 @@ def train_command(
         init=init, epochs=epochs, lr=lr, batch_size=batch_size, acc=acc, clip=clip, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, sum_loss=sum_loss, head_lr_mult=head_lr_mult, swa=swa, eval_every=eval_every,
         select_best=select_best, checkpoint_every=checkpoint_every, limit=limit, device=device,
+        standardize_features=standardize_features,
         precision=precision, num_workers=num_workers, zero_visual=zero_visual, progress=progress,
         model_overrides=_parse_overrides(set_),
     )

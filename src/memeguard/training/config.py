@@ -18,6 +18,8 @@ from memeguard.errors import ConfigError
 SWA_MODES = ("none", "torch", "contrib")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "cosine")
+# "auto": standardise region features (store statistics -> model config) only for a model built from scratch.
+STANDARDIZE_MODES = ("auto", "always", "never")
 
 # What makes the hidden-64, 2-layer ``*-tiny`` models learn an image-XOR-text rule in a few CPU minutes
 # (measured with tests/training/test_training_learning.py and benchmarks/learning.py): a 200x larger lr than
@@ -116,6 +118,7 @@ class TrainConfig(_JsonConfig):
     select_best: bool = False  # keep the weights with the best eval AUROC (off in vilio)
     checkpoint_every: int = 0  # updates between mid-epoch checkpoints; 0: only at epoch ends
     limit: int | None = None  # vilio's --topk: only the first N memes of every split
+    standardize_features: str = "auto"  # auto | always | never (see build.standardization_overrides)
     device: str = "auto"
     precision: str = "fp32"
     num_workers: int = 0
@@ -127,6 +130,7 @@ class TrainConfig(_JsonConfig):
         self.backbone_keywords = tuple(self.backbone_keywords)
         self.model_overrides = dict(self.model_overrides)
         _check_choice("swa", self.swa, SWA_MODES)
+        _check_choice("standardize_features", self.standardize_features, STANDARDIZE_MODES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_positive(
             "TrainConfig", epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -170,12 +174,14 @@ class PretrainConfig(_JsonConfig):
     clip: float = 1.0
     adam_eps: float = 1e-6
     limit: int | None = None
+    standardize_features: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.model_overrides = dict(self.model_overrides)
+        _check_choice("standardize_features", self.standardize_features, STANDARDIZE_MODES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_positive("PretrainConfig", epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)

@@ -33,7 +33,7 @@ from memeguard.io import write_bytes_atomic, write_json_atomic
 from memeguard.models.base import MemeModel
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
-from memeguard.training.build import build_model
+from memeguard.training.build import build_model, standardization_overrides
 from memeguard.training.config import TrainConfig
 from memeguard.training.data import (
     Collator,
@@ -102,9 +102,9 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     for split, memes in [(cfg.train_split, train), (cfg.eval_split, evaluation), *predict.items()]:
         require_regions(memes, source, str(split), store_name)
     feature_dim = region_feature_dim(source, train)
-    model = build_model(
-        cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=cfg.model_overrides, tokenizer=cfg.tokenizer
-    )
+    overrides = standardization_overrides(cfg.standardize_features, cfg.init, cfg.model_overrides, source,
+                                          [meme.id for meme in train])
+    model = build_model(cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer)
     return Prepared(train, evaluation, predict, source, feature_dim, model)
 
 

@@ -59,8 +59,9 @@ def parameter_groups(
 def make_adamw(groups: list[dict[str, Any]], lr: float, eps: float = 1e-6) -> torch.optim.AdamW:
     """torch's AdamW equals the vendored HF AdamW vilio used (bias correction on, decoupled decay)."""
     clean = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
-    # foreach=False: the per-tensor loop is bitwise reproducible across runs and resumes on CPU.
-    return torch.optim.AdamW(clean, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=0.0, foreach=False)
+    # fused: one elementwise kernel per tensor, bitwise reproducible across runs and resumes, and about twice
+    # as fast as the per-tensor loop on CPU, where the 30k-row word embedding dominates tiny models' steps.
+    return torch.optim.AdamW(clean, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=0.0, fused=True)
 
 
 def warmup_linear(warmup: int, total: int):

@@ -36,7 +36,7 @@ from memeguard.models.base import MemeModel
 from memeguard.models.blocks import MLMHead
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
-from memeguard.training.build import build_model
+from memeguard.training.build import build_model, standardization_overrides
 from memeguard.training.config import PretrainConfig
 from memeguard.training.data import (
     RegionSource,
@@ -197,8 +197,10 @@ def pretrain(
         source = open_regions(regions if regions is not None else cfg.features)
         memes = read_memes(cfg.data_dir, cfg.split, cfg.limit)
         require_regions(memes, source, cfg.split, str(cfg.features))
+        overrides = standardization_overrides(cfg.standardize_features, cfg.init, cfg.model_overrides, source,
+                                              [meme.id for meme in memes])
         backbone = build_model(cfg.model, feature_dim=region_feature_dim(source, memes), init=cfg.init,
-                               overrides=cfg.model_overrides, tokenizer=cfg.tokenizer)
+                               overrides=overrides, tokenizer=cfg.tokenizer)
         if len(memes) < 2 and cfg.itm:
             raise ConfigError("image-text matching needs at least 2 memes")
         _run(cfg, memes, source, backbone, run_dir, device, info, on_update)
