@@ -35,7 +35,8 @@ TINY_DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "swa": "none",
     "eval_every": 0,
-    "model_overrides": {"initializer_range": 0.1},
+    # A wider init and no dropout shorten the XOR plateau of a model trained from scratch (~600 updates).
+    "model_overrides": {"initializer_range": 0.1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
 }
 
 
