@@ -9,8 +9,9 @@ from memeguard.errors import ConfigError
 from memeguard.models.base import CONFIG_NAME, MemeModel
 
 # Overrides that only matter for a freshly initialised model (or are re-read anyway): ignored, not refused,
-# when the weights come from a checkpoint (e.g. TINY_DEFAULTS' init std with ``--init``).
-INIT_ONLY_KEYS = ("initializer_range", "tokenizer")
+# when the weights come from a checkpoint (e.g. TINY_DEFAULTS' init std with ``--init``). Dropout rates are
+# built into the modules, so a model loaded from a checkpoint keeps the rates its config was saved with.
+INIT_ONLY_KEYS = ("initializer_range", "tokenizer", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 def model_dir_of(path: str | Path) -> Path | None:
