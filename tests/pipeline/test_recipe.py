@@ -88,3 +88,17 @@ def test_shipped_vilio_recipe_is_complete_but_needs_the_weights() -> None:
     message = str(info.value)
     for needed in ("faster_rcnn_from_caffe_attr.pkl", "uniter-large.pt", "visual_bert/model.pth", "ernielarge/params"):
         assert needed in message
+
+
+def test_shipped_inference_recipe_lists_every_released_run() -> None:
+    import yaml
+
+    data = yaml.safe_load((RECIPES / "vilio_inference.yaml").read_text())
+    names = [run["name"] for model in data["models"] for run in model["runs"]]
+    assert names == ["O36", "O50", "OV50", "U36", "U50", "U72", "V45", "V90", "V135",
+                     "ES36", "ESVCR36", "ESV50", "ES72", "ESVCR72", "EL36", "ELVCR36", "ELV50", "EL72", "ELVCR72"]
+    with pytest.raises(ConfigError) as info:
+        load_recipe(RECIPES / "vilio_inference.yaml", inference_only=True)
+    message = str(info.value)
+    assert "weights/vilio/U72/LASTtraindev.pth does not exist" in message
+    assert "weights/vilio/ELVCR72/step_2500train does not exist" in message
