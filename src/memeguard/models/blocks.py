@@ -9,6 +9,8 @@ Masks are additive float tensors broadcastable to [B, heads, Lq, Lk] (0 = attend
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -234,6 +236,48 @@ class BertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(hidden[:, 0]))
+
+
+class ReluPooler(nn.Module):
+    """``dense`` + ReLU over the first token (ViLBERT's and ERNIE-ViL's text and image poolers)."""
+
+    def __init__(self, in_size: int, out_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_size, out_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.dense(hidden[:, 0]))
+
+
+def layer_kwargs_from_config(config: Any) -> dict[str, Any]:
+    """BertLayer arguments from a BERT-style config (``hidden_size``, ``num_attention_heads`` ...)."""
+    return {
+        "hidden_size": config.hidden_size,
+        "num_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "act": config.hidden_act,
+        "attention_dropout": config.attention_probs_dropout_prob,
+        "hidden_dropout": config.hidden_dropout_prob,
+        "eps": config.layer_norm_eps,
+    }
+
+
+def encoder_from_config(config: Any, num_layers: int | None = None) -> BertEncoder:
+    """A BertEncoder of ``num_layers`` (default ``config.num_hidden_layers``) BERT-style layers."""
+    return BertEncoder(config.num_hidden_layers if num_layers is None else num_layers, **layer_kwargs_from_config(config))
+
+
+def text_embeddings_from_config(config: Any) -> BertTextEmbeddings:
+    """BERT's word + position + token-type embeddings sized by a BERT-style config."""
+    return BertTextEmbeddings(
+        config.vocab_size,
+        config.hidden_size,
+        config.max_position_embeddings,
+        config.type_vocab_size,
+        config.hidden_dropout_prob,
+        config.layer_norm_eps,
+        config.pad_token_id,
+    )
 
 
 class MLMHead(nn.Module):

@@ -25,7 +25,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from memeguard.errors import CheckpointError, ConfigError
@@ -35,9 +34,11 @@ from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionText
 from memeguard.models.blocks import (
     BertIntermediate,
     BertLayer,
-    BertTextEmbeddings,
     DenseResidualNorm,
     MultiHeadAttention,
+    ReluPooler,
+    layer_kwargs_from_config,
+    text_embeddings_from_config,
 )
 from memeguard.models.checkpoints import load_mapped_state_dict
 from memeguard.models.registry import register_architecture, register_config
@@ -249,10 +250,7 @@ class ErnieVilEncoder(nn.Module):
         self.v_biattention_id = list(config.v_biattention_id)
         self.t_biattention_id = list(config.t_biattention_id)
         self.layer = nn.ModuleList(
-            BertLayer(
-                config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act,
-                config.attention_probs_dropout_prob, config.hidden_dropout_prob, eps,
-            )
+            BertLayer(**layer_kwargs_from_config(config))
             for _ in range(config.num_hidden_layers)
         )
         self.v_layer = nn.ModuleList(
@@ -286,17 +284,6 @@ class ErnieVilEncoder(nn.Module):
         return text, vision
 
 
-class ReluPooler(nn.Module):
-    """``pooled_fc_text`` / ``pooled_fc_image``: fc + ReLU over token 0."""
-
-    def __init__(self, in_size: int, out_size: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_size, out_size)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.dense(hidden[:, 0]))
-
-
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
@@ -312,10 +299,7 @@ class ErnieVilForMemes(MemeModel):
 
     def __init__(self, config: ErnieVilConfig) -> None:
         super().__init__(config)
-        self.embeddings = BertTextEmbeddings(
-            config.vocab_size, config.hidden_size, config.max_position_embeddings, config.type_vocab_size,
-            config.hidden_dropout_prob, config.layer_norm_eps, config.pad_token_id,
-        )
+        self.embeddings = text_embeddings_from_config(config)
         self.v_embeddings = ErnieVilImageEmbeddings(config)
         self.encoder = ErnieVilEncoder(config)
         self.text_pooler = ReluPooler(config.hidden_size, config.co_hidden_size)

@@ -53,11 +53,12 @@ from memeguard.models.blocks import (
     BertIntermediate,
     BertLayer,
     BertPooler,
-    BertTextEmbeddings,
     DenseResidualNorm,
     MultiHeadAttention,
     VilioClassifier,
     extended_attention_mask,
+    layer_kwargs_from_config,
+    text_embeddings_from_config,
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import load_mapped_state_dict, read_any_checkpoint
@@ -167,15 +168,7 @@ class LxmertEncoder(nn.Module):
 
     def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
-        layer_kwargs = dict(
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            act=config.hidden_act,
-            attention_dropout=config.attention_probs_dropout_prob,
-            hidden_dropout=config.hidden_dropout_prob,
-            eps=config.layer_norm_eps,
-        )
+        layer_kwargs = layer_kwargs_from_config(config)
         self.visn_fc = VisualFeatEncoder(config)
         self.layer = nn.ModuleList([BertLayer(**layer_kwargs) for _ in range(config.num_hidden_layers)])  # type: ignore[arg-type]
         self.x_layers = nn.ModuleList([CrossModalityLayer(config) for _ in range(config.x_layers)])
@@ -204,15 +197,7 @@ class LxmertBackbone(nn.Module):
 
     def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
-        self.embeddings = BertTextEmbeddings(
-            config.vocab_size,
-            config.hidden_size,
-            config.max_position_embeddings,
-            config.type_vocab_size,
-            config.hidden_dropout_prob,
-            config.layer_norm_eps,
-            config.pad_token_id,
-        )
+        self.embeddings = text_embeddings_from_config(config)
         self.encoder = LxmertEncoder(config)
         self.pooler = BertPooler(config.hidden_size)
 

@@ -31,11 +31,11 @@ from memeguard.features.boxes import BOX_ENCODING_DIMS
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
-    BertEncoder,
     BertPooler,
-    BertTextEmbeddings,
     VilioClassifier,
+    encoder_from_config,
     extended_attention_mask,
+    text_embeddings_from_config,
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import (
@@ -147,25 +147,8 @@ class OscarModel(MemeModel):
 
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
-        self.embeddings = BertTextEmbeddings(
-            config.vocab_size,
-            config.hidden_size,
-            config.max_position_embeddings,
-            config.type_vocab_size,
-            config.hidden_dropout_prob,
-            config.layer_norm_eps,
-            config.pad_token_id,
-        )
-        self.encoder = BertEncoder(
-            config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            act=config.hidden_act,
-            attention_dropout=config.attention_probs_dropout_prob,
-            hidden_dropout=config.hidden_dropout_prob,
-            eps=config.layer_norm_eps,
-        )
+        self.embeddings = text_embeddings_from_config(config)
+        self.encoder = encoder_from_config(config)
         self.pooler = BertPooler(config.hidden_size)
         self.img_embedding = nn.Linear(config.visual_feat_dim + OSCAR_BOX_DIM, config.hidden_size)
         if config.use_img_layernorm:

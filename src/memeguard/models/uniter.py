@@ -29,11 +29,11 @@ from memeguard.errors import CheckpointError
 from memeguard.features.boxes import BoxEncoding
 from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
-    BertEncoder,
     BertPooler,
-    BertTextEmbeddings,
     VilioClassifier,
+    encoder_from_config,
     extended_attention_mask,
+    text_embeddings_from_config,
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import (
@@ -144,26 +144,9 @@ class UniterModel(MemeModel):
 
     def __init__(self, config: UniterConfig) -> None:
         super().__init__(config)
-        self.embeddings = BertTextEmbeddings(
-            config.vocab_size,
-            config.hidden_size,
-            config.max_position_embeddings,
-            config.type_vocab_size,
-            config.hidden_dropout_prob,
-            config.layer_norm_eps,
-            config.pad_token_id,
-        )
+        self.embeddings = text_embeddings_from_config(config)
         self.img_embeddings = UniterImageEmbeddings(config)
-        self.encoder = BertEncoder(
-            config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            act=config.hidden_act,
-            attention_dropout=config.attention_probs_dropout_prob,
-            hidden_dropout=config.hidden_dropout_prob,
-            eps=config.layer_norm_eps,
-        )
+        self.encoder = encoder_from_config(config)
         self.pooler = BertPooler(config.hidden_size)
         self.classifier = VilioClassifier(config.hidden_size, num_labels=2, eps=config.layer_norm_eps)
         self.init_weights()

@@ -29,9 +29,11 @@ from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor,
 from memeguard.models.blocks import (
     BertIntermediate,
     BertLayer,
-    BertTextEmbeddings,
     DenseResidualNorm,
+    ReluPooler,
     extended_attention_mask,
+    layer_kwargs_from_config,
+    text_embeddings_from_config,
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import (
@@ -225,10 +227,7 @@ class DevlbertEncoder(nn.Module):
         self.v_biattention_id = list(config.v_biattention_id)
         self.t_biattention_id = list(config.t_biattention_id)
         self.layer = nn.ModuleList(
-            BertLayer(
-                config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act,
-                config.attention_probs_dropout_prob, config.hidden_dropout_prob, eps,
-            )
+            BertLayer(**layer_kwargs_from_config(config))
             for _ in range(config.num_hidden_layers)
         )
         self.v_layer = nn.ModuleList(
@@ -258,26 +257,12 @@ class DevlbertEncoder(nn.Module):
         return text, vision
 
 
-class ReluPooler(nn.Module):
-    """``dense`` + ReLU over the first token (ViLBERT's text and image poolers)."""
-
-    def __init__(self, in_size: int, out_size: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_size, out_size)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.dense(hidden[:, 0]))
-
-
 class DevlbertBackbone(nn.Module):
     """The original ``bert`` module (``BertModel`` of ViLBERT): embeddings, encoder, poolers."""
 
     def __init__(self, config: DevlbertConfig) -> None:
         super().__init__()
-        self.embeddings = BertTextEmbeddings(
-            config.vocab_size, config.hidden_size, config.max_position_embeddings, config.type_vocab_size,
-            config.hidden_dropout_prob, config.layer_norm_eps, config.pad_token_id,
-        )
+        self.embeddings = text_embeddings_from_config(config)
         self.v_embeddings = DevlbertImageEmbeddings(config)
         self.encoder = DevlbertEncoder(config)
         self.t_pooler = ReluPooler(config.hidden_size, config.bi_hidden_size)

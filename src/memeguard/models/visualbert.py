@@ -47,9 +47,9 @@ from torch import nn
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
-    BertEncoder,
     BertPooler,
     VilioClassifier,
+    encoder_from_config,
     extended_attention_mask,
     two_class_to_logit,
 )
@@ -119,16 +119,7 @@ class VisualBertBackbone(nn.Module):
     def __init__(self, config: VisualBertConfig) -> None:
         super().__init__()
         self.embeddings = VisualBertEmbeddings(config)
-        self.encoder = BertEncoder(
-            config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            act=config.hidden_act,
-            attention_dropout=config.attention_probs_dropout_prob,
-            hidden_dropout=config.hidden_dropout_prob,
-            eps=config.layer_norm_eps,
-        )
+        self.encoder = encoder_from_config(config)
         self.pooler = BertPooler(config.hidden_size)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
