@@ -29,20 +29,8 @@ import numpy as np
 
 from memeguard.features.record import RegionRecord
 from memeguard.features.store import FeatureStore
-from memeguard.features.tsv import import_tsv, write_tsv
+from memeguard.features.tsv import TSV_FIELDS, import_tsv, write_tsv
 
-FIELDNAMES = [
-    "img_id",
-    "img_h",
-    "img_w",
-    "objects_id",
-    "objects_conf",
-    "attrs_id",
-    "attrs_conf",
-    "num_boxes",
-    "boxes",
-    "features",
-]
 BATCH = 8
 
 
@@ -75,7 +63,7 @@ def vilio_load_obj_tsv(path: Path, ids: set[int]) -> list[dict]:
     ]
     data = []
     with open(path) as handle:
-        for item in csv.DictReader(handle, FIELDNAMES, delimiter="\t"):
+        for item in csv.DictReader(handle, list(TSV_FIELDS), delimiter="\t"):
             if int(item["img_id"]) not in ids:
                 continue
             for key in ("img_h", "img_w", "num_boxes"):

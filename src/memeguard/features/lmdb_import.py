@@ -27,7 +27,7 @@ import numpy as np
 from memeguard.errors import FeatureStoreError
 from memeguard.features.record import RegionRecord
 from memeguard.features.safe_pickle import safe_loads
-from memeguard.features.tsv import ImportReport, with_progress
+from memeguard.features.tsv import ImportReport, store_records
 
 _LEADING_DIGITS = re.compile(rb"^(\d+)")
 REQUIRED_KEYS = ("features", "bbox", "image_height", "image_width")
@@ -157,21 +157,8 @@ def import_lmdb(
     progress: bool = False,
 ) -> ImportReport:
     """Import an MMF ``detectron.lmdb`` into a feature store at ``out`` (resumable)."""
-    from memeguard.features.store import FeatureStoreWriter
-
     path = Path(path)
     report = ImportReport(str(path), str(out))
     store_meta = {"extractor": "import-lmdb", "source": str(path.resolve()), "source_format": "mmf-lmdb"}
-    store_meta.update(meta or {})
-    writer = FeatureStoreWriter(out, dtype=dtype, meta=store_meta)
-    try:
-        for record in with_progress(iter_lmdb(path, report), progress, f"importing {path.name}"):
-            if writer.add(record):
-                report.imported += 1
-            else:
-                report.already_stored += 1
-    except BaseException:
-        writer.close()
-        raise
-    writer.finalize()
-    return report
+    return store_records(iter_lmdb(path, report), out, dtype, {**store_meta, **(meta or {})}, report, progress,
+                         f"importing {path.name}")

@@ -201,16 +201,28 @@ def import_tsv(
     progress: bool = False,
 ) -> ImportReport:
     """Import a vilio TSV into a feature store at ``out`` (resumable: ids already there are skipped)."""
-    from memeguard.features.store import FeatureStoreWriter
-
     path = Path(path)
     report = ImportReport(str(path), str(out))
     store_meta = {"extractor": "import-tsv", "source": str(path.resolve()), "source_format": "vilio-tsv"}
-    store_meta.update(meta or {})
-    writer = FeatureStoreWriter(out, dtype=dtype, meta=store_meta)
+    return store_records(iter_tsv(path, report, skip_bad_lines), out, dtype, {**store_meta, **(meta or {})},
+                         report, progress, f"importing {path.name}")
+
+
+def store_records(
+    records: Iterator[RegionRecord],
+    out: str | os.PathLike[str],
+    dtype: str,
+    meta: dict[str, Any],
+    report: ImportReport,
+    progress: bool,
+    label: str,
+) -> ImportReport:
+    """Write streamed records into a (resumable) store and finalise it; shared by the importers."""
+    from memeguard.features.store import FeatureStoreWriter
+
+    writer = FeatureStoreWriter(out, dtype=dtype, meta=meta)
     try:
-        records = iter_tsv(path, report, skip_bad_lines)
-        for record in with_progress(records, progress, f"importing {path.name}"):
+        for record in with_progress(records, progress, label):
             if writer.add(record):
                 report.imported += 1
             else:
