@@ -3,11 +3,10 @@ plain per-example reference forward that reads the original key names."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from bert_reference import gelu, lin, ln, reference_layer
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError
@@ -139,33 +138,6 @@ LITERAL_VILIO_KEYS = {
 # ---------------------------------------------------------------------------------------------
 # Plain reference forward (one example, no padding), reading vilio's original key names
 # ---------------------------------------------------------------------------------------------
-def ln(x, sd, name, eps=1e-12):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
-
-
-def lin(x, sd, name):
-    return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def reference_layer(h, sd, p):
-    length, width = h.shape
-    d = width // HEADS
-    q = lin(h, sd, f"{p}.attention.self.query").reshape(length, HEADS, d)
-    k = lin(h, sd, f"{p}.attention.self.key").reshape(length, HEADS, d)
-    v = lin(h, sd, f"{p}.attention.self.value").reshape(length, HEADS, d)
-    probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d), dim=-1)
-    context = torch.einsum("hqk,khd->qhd", probs, v).reshape(length, width)
-    attended = ln(lin(context, sd, f"{p}.attention.output.dense") + h, sd, f"{p}.attention.output.LayerNorm")
-    inner = gelu(lin(attended, sd, f"{p}.intermediate.dense"))
-    return ln(lin(inner, sd, f"{p}.output.dense") + attended, sd, f"{p}.output.LayerNorm")
-
-
 def reference_uniter(sd, ids, feats, pos7, num_layers=2):
     """vilio ModelU on one example: [text ; regions] (no padding) -> (hidden [L, H], hateful logit)."""
     m = "model."
