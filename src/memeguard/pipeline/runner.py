@@ -32,7 +32,6 @@ from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
 DONE = "DONE"
 TRAIN_RUN = ("train_clean", ("dev_seen",))
 TRAINDEV_RUN = ("traindev", ("test_seen", "test_unseen"))
-PREDICTED_SPLITS = ("dev_seen", "test_seen", "test_unseen")
 
 
 def fingerprint(obj: Any) -> str:

@@ -118,11 +118,10 @@ def average_seeds(run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]
 
 
 def run_ensemble(pred_dir: Path, data_dir: Path, out_dir: Path, spec: EnsembleSpec) -> dict[str, Path]:
-    """FIN_<split>.csv from the family CSVs; one family is passed through (thresholded on dev_seen)."""
+    """FIN_<split>.csv from the family CSVs (a single family works too: its blend is itself)."""
     from memeguard.ensemble import ensemble_folder
 
-    families = sorted({p.name.rsplit("_dev_seen.csv", 1)[0] for p in pred_dir.glob("*_dev_seen.csv")})
-    if not families:
+    if not any(pred_dir.glob("*_dev_seen.csv")):
         raise ConfigError(f"{pred_dir}: no <model>_dev_seen.csv predictions to ensemble")
     gt = split_path(data_dir, "dev_seen")
     ensemble_folder(pred_dir, gt, out_dir, method=spec.method, **spec.params)
