@@ -37,6 +37,7 @@ def test_train_then_predict_from_the_command_line(toy_data, toy_store, tmp_path)
     # --tiny fills in what was not given; explicit options win
     assert saved["lr"] == 2e-3 and saved["epochs"] == 1 and saved["seed"] == 43 and saved["limit"] == 24
     assert len(read_predictions(out / "test_seen.csv")) == 12
+    assert (out / "features_meta.json").read_text() == (toy_store / "meta.json").read_text()
     assert len(read_predictions(out / "test_unseen.csv")) == 12
 
     csv = tmp_path / "pred.csv"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from xor_memes import make_meme_set, write_jsonl
 
-from conftest import make_meme_set, write_jsonl
 from memeguard.training import TINY_DEFAULTS, TrainConfig, finetune
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError
-from memeguard.io import write_bytes_atomic, write_json_atomic
+from memeguard.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from memeguard.models.base import MemeModel
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
@@ -60,6 +60,7 @@ from memeguard.training.runlog import (
 )
 
 CONFIG_FILE = "train_config.json"
+FEATURES_META_FILE = "features_meta.json"  # a copy of the store's meta.json: serving needs only the run dir
 # Keys that may change between a run and its resume without changing the result.
 VOLATILE_KEYS = ("device", "num_workers", "progress", "eval_batch_size", "out_dir", "features", "data_dir")
 
@@ -179,6 +180,13 @@ def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
                           "use another --out or delete the run dir")
 
 
+def snapshot_features_meta(features: object, run_dir: Path) -> None:
+    """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is one."""
+    meta = Path(str(features)) / "meta.json"
+    if meta.is_file():
+        write_text_atomic(run_dir / FEATURES_META_FILE, meta.read_text(encoding="utf-8"))
+
+
 def _finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult:
     done = json.loads((run_dir / DONE_NAME).read_text() or "{}")
     predictions = {split: run_dir / f"{split}.csv" for split in cfg.predict_splits}
@@ -244,6 +252,7 @@ def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, i
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
+        snapshot_features_meta(cfg.features, run_dir)
         if resumed:
             trim_metrics(run_dir, position.update)
         else:
