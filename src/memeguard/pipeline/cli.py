@@ -31,8 +31,7 @@ def print_summary(report) -> None:  # noqa: ANN001 - RunReport, imported lazily
     from memeguard.data.predictions import align_predictions, read_predictions
     from memeguard.pipeline.stages import split_labels
 
-    data_dir = next((report.out_dir / "stages" / "clean").glob("*/data"), None)
-    labels = split_labels(data_dir) if data_dir else {}
+    labels = split_labels(report.data_dir)
     splits = [s for s in ("dev_seen", "test_seen", "test_unseen") if s in labels]
     table = Table(title="AUROC / accuracy")
     table.add_column("model")

@@ -90,6 +90,7 @@ class RunReport:
     timings: dict[str, dict[str, Any]]
     fin_files: dict[str, Path]
     family_files: dict[str, dict[str, Path]]
+    data_dir: Path  # the cleaned dataset the runs used (labels for summaries)
 
 
 class RecipeRunner:
@@ -349,7 +350,7 @@ class RecipeRunner:
         timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
         write_json_atomic(self.out_dir / "timings.json", timings)
         write_run_report(self.out_dir, family_files, fin_files, self.clean_dir, timings, self.recipe.name)
-        return RunReport(self.out_dir, timings, fin_files, family_files)
+        return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir)
 
 
 def run_stage(stage: Stage) -> float:
