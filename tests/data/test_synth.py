@@ -329,3 +329,40 @@ def test_vilio_cleaning_removes_exactly_one_of_each_planted_pair(dataset, unique
     assert len(removed) == len(summary.duplicate_pairs)
     assert all(len(removed & set(pair)) == 1 for pair in summary.duplicate_pairs)
     assert report["conflicting_label_pairs"] == []
+
+
+def _noun_group(text: str) -> int:
+    words = set(text.split())
+    assert len(words & (ANIMALS | VEHICLES)) == 1, text
+    return int(bool(words & VEHICLES))
+
+
+def test_lower_label_noise_keeps_every_meme_and_only_unflips_nouns():
+    def by_id(label_noise):
+        splits, images = synth.plan_dataset(2000, seed=5, label_noise=label_noise)
+        return {(split, p.meme_id): p for split, plans in splits.items() for p in plans}, images
+
+    noisy, noisy_images = by_id(synth.LABEL_NOISE)
+    half, _ = by_id(synth.LABEL_NOISE / 2)
+    clean, clean_images = by_id(0.0)
+    assert noisy.keys() == clean.keys() == half.keys()
+    assert [i.seed for i in noisy_images] == [i.seed for i in clean_images]  # the same pictures
+    flipped = {key for key, p in noisy.items() if _noun_group(p.text) != p.visual ^ p.label}
+    assert 20 <= len(flipped) <= 0.05 * len(noisy)  # ~3 % of the memes disagree with the rule
+    assert {key for key, p in noisy.items() if p.noisy} == flipped  # the flag names exactly those
+    half_flipped = {key for key, p in half.items() if _noun_group(p.text) != p.visual ^ p.label}
+    assert half_flipped < flipped and abs(len(half_flipped) - len(flipped) / 2) <= 5
+    for key, p in clean.items():
+        q = noisy[key]
+        assert (p.label, p.visual, p.image, p.role) == (q.label, q.visual, q.image, q.role)
+        assert _noun_group(p.text) == p.visual ^ p.label and not p.noisy  # every label follows the rule
+        if key not in flipped:
+            assert p.text == q.text
+        else:  # same caption with the noun of the other group
+            assert len(p.text.split()) == len(q.text.split()) and p.text != q.text
+
+
+def test_label_noise_out_of_range_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="label noise"):
+        generate_synthetic(tmp_path / "g", n=50, label_noise=0.1)
+    assert not (tmp_path / "g").exists()

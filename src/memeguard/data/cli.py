@@ -72,9 +72,13 @@ def synth(
     out: Path = typer.Argument(..., help="Output folder for the synthetic dataset."),
     n: int = typer.Option(3000, "--n", min=50, help="Number of unique memes."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
+    label_noise: float = typer.Option(
+        0.03, "--label-noise", min=0.0, max=0.03,
+        help="Share of memes whose noun disagrees with the rule (0 gives the same memes with rule-true labels).",
+    ),
 ) -> None:
     """Generate the synthetic meme set in the Hateful Memes layout."""
     from memeguard.data.synth import generate_synthetic
 
-    summary = generate_synthetic(out, n=n, seed=seed)
+    summary = generate_synthetic(out, n=n, seed=seed, label_noise=label_noise)
     typer.echo(f"wrote {summary} to {out}")

@@ -1,0 +1,222 @@
+"""What only a CUDA device shows: mixed-precision paths and GPU speed. Never part of the test suite.
+
+Four tables, each with its baseline timed in the same run on the same device:
+
+1. forward: every ``*-base`` model (random weights) on a batch of memes with 50 regions, fp32 vs bf16 vs fp16
+   autocast: memes/s and the largest |P(hateful) - P_fp32| (the half-precision paths must agree with fp32);
+2. fine-tune: ``visualbert-tiny`` / ``lxmert-tiny`` on the synthetic set's grid features with ``TINY_DEFAULTS``
+   in fp32, bf16 and fp16 (GradScaler): dev AUROC, whether every logged loss is finite, seconds;
+3. pretrain: one epoch of MLM + ITM in each precision: final loss finite;
+4. BUTD: the full-size ResNet-101 C4 detector (random weights) on 600 px images, fp32 vs fp16: images/s.
+
+    python benchmarks/gpu_check.py --data DIR --features STORE [--skip-butd] [--out report.json]
+
+``--data``/``--features``: a synthetic set and its grid store (``memeguard data synth`` + ``memeguard features
+extract --extractor grid``); without them the check makes a small set itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_forward import synthetic_inputs, tokenizer_for  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, warmup: int, repeats: int) -> float:
+    """Median seconds of ``repeats`` synchronised calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_table(device: torch.device, batch_size: int, boxes: int, names: list[str]) -> list[dict]:
+    from memeguard.models import create_model, list_models
+    from memeguard.training.data import to_device
+    from memeguard.training.runlog import autocast
+
+    names = names or [n for n in list_models() if n.endswith("-base")]
+    rows = []
+    print(f"\n## forward: batch {batch_size}, {boxes} boxes, random weights, inference_mode")
+    print(f"{'model':<18}{'precision':>10}{'ms/batch':>10}{'memes/s':>10}{'x fp32':>8}{'max |dP|':>10}")
+    for name in names:
+        torch.manual_seed(0)
+        model = create_model(name).to(device).eval()
+        memes, regions = synthetic_inputs(batch_size, boxes, model.config.visual_feat_dim)
+        batch = to_device(model.build_processor(tokenizer_for(model.config))(memes, regions), device)
+        reference = None
+        base_seconds = None
+        for precision in PRECISIONS:
+            if precision == "fp16" and device.type != "cuda":
+                continue
+
+            def run(precision=precision, model=model, batch=batch):
+                with torch.inference_mode(), autocast(device, precision):
+                    return model(batch)
+
+            proba = torch.sigmoid(run().float()).cpu()
+            seconds = timed(run, warmup=2, repeats=10)
+            if reference is None:
+                reference, base_seconds = proba, seconds
+            diff = float((proba - reference).abs().max())
+            row = {"model": name, "precision": precision, "ms": seconds * 1e3, "memes_per_s": batch_size / seconds,
+                   "speedup": base_seconds / seconds, "max_abs_dprob": diff, "finite": bool(torch.isfinite(proba).all())}
+            rows.append(row)
+            print(f"{name:<18}{precision:>10}{row['ms']:>10.1f}{row['memes_per_s']:>10.0f}{row['speedup']:>8.2f}"
+                  f"{diff:>10.1e}", flush=True)
+        del model, batch
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def finetune_table(device: torch.device, data: Path, features: Path, work: Path, models: list[str],
+                   epochs: int) -> list[dict]:
+    from memeguard.training import TINY_DEFAULTS, TrainConfig, finetune
+
+    rows = []
+    print(f"\n## fine-tune on {device}: TINY_DEFAULTS, {epochs} epochs, train -> dev_seen")
+    print(f"{'model':<18}{'precision':>10}{'dev AUROC':>10}{'losses finite':>15}{'seconds':>9}")
+    for model in models:
+        for precision in PRECISIONS:
+            if precision == "fp16" and device.type != "cuda":
+                continue
+            out = work / f"ft-{model}-{precision}"
+            settings = {**TINY_DEFAULTS, "epochs": epochs, "eval_every": 200}
+            cfg = TrainConfig(model=model, features=features, data_dir=data, out_dir=out, train_split="train",
+                              predict_splits=("dev_seen",), seed=0, device=str(device), precision=precision,
+                              progress=False, **settings)
+            start = time.perf_counter()
+            result = finetune(cfg)
+            seconds = time.perf_counter() - start
+            losses = [json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
+            finite = all(math.isfinite(x) for x in losses if x is not None)
+            row = {"model": model, "precision": precision, "auroc": result.metrics["auroc"], "finite": finite,
+                   "seconds": seconds}
+            rows.append(row)
+            print(f"{model:<18}{precision:>10}{row['auroc']:>10.4f}{str(finite):>15}{seconds:>9.1f}", flush=True)
+    return rows
+
+
+def pretrain_table(device: torch.device, data: Path, features: Path, work: Path, model: str) -> list[dict]:
+    from memeguard.training import PretrainConfig, pretrain
+
+    rows = []
+    print(f"\n## pretrain on {device}: {model}, MLM + ITM, 1 epoch on train")
+    print(f"{'precision':>10}{'final loss':>12}{'seconds':>9}")
+    for precision in PRECISIONS:
+        if precision == "fp16" and device.type != "cuda":
+            continue
+        out = work / f"pt-{model}-{precision}"
+        cfg = PretrainConfig(model=model, features=features, data_dir=data, out_dir=out, split="train", epochs=1,
+                             lr=1e-4, device=str(device), precision=precision, progress=False)
+        start = time.perf_counter()
+        run_dir = pretrain(cfg)
+        seconds = time.perf_counter() - start
+        last = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1]
+        loss = float(json.loads(last).get("loss", float("nan")))
+        rows.append({"model": model, "precision": precision, "loss": loss, "finite": math.isfinite(loss),
+                     "seconds": seconds})
+        print(f"{precision:>10}{loss:>12.4f}{seconds:>9.1f}", flush=True)
+    return rows
+
+
+def butd_table(image_size: int, n_images: int, batch_size: int) -> list[dict]:
+    from PIL import Image
+
+    from memeguard.features.butd import ButdExtractor
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
+              for _ in range(n_images)]
+    rows = []
+    print(f"\n## BUTD ResNet-101 C4, random weights, {n_images} images of {image_size} px, batch {batch_size}, "
+          "variants 36/50/72/100 from one pass")
+    print(f"{'precision':>10}{'images/s':>10}{'x fp32':>8}")
+    base = None
+    for fp16 in (False, True):
+        extractor = ButdExtractor(weights=None, box_variants=("36", "50", "72", "100"), device="cuda", fp16=fp16,
+                                  batch_size=batch_size)
+        extractor.extract(images[:batch_size], list(range(batch_size)), [""] * batch_size)  # warm-up
+        seconds = timed(lambda e=extractor: e.extract(images, list(range(n_images)), [""] * n_images), 0, 1)
+        rate = n_images / seconds
+        base = base or rate
+        rows.append({"precision": "fp16" if fp16 else "fp32", "images_per_s": rate, "speedup": rate / base})
+        print(f"{rows[-1]['precision']:>10}{rate:>10.2f}{rate / base:>8.2f}", flush=True)
+        del extractor
+        torch.cuda.empty_cache()
+    return rows
+
+
+def make_small_set(work: Path) -> tuple[Path, Path]:
+    from memeguard.data.synth import generate_synthetic
+    from memeguard.features.extract import extract_features
+    from memeguard.features.grid import GridExtractor
+
+    data = work / "data"
+    generate_synthetic(data, n=1000, seed=0, progress=False)
+    paths = extract_features(data, work / "grid", GridExtractor(), progress=False, dtype="float32")
+    return data, next(iter(paths.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--features", type=Path)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--boxes", type=int, default=50)
+    parser.add_argument("--names", default="", help="comma-separated models for the forward table (default *-base)")
+    parser.add_argument("--train-models", default="visualbert-tiny,lxmert-tiny")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--skip-butd", action="store_true")
+    parser.add_argument("--butd-images", type=int, default=32)
+    parser.add_argument("--out", type=Path, help="write every row as JSON here")
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_check: no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 rows: the reference for the others
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    report: dict[str, list[dict]] = {}
+    report["forward"] = forward_table(device, args.batch_size, args.boxes, [n for n in args.names.split(",") if n])
+    data, features = (args.data, args.features) if args.data else make_small_set(work)
+    train_models = [m for m in args.train_models.split(",") if m]
+    report["finetune"] = finetune_table(device, data, features, work, train_models, args.epochs)
+    report["pretrain"] = pretrain_table(device, data, features, work, train_models[0])
+    if not args.skip_butd and device.type == "cuda":
+        report["butd"] = butd_table(600, args.butd_images, 8)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
