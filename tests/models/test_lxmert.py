@@ -19,7 +19,9 @@ HIDDEN = 64
 
 def tiny(**overrides) -> LxmertModel:
     torch.manual_seed(0)
-    kwargs = dict(visual_feat_dim=FEAT_DIM, vocab_size=VOCAB, max_position_embeddings=64)
+    # lxmert-tiny has cross layers only; the tests want every stack, so they ask for 2/2/2.
+    kwargs = dict(visual_feat_dim=FEAT_DIM, vocab_size=VOCAB, max_position_embeddings=64,
+                  num_hidden_layers=2, r_layers=2, x_layers=2)
     return create_model("lxmert-tiny", **{**kwargs, **overrides}).eval()
 
 

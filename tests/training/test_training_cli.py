@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from memeguard.cli import app
 from memeguard.data.predictions import read_predictions
+from memeguard.training import TINY_DEFAULTS
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def test_train_then_predict_from_the_command_line(toy_data, toy_store, tmp_path)
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_config.json").read_text())
     # --tiny fills in what was not given; explicit options win
-    assert saved["lr"] == 2e-3 and saved["epochs"] == 1 and saved["seed"] == 43 and saved["limit"] == 24
+    assert saved["lr"] == TINY_DEFAULTS["lr"] and saved["epochs"] == 1 and saved["seed"] == 43 and saved["limit"] == 24
     assert len(read_predictions(out / "test_seen.csv")) == 12
     assert (out / "features_meta.json").read_text() == (toy_store / "meta.json").read_text()
     assert len(read_predictions(out / "test_unseen.csv")) == 12
