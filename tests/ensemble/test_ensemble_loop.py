@@ -233,3 +233,71 @@ def test_splits_are_discovered_and_a_single_model_passes_through(make_folder) ->
         ensemble_folder(
             folder.pred_dir, folder.gt_path, folder.root / "o2", splits=("dev_seen", "test_unseen")
         )
+
+
+def test_test_labels_carry_the_dev_share_over_when_run_b_scores_are_shifted(make_folder) -> None:
+    folder = make_folder(seed=3)
+    rng = np.random.default_rng(0)
+    # Run (a) models score dev in [0.1, 0.35]; run (b) models score the test splits in [0.7, 0.95]. Every split
+    # is ranked perfectly, yet every test score lies above any dev threshold.
+    for name in ("A", "B"):
+        for split, y in folder.labels.items():
+            base = 0.1 if split == "dev_seen" else 0.7
+            proba = base + 0.2 * y + rng.uniform(0, 0.05, len(y))
+            write_predictions(folder.pred_dir / f"{name}_{split}.csv", folder.ids[split], proba)
+    outcome = {}
+    for rule in ("threshold", "rate"):
+        result = ensemble_folder(folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule)
+        assert result.dev_accuracy == 1.0 and result.record["final"]["test_labels"] == rule
+        outcome[rule] = {}
+        for split in ("test_seen", "test_unseen"):
+            final = read_predictions(result.files[split])
+            truth = dict(zip(folder.ids[split].tolist(), folder.labels[split].tolist(), strict=True))
+            outcome[rule][split] = accuracy_score([truth[int(i)] for i in final.ids], final.label)
+            assert result.record["final"]["hateful_share"][split] == pytest.approx(final.label.mean())
+    assert outcome["threshold"] == {"test_seen": 0.5, "test_unseen": 0.5}  # vilio's rule: all hateful
+    assert outcome["rate"] == {"test_seen": 1.0, "test_unseen": 1.0}
+
+
+def test_top_share_labels_take_the_highest_scores_and_break_ties_by_id() -> None:
+    from memeguard.ensemble.folder import top_share_labels
+
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 6, 40).astype(float) / 5  # many ties
+    ids = rng.permutation(40) + 100
+    for share in (0.0, 0.26, 0.5, 1.0):
+        labels = top_share_labels(scores, ids, share)
+        chosen = sorted(range(40), key=lambda k: (-scores[k], ids[k]))[: round(share * 40)]
+        assert set(np.flatnonzero(labels)) == set(chosen)
+
+
+def test_unknown_test_label_rule_is_refused(make_folder) -> None:
+    folder = make_folder()
+    folder.noisy("O", 1.0)
+    with pytest.raises(ConfigError, match="test label rule"):
+        ensemble_folder(folder.pred_dir, folder.gt_path, folder.root / "out", test_labels="median")
+    assert not (folder.root / "out").exists()
+
+
+def test_prior_rule_labels_as_many_test_memes_as_the_models_expect(make_folder) -> None:
+    folder = make_folder(seed=4)
+    rng = np.random.default_rng(1)
+    for split in ("test_seen", "test_unseen"):  # test_unseen is less hateful than dev, as in HM (37 % vs 50 %)
+        share = 0.5 if split == "test_seen" else 0.3
+        folder.labels[split] = rng.permutation((np.arange(folder.sizes[split]) < share * folder.sizes[split]) * 1)
+    # Run (a) squeezes dev into [0.0001, 0.0016]; run (b)'s test probabilities are calibrated (near 0 or 1).
+    for name in ("A", "B"):
+        for split, y in folder.labels.items():
+            noise = rng.uniform(0, 0.01, len(y))
+            proba = 0.0001 + 0.001 * y + noise / 20 if split == "dev_seen" else 0.01 + 0.98 * y - noise / 2
+            write_predictions(folder.pred_dir / f"{name}_{split}.csv", folder.ids[split], proba)
+    accuracy_by_rule = {}
+    for rule in ("threshold", "rate", "prior"):
+        result = ensemble_folder(folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule)
+        final = read_predictions(result.files["test_unseen"])
+        truth = dict(zip(folder.ids["test_unseen"].tolist(), folder.labels["test_unseen"].tolist(), strict=True))
+        accuracy_by_rule[rule] = accuracy_score([truth[int(i)] for i in final.ids], final.label)
+    n = folder.sizes["test_unseen"]
+    assert accuracy_by_rule["threshold"] == pytest.approx(0.3, abs=1 / n)  # every meme above the dev threshold
+    assert accuracy_by_rule["rate"] == pytest.approx(0.8, abs=1 / n)  # dev's 50 % where 30 % are hateful
+    assert accuracy_by_rule["prior"] >= 1 - 2 / n  # the models' mean probability finds the 30 %

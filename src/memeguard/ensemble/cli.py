@@ -45,6 +45,11 @@ def ensemble(
         "--class-counts",
         help="POS,NEG counts for the threshold rule (vilio: 250,250); default: real dev counts.",
     ),
+    test_labels: str = typer.Option(
+        "prior", "--test-labels",
+        help="How many test memes are labelled hateful: prior (the models' mean probability on the split), "
+        "rate (the dev threshold's share on dev) or threshold (vilio: the dev threshold itself).",
+    ),
 ) -> None:
     """Seed-average each family, blend (SA/PA/RA/simplex, two passes for 'loop') and write FIN_<split>.csv."""
     from memeguard.ensemble.folder import ensemble_folder
@@ -58,6 +63,7 @@ def ensemble(
         optimizer=optimizer,
         splits=None if splits == "auto" else tuple(s.strip() for s in splits.split(",") if s.strip()),
         class_counts=_class_counts(class_counts),
+        test_labels=test_labels,
     )
     groups = ", ".join(f"{name}({len(members)})" for name, members in result.families.items())
     typer.echo(f"families: {groups}")

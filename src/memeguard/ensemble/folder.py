@@ -16,9 +16,21 @@ Families (vilio's seed groups, averaged before blending), chosen by ``families``
 * a path to a JSON file, or (Python API) a mapping: ``{"family": ["model", ...]}``; models it does not
   name are families of their own.
 
-Test labels come from the accuracy-maximising threshold on the dev ROC curve of the final blend, with
-the real dev class counts (vilio hard-coded 250/250; pass ``class_counts=(250, 250)`` to reproduce it).
-Dev labels use the same threshold (vilio left whatever labels the first model's dev file had).
+Labels. The accuracy-maximising threshold on the dev ROC curve of the final blend, with the real dev class
+counts (vilio hard-coded 250/250; pass ``class_counts=(250, 250)`` to reproduce it), labels dev_seen
+(vilio left whatever labels the first model's dev file had). Test labels follow ``test_labels``.
+
+Why there is a choice: vilio's recipe scores dev with the models of run (a) and the test splits with those of
+run (b), trained on more data, so the blend's scores need not be calibrated alike on the two, and a dev
+threshold can label a whole test split one class (seen on the synthetic demo: every test meme lay above a dev
+threshold of 0.027). The two share rules label the highest-scored memes of each test split (ties broken by
+id), and differ in how many:
+
+* ``"prior"`` (default): as many as the families' mean P(hateful) on that split predicts. Each model's own
+  probabilities are trained to be calibrated even where the blend's scores are not, and their mean estimates
+  a split's hateful share (Saerens et al., 2002). On the demo it found test_unseen's 37 % where dev has 49 %.
+* ``"rate"``: the share the dev threshold labels on dev (assumes every split is as hateful as dev).
+* ``"threshold"``: vilio's rule, the dev threshold applied to the test scores as they are.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from memeguard.io import write_json_atomic
 
 SPLITS: tuple[str, ...] = ("dev_seen", "test_seen", "test_unseen")
 METHODS: tuple[str, ...] = ("loop", "sa", "pa", "ra", "sx", "opt")
+TEST_LABEL_RULES: tuple[str, ...] = ("prior", "rate", "threshold")
 FAMILIES_FILE = "families.json"
 FAMILY_SEPARATOR = "__"
 
@@ -178,6 +191,15 @@ def decision_threshold(
     return float(min(thresholds[best], np.nextafter(np.inf, 0))), float(acc[best])
 
 
+def top_share_labels(scores: np.ndarray, ids: np.ndarray, share: float) -> np.ndarray:
+    """1 for the ``round(share * n)`` highest scores (ties broken by id, so the labels are reproducible)."""
+    count = int(round(share * len(scores)))
+    order = np.lexsort((ids, -scores))  # by score descending, then id ascending
+    labels = np.zeros(len(scores), dtype=np.int64)
+    labels[order[:count]] = 1
+    return labels
+
+
 @dataclass
 class EnsembleResult:
     method: str
@@ -232,6 +254,7 @@ def ensemble_folder(
     passes: int = 2,
     keep: int = 5,
     class_counts: tuple[int, int] | None = None,
+    test_labels: str = "prior",
 ) -> EnsembleResult:
     """Seed-average per family, ensemble with ``method``, write ``FIN_<split>.csv`` and ``weights.json``.
 
@@ -241,6 +264,8 @@ def ensemble_folder(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown ensemble method {method!r}; choose from {', '.join(METHODS)}")
+    if test_labels not in TEST_LABEL_RULES:
+        raise ConfigError(f"unknown test label rule {test_labels!r}; choose from {', '.join(TEST_LABEL_RULES)}")
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     if out_dir.resolve() == pred_dir.resolve():
         raise ConfigError(
@@ -257,13 +282,20 @@ def ensemble_folder(
     scores = {split: np.clip(values, 0.0, 1.0) for split, values in scores.items()}
     threshold, promised = decision_threshold(y, scores[DEV], class_counts)
 
+    dev_share = float(np.mean(scores[DEV] >= threshold))
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    files, final = {}, {}
+    files, final, hateful_share = {}, {}, {}
     for split in splits:
         table = tables[split]
-        final[split] = Predictions(
-            table.ids.copy(), scores[split], (scores[split] >= threshold).astype(np.int64)
-        )
+        if split == DEV or test_labels == "threshold":
+            labels = (scores[split] >= threshold).astype(np.int64)
+        elif test_labels == "rate":
+            labels = top_share_labels(scores[split], table.ids, dev_share)
+        else:
+            labels = top_share_labels(scores[split], table.ids, float(table.scores.mean()))
+        final[split] = Predictions(table.ids.copy(), scores[split], labels)
+        hateful_share[split] = float(labels.mean()) if len(labels) else 0.0
         files[split] = write_predictions(out_dir / f"FIN_{split}.csv", final[split])
     for family, members in groups.items():  # vilio's per-family SA files, for inspection
         if len(members) > 1:
@@ -289,6 +321,8 @@ def ensemble_folder(
         threshold=threshold,
         dev_accuracy=dev_acc,
         threshold_accuracy=promised,
+        test_labels=test_labels,
+        hateful_share=hateful_share,
         class_counts={"positive": int(y.sum()), "negative": int(len(y) - y.sum())}
         if class_counts is None
         else {

@@ -5,7 +5,8 @@ curves, the Spearman correlation between models (diverse models are what make an
 the ensemble weights and the time spent per stage.
 
 Accuracy is computed from each CSV's own ``label`` column (the decision the model or ensemble
-actually made; for the ensemble that is the dev-ROC threshold), AUROC from ``proba``, both with
+actually made; for the ensemble, the dev-ROC threshold on dev and the ``test_labels`` rule of
+``memeguard.ensemble.folder`` on the test splits), AUROC from ``proba``, both with
 scikit-learn. Figures are drawn with matplotlib's object API on the Agg canvas, so nothing touches
 pyplot's global state or needs a display.
 """
