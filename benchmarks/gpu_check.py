@@ -30,28 +30,26 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_forward import synthetic_inputs, tokenizer_for  # noqa: E402
+from learning import prepare  # noqa: E402
+from model_forward import median_seconds, synthetic_inputs, tokenizer_for  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(fn, warmup: int, repeats: int) -> float:
-    """Median seconds of ``repeats`` synchronised calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
+    """Median seconds of ``repeats`` calls, each waiting for the GPU (model_forward's timer plus a sync)."""
+
+    def call_and_sync() -> None:
         fn()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return statistics.median(median_seconds(call_and_sync, warmup, repeats))
+
+
+def precisions_for(device: torch.device) -> tuple[str, ...]:
+    """fp16 autocast needs CUDA; the CPU rows (a dry run of the script) skip it."""
+    return PRECISIONS if device.type == "cuda" else tuple(p for p in PRECISIONS if p != "fp16")
 
 
 def forward_table(device: torch.device, batch_size: int, boxes: int, names: list[str]) -> list[dict]:
@@ -70,9 +68,7 @@ def forward_table(device: torch.device, batch_size: int, boxes: int, names: list
         batch = to_device(model.build_processor(tokenizer_for(model.config))(memes, regions), device)
         reference = None
         base_seconds = None
-        for precision in PRECISIONS:
-            if precision == "fp16" and device.type != "cuda":
-                continue
+        for precision in precisions_for(device):
 
             def run(precision=precision, model=model, batch=batch):
                 with torch.inference_mode(), autocast(device, precision):
@@ -102,9 +98,7 @@ def finetune_table(device: torch.device, data: Path, features: Path, work: Path,
     print(f"\n## fine-tune on {device}: TINY_DEFAULTS, {epochs} epochs, train -> dev_seen")
     print(f"{'model':<18}{'precision':>10}{'dev AUROC':>10}{'losses finite':>15}{'seconds':>9}")
     for model in models:
-        for precision in PRECISIONS:
-            if precision == "fp16" and device.type != "cuda":
-                continue
+        for precision in precisions_for(device):
             out = work / f"ft-{model}-{precision}"
             settings = {**TINY_DEFAULTS, "epochs": epochs, "eval_every": 200}
             cfg = TrainConfig(model=model, features=features, data_dir=data, out_dir=out, train_split="train",
@@ -128,9 +122,7 @@ def pretrain_table(device: torch.device, data: Path, features: Path, work: Path,
     rows = []
     print(f"\n## pretrain on {device}: {model}, MLM + ITM, 1 epoch on train")
     print(f"{'precision':>10}{'final loss':>12}{'seconds':>9}")
-    for precision in PRECISIONS:
-        if precision == "fp16" and device.type != "cuda":
-            continue
+    for precision in precisions_for(device):
         out = work / f"pt-{model}-{precision}"
         cfg = PretrainConfig(model=model, features=features, data_dir=data, out_dir=out, split="train", epochs=1,
                              lr=1e-4, device=str(device), precision=precision, progress=False)
@@ -172,17 +164,6 @@ def butd_table(image_size: int, n_images: int, batch_size: int) -> list[dict]:
     return rows
 
 
-def make_small_set(work: Path) -> tuple[Path, Path]:
-    from memeguard.data.synth import generate_synthetic
-    from memeguard.features.extract import extract_features
-    from memeguard.features.grid import GridExtractor
-
-    data = work / "data"
-    generate_synthetic(data, n=1000, seed=0, progress=False)
-    paths = extract_features(data, work / "grid", GridExtractor(), progress=False, dtype="float32")
-    return data, next(iter(paths.values()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path)
@@ -208,7 +189,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     report: dict[str, list[dict]] = {}
     report["forward"] = forward_table(device, args.batch_size, args.boxes, [n for n in args.names.split(",") if n])
-    data, features = (args.data, args.features) if args.data else make_small_set(work)
+    data, features = (args.data, args.features) if args.data else prepare(work, 1000, 0, 0.0)
     train_models = [m for m in args.train_models.split(",") if m]
     report["finetune"] = finetune_table(device, data, features, work, train_models, args.epochs)
     report["pretrain"] = pretrain_table(device, data, features, work, train_models[0])
