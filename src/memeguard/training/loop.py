@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, i
 
     batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0,
                                           rank=info.rank, world_size=info.world_size))
-    updates_per_epoch = math.ceil(batches_per_epoch / cfg.acc)
+    updates_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     total = updates_per_epoch * cfg.epochs
     groups = parameter_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult,
                               backbone_keywords=cfg.backbone_keywords)
@@ -290,9 +290,9 @@ def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, i
             loader = make_loader(train_set, batches[start:], collate, cfg.num_workers)
             optimizer.zero_grad(set_to_none=True)
             for index, batch in enumerate(loader, start=start):
-                group_end = min(batches_per_epoch, (index // cfg.acc + 1) * cfg.acc)
+                group_end = min(batches_per_epoch, (index // cfg.grad_accum_steps + 1) * cfg.grad_accum_steps)
                 last_of_group = index + 1 == group_end
-                acc = group_end - (index // cfg.acc) * cfg.acc  # the leftover group of an epoch is shorter
+                acc = group_end - (index // cfg.grad_accum_steps) * cfg.grad_accum_steps  # the leftover group of an epoch is shorter
                 batch = to_device(batch, device)
                 with ddp.maybe_no_sync(trained, skip_sync=not last_of_group):
                     with autocast(device, cfg.precision):
