@@ -118,8 +118,9 @@ def test_old_and_new_option_spellings(captured):
     assert run(["train", *REQUIRED, "--grad-accum-steps", "3"]).exit_code == 0
     assert [cfg.grad_accum_steps for cfg in captured] == [3, 3]
     result = run(["train", *REQUIRED, "--train-split", "traindev", "--predict", "test_seen", "--predict",
-                  "test_unseen", "--eval-split", "none", "--seed", "7", "--init", "runs/pre", "--swa", "contrib",
-                  "--set", "max_regions=50", "--set", 'head="layeravg"', "--no-progress", "--no-sum-loss"])
+                  "test_unseen", "--eval-split", "none", "--seed", "7", "--init", "runs/pre",
+                  "--swa", "contrib", "--set", "max_regions=50", "--set", 'head="layeravg"', "--no-progress",
+                  "--no-sum-loss"])
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
     assert (cfg.train_split, cfg.predict_splits, cfg.eval_split, cfg.seed, cfg.init, cfg.swa) == (

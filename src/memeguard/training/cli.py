@@ -71,19 +71,22 @@ def config_options(config: type[RunConfig]) -> list[inspect.Parameter]:
         elif isinstance(default, tuple):
             default = list(default)
         option = typer.Option(default, *OPTION_NAMES.get(name, ()), help=help_text)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=annotation))
     return params
 
 
 def config_command(name: str, config: type[RunConfig], *extra: inspect.Parameter) -> Callable:
-    """Register ``run(ctx, **options)`` as command ``name`` with ``config``'s fields (+ ``extra``) as options."""
+    """Register ``run(ctx, **options)`` as command ``name``, with ``config``'s fields (+ ``extra``) as
+    its options."""
 
     def register(run: Callable[..., None]) -> Callable[..., None]:
         def command(**values: Any) -> None:
             run(**values)
 
         context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        command.__signature__ = inspect.Signature([context, *config_options(config), *extra])  # type: ignore[attr-defined]
+        signature = inspect.Signature([context, *config_options(config), *extra])
+        command.__signature__ = signature  # type: ignore[attr-defined]
         command.__doc__ = run.__doc__
         app.command(name)(command)
         return run

@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):  # type: ignore[no-untyped-def]
-        """``to_dict``'s inverse; also reads files written under the fields' old names (see :meth:`aliases`)."""
+        """``to_dict``'s inverse; also reads files that use the fields' old names (see :meth:`aliases`)."""
         return cls(**dict(data))
 
     def replace(self, **changes: Any):  # type: ignore[no-untyped-def]
@@ -116,7 +116,8 @@ class TrainConfig(RunConfig):
     eval_split: str | None = Field(DEV_SEEN, description="Evaluated every eval_every updates and at the end; "
                                    "'none' to skip.")
     seed: int = Field(42, description="Seeds the model's init, dropout and the data order.")
-    init: str | None = Field(None, description="Our model dir, a (pre)train run dir, or an original checkpoint.")
+    init: str | None = Field(None, description="Our model dir, a (pre)train run dir, or an original "
+                             "checkpoint.")
     model_overrides: dict[str, Any] = Field(default_factory=dict,
                                             description="Model config overrides, e.g. {'max_regions': 50}.")
     tokenizer: str | None = Field(None, description="Tokenizer; defaults to the model config's.")
@@ -143,13 +144,15 @@ class TrainConfig(RunConfig):
     swa_start: float = Field(0.75, ge=0, lt=1, description="Share of the updates before averaging starts.")
     swa_freq: int = Field(5, gt=0, description="contrib: average every N updates.")
     swa_lr: float | None = Field(None, description="SWA lr; default: the base lr, as vilio.")
-    swa_anneal_steps: int = Field(10, description="torch: SWALR's anneal_epochs (stepped per update, as vilio).")
+    swa_anneal_steps: int = Field(10, description="torch: SWALR's anneal_epochs (stepped per update, as "
+                                  "vilio).")
     # bookkeeping
     eval_every: int = Field(250, ge=0, description="Updates between evaluations (0: only at the end).")
     select_best: bool = Field(False, description="Keep the weights with the best eval AUROC (off in vilio).")
     checkpoint_every: int = Field(0, ge=0, description="Updates between mid-epoch checkpoints "
                                   "(0: epoch ends only).")
-    limit: int | None = Field(None, gt=0, description="Only the first N memes of every split (vilio's --topk).")
+    limit: int | None = Field(None, gt=0, description="Only the first N memes of every split (vilio's "
+                              "--topk).")
     standardize_features: StandardizeMode = Field(
         "auto", description="auto: standardise region features when the model starts from scratch "
         "(see build.standardization_overrides); always; never.")
@@ -187,7 +190,7 @@ class PretrainConfig(RunConfig):
     lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
     batch_size: int = Field(16, gt=0, description="Memes per batch (per rank under torchrun).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the updates with a linear lr warmup.")
-    schedule: Schedule = Field("cosine", description="lr decay after the warmup: cosine (O, V) or linear (X).")
+    schedule: Schedule = Field("cosine", description="lr decay after the warmup: cosine (O, V), linear (X).")
     clip: float = Field(1.0, description="Grad-norm clip (<= 0: off).")
     adam_eps: float = Field(1e-6, description="AdamW epsilon.")
     limit: int | None = Field(None, gt=0, description="Only the first N memes of the split.")

@@ -110,7 +110,7 @@ def classification_loss(
     logits: torch.Tensor, labels: torch.Tensor, sum_loss: bool, grad_accum_steps: int
 ) -> tuple[torch.Tensor, float]:
     """(loss to backpropagate, mean BCE for the log). vilio's "summed" variant multiplies the mean by the
-    batch size (its comment: ~2% abs without it); both are divided by the batches of the accumulation group."""
+    batch size (its comment: ~2% abs without it); both are divided by the accumulation group's batches."""
     mean = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     loss = mean * logits.shape[0] if sum_loss else mean
     return loss / grad_accum_steps, float(mean.detach())
@@ -215,7 +215,7 @@ def make_averaging(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
 
 
 class _Evaluation:
-    """Evaluation during and after training: metrics.jsonl lines and, with ``select_best``, the best weights."""
+    """Evaluation during and after training: metrics.jsonl lines and (``select_best``) the best weights."""
 
     def __init__(self, cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
                  tracker: _Tracker) -> None:
@@ -232,7 +232,7 @@ class _Evaluation:
         metrics = self.metrics()
         tracker = self.tracker
         tracker.last_auroc = metrics["auroc"]
-        train_loss = tracker.loss_sum / max(1, tracker.loss_count)  # mean over the batches since the last eval
+        train_loss = tracker.loss_sum / max(1, tracker.loss_count)  # mean over the batches since last eval
         tracker.loss_sum, tracker.loss_count = 0.0, 0
         update = self.state.updates
         self.state.log({"update": update, "epoch": epoch, "split": self.cfg.eval_split,
@@ -244,7 +244,8 @@ class _Evaluation:
             write_bytes_atomic(self.best_path, buffer.getvalue())
 
     def final(self) -> dict[str, float]:
-        """The final weights' metrics; with ``select_best``, the best weights replace them if they scored higher."""
+        """The final weights' metrics; with ``select_best``, the best weights replace the final ones when
+        they scored higher."""
         if not self.enabled:
             return {}
         model, cfg = self.p.model, self.cfg
@@ -252,7 +253,8 @@ class _Evaluation:
         self.state.log({"update": self.state.updates, "epoch": cfg.epochs, "split": cfg.eval_split,
                         "final": True, **metrics, "time": time.time()})
         if cfg.select_best and self.tracker.best_auroc > metrics["auroc"] and self.best_path.is_file():
-            model.load_state_dict(torch.load(self.best_path, map_location=self.state.device, weights_only=True))
+            best = torch.load(self.best_path, map_location=self.state.device, weights_only=True)
+            model.load_state_dict(best)
             metrics = {**self.metrics(), "best_update": float(self.tracker.best_update)}
         return metrics
 
@@ -333,7 +335,8 @@ def _finish(cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
     def write_outputs() -> None:
         for split, memes in p.predict.items():
             ids, proba = predict_memes(model, collate, memes, p.regions, batch_size=cfg.eval_batch_size,
-                                       device=state.device, precision=cfg.precision, num_workers=cfg.num_workers)
+                                       device=state.device, precision=cfg.precision,
+                                       num_workers=cfg.num_workers)
             write_predictions(predictions[split], ids, proba)
         model.save_pretrained(run_dir / MODEL_DIR)
 

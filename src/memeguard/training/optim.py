@@ -159,7 +159,7 @@ class ContribSWA:
         self.before_step(optimizer)
 
     def after_update(self, model: nn.Module, update: int) -> bool:
-        """Average when due; False: the regular schedule still steps (its lr is overridden before each step)."""
+        """Average when due; False: the schedule still steps (its lr is overridden before each step)."""
         self.after_step()
         return False
 

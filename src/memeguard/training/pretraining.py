@@ -248,7 +248,8 @@ def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone:
         from safetensors.torch import save
 
         backbone.save_pretrained(run_dir / MODEL_DIR)
-        write_bytes_atomic(run_dir / PRETRAIN_HEADS_FILE, save(model.heads_state(), metadata={"format": "pt"}))
+        heads = save(model.heads_state(), metadata={"format": "pt"})  # the bytes save_file would write
+        write_bytes_atomic(run_dir / PRETRAIN_HEADS_FILE, heads)
 
     state.finish(write_outputs, lambda: {"finished": time.time(), "updates": state.updates})
 

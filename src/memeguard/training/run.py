@@ -161,7 +161,8 @@ class RunState:
     def save(self, epoch: int, batch: int) -> None:
         """Checkpoint: the next batch to run is ``batch`` of ``epoch``."""
         if self.info.is_main:
-            ckpt.save_checkpoint(self.checkpoint_dir, ckpt.Position(epoch, batch, self.updates), self.stateful)
+            position = ckpt.Position(epoch, batch, self.updates)
+            ckpt.save_checkpoint(self.checkpoint_dir, position, self.stateful)
         ddp.barrier(self.info)
 
     def finish(self, write_outputs: Callable[[], None], done: Callable[[], dict[str, Any]]) -> None:
