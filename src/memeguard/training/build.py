@@ -27,7 +27,9 @@ def model_dir_of(path: str | Path) -> Path | None:
 def load_model_dir(path: str | Path) -> MemeModel:
     directory = model_dir_of(path)
     if directory is None:
-        raise ConfigError(f"{path}: neither a memeguard model dir nor a run dir with {MODEL_DIR}/{MODEL_CONFIG_FILE}")
+        raise ConfigError(
+            f"{path}: neither a memeguard model dir nor a run dir with {MODEL_DIR}/{MODEL_CONFIG_FILE}"
+        )
     return MemeModel.from_pretrained(directory)
 
 

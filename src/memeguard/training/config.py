@@ -22,7 +22,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["linear", "cosine"]
 StandardizeMode = Literal["auto", "always", "never"]
 
-# vilio's settings leave the from-scratch *-tiny models on the XOR plateau; why these values: benchmarks/learning.py.
+# vilio's settings leave the from-scratch *-tiny models on the XOR plateau (measured: benchmarks/learning.py).
 # ``model_overrides`` go to the model config; the rest are TrainConfig fields.
 TINY_DEFAULTS: dict[str, Any] = {
     "lr": 1.5e-3,

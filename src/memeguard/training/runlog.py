@@ -1,4 +1,4 @@
-"""Run-dir bookkeeping shared by fine-tuning and pretraining: metrics.jsonl, the progress bar, and autocast."""
+"""Run-dir bookkeeping shared by fine-tuning and pretraining: metrics.jsonl, the progress bar, autocast."""
 
 from __future__ import annotations
 
