@@ -77,7 +77,7 @@ class RunConfig(BaseModel):
 
     def replace(self, **changes: Any):  # type: ignore[no-untyped-def]
         """A validated copy with ``changes`` (``dataclasses.replace`` of the former dataclasses)."""
-        return type(self)(**{**dict(self), **changes})
+        return type(self)(**{**dict(self), **self.canonical(changes)})
 
     @classmethod
     def aliases(cls) -> dict[str, str]:
