@@ -71,3 +71,72 @@ def test_pretrain_command(toy_data, toy_store, tmp_path):
     saved = json.loads((out / "pretrain_config.json").read_text())
     assert saved["itm"] is False and saved["schedule"] == "linear"
     assert (out / "DONE").is_file()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The config each command builds, without training."""
+    import memeguard.training.loop
+    import memeguard.training.pretraining
+
+    configs = []
+
+    def fake_finetune(cfg):
+        from memeguard.training.loop import RunResult
+
+        configs.append(cfg)
+        return RunResult(cfg.out_dir, cfg.out_dir, {}, {})
+
+    def fake_pretrain(cfg):
+        configs.append(cfg)
+        return cfg.out_dir
+
+    monkeypatch.setattr(memeguard.training.loop, "finetune", fake_finetune)
+    monkeypatch.setattr(memeguard.training.pretraining, "pretrain", fake_pretrain)
+    return configs
+
+
+REQUIRED = ["--model", "visualbert-tiny", "--features", "f", "--data", "d", "--out", "o"]
+
+
+def test_every_config_field_is_an_option_with_the_config_default(captured):
+    import typer.main
+
+    from memeguard.training import PretrainConfig, TrainConfig
+
+    commands = typer.main.get_command(app).commands
+    for command, config in (("train", TrainConfig), ("pretrain", PretrainConfig)):
+        names = {param.name for param in commands[command].params}
+        assert set(config.model_fields) <= names, command
+        assert run([command, *REQUIRED]).exit_code == 0
+        expected = config(model="visualbert-tiny", features="f", data_dir="d", out_dir="o")
+        assert captured[-1].to_dict() == expected.to_dict(), command
+
+
+def test_old_and_new_option_spellings(captured):
+    assert run(["train", *REQUIRED, "--acc", "3"]).exit_code == 0
+    assert run(["train", *REQUIRED, "--grad-accum-steps", "3"]).exit_code == 0
+    assert [cfg.grad_accum_steps for cfg in captured] == [3, 3]
+    result = run(["train", *REQUIRED, "--train-split", "traindev", "--predict", "test_seen", "--predict",
+                  "test_unseen", "--eval-split", "none", "--seed", "7", "--init", "runs/pre",
+                  "--swa", "contrib", "--set", "max_regions=50", "--set", 'head="layeravg"', "--no-progress",
+                  "--no-sum-loss"])
+    assert result.exit_code == 0, result.output
+    cfg = captured[-1]
+    assert (cfg.train_split, cfg.predict_splits, cfg.eval_split, cfg.seed, cfg.init, cfg.swa) == (
+        "traindev", ("test_seen", "test_unseen"), None, 7, "runs/pre", "contrib")
+    assert cfg.model_overrides == {"max_regions": 50, "head": "layeravg"}
+    assert cfg.progress is False and cfg.sum_loss is False
+    assert run(["pretrain", *REQUIRED, "--no-itm", "--schedule", "linear", "--split", "train"]).exit_code == 0
+    assert (captured[-1].itm, captured[-1].schedule, captured[-1].split) == (False, "linear", "train")
+
+
+def test_fixed_choices_are_listed_and_checked(captured):
+    assert run(["train", *REQUIRED, "--swa", "yes"]).exit_code == 2
+    assert run(["pretrain", *REQUIRED, "--schedule", "step"]).exit_code == 2
+    assert not captured
+    wide = {"COLUMNS": "200"}  # rich wraps the help to the terminal
+    help_text = CliRunner().invoke(app, ["train", "--help"], env=wide).output
+    for choices in ("none|torch|contrib", "fp32|bf16|fp16", "auto|always|never"):
+        assert choices in help_text, choices
+    assert "linear|cosine" in CliRunner().invoke(app, ["pretrain", "--help"], env=wide).output

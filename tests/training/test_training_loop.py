@@ -212,3 +212,18 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(toy_data, tmp_path):
     assert np.isfinite(proba).all() and result.metrics["auroc"] == result.metrics["auroc"]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         finetune(config(data, tmp_path / "fp16", precision="fp16"), regions=regions)
+
+
+def test_a_run_dir_saved_with_the_old_key_acc_resumes(toy_data, tmp_path):
+    """Run dirs written before the rename hold ``"acc"`` in train_config.json: same configuration."""
+    data, regions = toy_data
+    cfg = config(data, tmp_path / "run", epochs=2, grad_accum_steps=2, checkpoint_every=1, eval_every=0)
+    with pytest.raises(Killed):
+        finetune(cfg, regions=regions, on_update=kill_after(2))
+    path = Path(cfg.out_dir) / "train_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({("acc" if k == "grad_accum_steps" else k): v for k, v in saved.items()}))
+    with pytest.raises(ConfigError, match=r"differs in \['grad_accum_steps'\]"):
+        finetune(cfg.replace(grad_accum_steps=3), regions=regions)
+    assert TrainConfig.from_dict(json.loads(path.read_text())).to_dict() == cfg.to_dict()
+    assert finetune(cfg, regions=regions).resumed

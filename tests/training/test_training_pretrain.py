@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from memeguard.data.meme import Meme
+from memeguard.errors import ConfigError
+from memeguard.names import PRETRAIN_HEADS_FILE
 from memeguard.training import TINY_DEFAULTS, PretrainConfig, TrainConfig, finetune, pretrain
-from memeguard.training.pretraining import HEADS_FILE, IGNORE, itm_texts, mask_features, mask_tokens
+from memeguard.training.pretraining import IGNORE, itm_texts, mask_features, mask_tokens
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +78,7 @@ def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_pat
     assert len(log) == 2 and all(entry["loss"] > 0 for entry in log)
     from safetensors.torch import load_file
 
-    heads = load_file(str(run_dir / HEADS_FILE))
+    heads = load_file(str(run_dir / PRETRAIN_HEADS_FILE))
     assert {"mlm.bias", "mlm.transform.dense.weight", "itm.weight", "itm.bias"} <= set(heads)
     assert "mlm.decoder.weight" not in heads  # tied to the word embeddings saved in model/
 
@@ -123,3 +125,23 @@ def test_pretraining_runs_for_other_architectures(toy_data, tmp_path, model):
     loss = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     # MLM over a 30522-word vocabulary starts near ln(30522) ~ 10.3, ITM near ln 2
     assert 5.0 < loss < 14.0
+
+
+def test_pretraining_refuses_a_run_dir_written_under_another_configuration(toy_data, tmp_path):
+    data, regions = toy_data
+    cfg = PretrainConfig(model="visualbert-tiny", features="toy", data_dir=data, out_dir=tmp_path / "pre",
+                         epochs=1, batch_size=8, lr=1e-3, device="cpu", progress=False, limit=16)
+
+    def kill(update: int) -> None:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):  # killed mid-run: a config file, no DONE
+        pretrain(cfg, regions=regions, on_update=kill)
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in \['lr'\]\)"):
+        pretrain(cfg.replace(lr=2e-3), regions=regions)
+    run_dir = pretrain(cfg, regions=regions)
+    stamp = (run_dir / "DONE").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"differs in \['itm', 'word_mask_rate'\]"):
+        pretrain(cfg.replace(word_mask_rate=0.3, itm=False), regions=regions)
+    pretrain(cfg.replace(progress=True, device="cpu"), regions=regions)  # volatile keys: finished, not redone
+    assert (run_dir / "DONE").stat().st_mtime_ns == stamp

@@ -246,8 +246,8 @@ def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None
     from memeguard.training.config import PretrainConfig, TrainConfig
 
     fixed = {"model", "features", "data_dir", "out_dir", "seed", "init", "model_overrides"}
-    train_keys = set(TrainConfig.__dataclass_fields__) - fixed
-    pretrain_keys = set(PretrainConfig.__dataclass_fields__) - fixed
+    train_keys = TrainConfig.accepted_keys() - fixed
+    pretrain_keys = PretrainConfig.accepted_keys() - fixed
     for index, model in enumerate(recipe.models):
         for section, allowed in (("train", train_keys), ("pretrain", pretrain_keys)):
             params = getattr(model, section) or {}

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from memeguard.errors import ConfigError
-from memeguard.models.base import CONFIG_NAME, MemeModel
+from memeguard.models.base import MemeModel
+from memeguard.names import MODEL_CONFIG_FILE, MODEL_DIR
 
 # Overrides that only matter for a freshly initialised model (or are re-read anyway): ignored, not refused,
 # when the weights come from a checkpoint (e.g. TINY_DEFAULTS' init std with ``--init``). Dropout rates are
@@ -17,8 +18,8 @@ INIT_ONLY_KEYS = ("initializer_range", "tokenizer", "hidden_dropout_prob", "atte
 def model_dir_of(path: str | Path) -> Path | None:
     """Our ``save_pretrained`` dir at ``path`` or at ``path/model`` (a train or pretrain run dir), else None."""
     path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / CONFIG_NAME).is_file():
+    for candidate in (path, path / MODEL_DIR):
+        if (candidate / MODEL_CONFIG_FILE).is_file():
             return candidate
     return None
 
@@ -26,7 +27,9 @@ def model_dir_of(path: str | Path) -> Path | None:
 def load_model_dir(path: str | Path) -> MemeModel:
     directory = model_dir_of(path)
     if directory is None:
-        raise ConfigError(f"{path}: neither a memeguard model dir nor a run dir with model/{CONFIG_NAME}")
+        raise ConfigError(
+            f"{path}: neither a memeguard model dir nor a run dir with {MODEL_DIR}/{MODEL_CONFIG_FILE}"
+        )
     return MemeModel.from_pretrained(directory)
 
 

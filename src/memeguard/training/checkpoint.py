@@ -19,8 +19,7 @@ import torch
 
 from memeguard.errors import CheckpointError
 from memeguard.io import write_bytes_atomic
-
-CHECKPOINT_NAME = "last.pt"
+from memeguard.names import LAST_CHECKPOINT_FILE
 
 
 @dataclass
@@ -77,14 +76,14 @@ def save_checkpoint(directory: str | Path, position: Position, objects: dict[str
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    path = Path(directory) / CHECKPOINT_NAME
+    path = Path(directory) / LAST_CHECKPOINT_FILE
     write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The saved payload, or None when there is no checkpoint yet."""
-    path = Path(directory) / CHECKPOINT_NAME
+    path = Path(directory) / LAST_CHECKPOINT_FILE
     if not path.is_file():
         return None
     try:

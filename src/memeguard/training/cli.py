@@ -1,14 +1,35 @@
 """``memeguard train`` / ``pretrain`` / ``predict`` (merged at top level). Each command parses its options
-into a config and calls one function; torch is imported inside the commands."""
+into a config and calls one function; torch is imported inside the commands.
+
+The options of ``train`` and ``pretrain`` are the fields of ``TrainConfig`` / ``PretrainConfig``: name, type,
+default, choices and help come from the pydantic field, so a new field is a new option. A few keep the short
+spellings the commands always had (``--data``, ``--out``, ``--predict``, ``--set``), and ``--acc`` stays an
+alias of ``--grad-accum-steps``.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import typer
 
+from memeguard.training.config import Precision, PretrainConfig, RunConfig, TrainConfig
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+# field -> option spellings, where they are not ``--field-name``
+OPTION_NAMES: dict[str, tuple[str, ...]] = {
+    "data_dir": ("--data",),
+    "out_dir": ("--out",),
+    "predict_splits": ("--predict",),
+    "grad_accum_steps": ("--grad-accum-steps", "--acc"),  # --acc: the name before the rename, kept working
+    "model_overrides": ("--set",),
+}
+OVERRIDES_HELP = "Model config override key=value, JSON values where they parse (repeatable)."
 
 
 def _parse_overrides(items: list[str]) -> dict[str, object]:
@@ -29,57 +50,71 @@ def _parse_overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
-@app.command("train")
-def train_command(
-    ctx: typer.Context,
-    model: str = typer.Option(..., help="Registered model name, e.g. uniter-large or visualbert-tiny."),
-    features: Path = typer.Option(..., help="Feature store directory."),
-    data: Path = typer.Option(..., help="Dataset directory (img/ + *.jsonl)."),
-    out: Path = typer.Option(..., help="Run directory."),
-    train_split: str = typer.Option("train_clean", help="Training split (run a: train_clean, run b: traindev)."),
-    predict: list[str] = typer.Option(["dev_seen"], help="Splits to predict (repeat the option)."),
-    eval_split: str = typer.Option("dev_seen", help="Evaluated every --eval-every updates; 'none' to skip."),
-    seed: int = typer.Option(42),
-    init: str | None = typer.Option(None, help="Our model dir, a (pre)train run dir, or an original checkpoint."),
-    epochs: int = typer.Option(5),
-    lr: float = typer.Option(1e-5),
-    batch_size: int = typer.Option(8),
-    acc: int = typer.Option(1, help="Gradient accumulation steps."),
-    clip: float = typer.Option(5.0, help="Grad-norm clip (<= 0: off)."),
-    weight_decay: float = typer.Option(0.0),
-    warmup_ratio: float = typer.Option(0.1),
-    sum_loss: bool = typer.Option(True, help="vilio's loss x batch size (--no-sum-loss: the mean)."),
-    head_lr_mult: float = typer.Option(1.0, help="lr multiplier outside encoder/embeddings/pooler (vilio V: 500)."),
-    swa: str = typer.Option("none", help="none | torch | contrib"),
-    eval_every: int = typer.Option(250, help="Updates between evaluations (0: only at the end)."),
-    select_best: bool = typer.Option(False, help="Keep the weights with the best eval AUROC."),
-    checkpoint_every: int = typer.Option(0, help="Updates between mid-epoch checkpoints (0: epoch ends only)."),
-    limit: int | None = typer.Option(None, help="Only the first N memes of every split (vilio's topk)."),
-    standardize_features: str = typer.Option(
-        "auto", help="auto: standardise region features when the model starts from scratch; always; never."
-    ),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 on CUDA only)."),
-    num_workers: int = typer.Option(0),
-    zero_visual: bool = typer.Option(False, help="Text-only control: zero the visual input."),
-    tiny: bool = typer.Option(False, help="Start from TINY_DEFAULTS (explicit options still apply on top)."),
-    set_: list[str] = typer.Option([], "--set", help="Model config override key=value (repeatable)."),
-    progress: bool = typer.Option(True),
-) -> None:
+def _option_type(annotation: Any) -> Any:
+    """What typer parses for a field: paths as Path, tuples as a repeatable option, the rest as declared
+    (``Literal`` fields become choices)."""
+    if annotation == (str | Path):
+        return Path
+    if get_origin(annotation) is tuple:
+        return list[get_args(annotation)[0]]
+    return annotation
+
+
+def config_options(config: type[RunConfig]) -> list[inspect.Parameter]:
+    """One typer option per config field."""
+    params = []
+    for name, field in config.model_fields.items():
+        annotation, help_text = _option_type(field.annotation), field.description
+        default = ... if field.is_required() else field.get_default(call_default_factory=True)
+        if name == "model_overrides":
+            annotation, default, help_text = list[str], [], OVERRIDES_HELP
+        elif isinstance(default, tuple):
+            default = list(default)
+        option = typer.Option(default, *OPTION_NAMES.get(name, ()), help=help_text)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=annotation))
+    return params
+
+
+def config_command(name: str, config: type[RunConfig], *extra: inspect.Parameter) -> Callable:
+    """Register ``run(ctx, **options)`` as command ``name``, with ``config``'s fields (+ ``extra``) as
+    its options."""
+
+    def register(run: Callable[..., None]) -> Callable[..., None]:
+        def command(**values: Any) -> None:
+            run(**values)
+
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        signature = inspect.Signature([context, *config_options(config), *extra])
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        command.__doc__ = run.__doc__
+        app.command(name)(command)
+        return run
+
+    return register
+
+
+def config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Parsed options -> config keyword arguments (``--set`` items, ``--eval-split none``)."""
+    values = {**values, "model_overrides": _parse_overrides(values["model_overrides"])}
+    if isinstance(values.get("eval_split"), str) and values["eval_split"].lower() == "none":
+        values["eval_split"] = None
+    return values
+
+
+TINY_OPTION = inspect.Parameter(
+    "tiny", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    default=typer.Option(False, help="Start from TINY_DEFAULTS (explicit options still apply on top)."),
+)
+
+
+@config_command("train", TrainConfig, TINY_OPTION)
+def train_command(ctx: typer.Context, tiny: bool, **options: Any) -> None:
     """Fine-tune a model and write RUN_DIR/<split>.csv for every --predict split."""
-    from memeguard.training.config import TINY_DEFAULTS, TrainConfig
+    from memeguard.training.config import TINY_DEFAULTS
     from memeguard.training.loop import finetune
 
-    values = dict(
-        model=model, features=features, data_dir=data, out_dir=out, train_split=train_split,
-        predict_splits=tuple(predict), eval_split=None if eval_split.lower() == "none" else eval_split, seed=seed,
-        init=init, epochs=epochs, lr=lr, batch_size=batch_size, acc=acc, clip=clip, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, sum_loss=sum_loss, head_lr_mult=head_lr_mult, swa=swa, eval_every=eval_every,
-        select_best=select_best, checkpoint_every=checkpoint_every, limit=limit, device=device,
-        standardize_features=standardize_features,
-        precision=precision, num_workers=num_workers, zero_visual=zero_visual, progress=progress,
-        model_overrides=_parse_overrides(set_),
-    )
+    values = config_values(options)
     if tiny:
         for key, value in TINY_DEFAULTS.items():
             if key == "model_overrides":
@@ -97,42 +132,12 @@ def train_command(
         typer.echo(f"  {split}: {path}")
 
 
-@app.command("pretrain")
-def pretrain_command(
-    model: str = typer.Option(...),
-    features: Path = typer.Option(...),
-    data: Path = typer.Option(...),
-    out: Path = typer.Option(...),
-    split: str = typer.Option("pretrain"),
-    seed: int = typer.Option(42),
-    init: str | None = typer.Option(None),
-    mlm: bool = typer.Option(True, help="Masked language modelling."),
-    itm: bool = typer.Option(True, help="Image-text matching (vilio's O; V and X: --no-itm)."),
-    word_mask_rate: float = typer.Option(0.15),
-    obj_mask_rate: float = typer.Option(0.15),
-    epochs: int = typer.Option(8),
-    lr: float = typer.Option(5e-6),
-    batch_size: int = typer.Option(16),
-    schedule: str = typer.Option("cosine", help="cosine (O, V) | linear (X)"),
-    warmup_ratio: float = typer.Option(0.05),
-    clip: float = typer.Option(1.0),
-    limit: int | None = typer.Option(None),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("fp32"),
-    set_: list[str] = typer.Option([], "--set", help="Model config override key=value (repeatable)."),
-    progress: bool = typer.Option(True),
-) -> None:
+@config_command("pretrain", PretrainConfig)
+def pretrain_command(ctx: typer.Context, **options: Any) -> None:
     """Task pretraining (MLM + ITM) on the memes; fine-tune from it with `train --init RUN_DIR`."""
-    from memeguard.training.config import PretrainConfig
     from memeguard.training.pretraining import pretrain
 
-    cfg = PretrainConfig(
-        model=model, features=features, data_dir=data, out_dir=out, split=split, seed=seed, init=init, mlm=mlm,
-        itm=itm, word_mask_rate=word_mask_rate, obj_mask_rate=obj_mask_rate, epochs=epochs, lr=lr,
-        batch_size=batch_size, schedule=schedule, warmup_ratio=warmup_ratio, clip=clip, limit=limit,
-        device=device, precision=precision, progress=progress, model_overrides=_parse_overrides(set_),
-    )
-    typer.echo(f"{pretrain(cfg)}: done")
+    typer.echo(f"{pretrain(PretrainConfig(**config_values(options)))}: done")
 
 
 @app.command("predict")
@@ -144,7 +149,7 @@ def predict_command(
     out: Path = typer.Option(..., help="Output CSV (id,proba,label)."),
     batch_size: int = typer.Option(50),
     device: str = typer.Option("auto"),
-    precision: str = typer.Option("fp32"),
+    precision: Precision = typer.Option("fp32", help="Autocast precision (fp16 on CUDA only)."),
     limit: int | None = typer.Option(None),
 ) -> None:
     """Predict one split with a trained model."""

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, FeatureStoreError
 from memeguard.features.record import RegionRecord
+from memeguard.names import split_file
 
 
 class RegionSource(Protocol):
@@ -59,7 +60,8 @@ def read_memes(data_dir: str | os.PathLike[str], split: str, limit: int | None =
 
     if not split_path(data_dir, split).is_file():
         present = available_splits(data_dir) if Path(data_dir).is_dir() else []
-        raise ConfigError(f"{data_dir}: no split {split!r} ({split}.jsonl); present: {', '.join(present) or 'none'}")
+        shown = ", ".join(present) or "none"
+        raise ConfigError(f"{data_dir}: no split {split!r} ({split_file(split)}); present: {shown}")
     memes = read_split(data_dir, split)
     if not memes:
         raise ConfigError(f"{data_dir}: split {split!r} is empty")

@@ -7,7 +7,7 @@ Differences from vilio, on purpose:
 * ``proba`` in the CSVs is a probability in [0, 1]; vilio wrote the log-probability of class 1. AUROC is the
   same (monotone map); ensembles that averaged vilio's log-probs average geometric, not arithmetic, means.
 * Accumulation: a leftover group at the end of an epoch is stepped (vilio carried its gradients into the next
-  epoch); ``t_total = ceil(batches / acc) x epochs``.
+  epoch); ``t_total = ceil(batches / grad_accum_steps) x epochs``.
 * Torch SWA with no average taken yet keeps the trained weights (vilio would have saved the untrained copy).
 """
 
@@ -17,7 +17,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from memeguard.data.meme import Meme
-from memeguard.errors import ConfigError
-from memeguard.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from memeguard.io import write_bytes_atomic, write_text_atomic
 from memeguard.models.base import MemeModel
+from memeguard.names import (
+    BEST_CHECKPOINT_FILE,
+    DONE_FILE,
+    FEATURES_META_FILE,
+    MODEL_DIR,
+    STORE_META_FILE,
+    TRAIN_CONFIG_FILE,
+    prediction_file,
+)
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.build import build_model, standardization_overrides
@@ -49,20 +57,9 @@ from memeguard.training.data import (
     require_regions,
     to_device,
 )
-from memeguard.training.optim import ContribSWA, TorchSWA, make_adamw, make_schedule, parameter_groups
-from memeguard.training.runlog import (
-    DONE_NAME,
-    METRICS_FILE,
-    Progress,
-    append_metrics,
-    autocast,
-    trim_metrics,
-)
-
-CONFIG_FILE = "train_config.json"
-FEATURES_META_FILE = "features_meta.json"  # a copy of the store's meta.json: serving needs only the run dir
-# Keys that may change between a run and its resume without changing the result.
-VOLATILE_KEYS = ("device", "num_workers", "progress", "eval_batch_size", "out_dir", "features", "data_dir")
+from memeguard.training.optim import ContribSWA, TorchSWA, parameter_groups
+from memeguard.training.run import RunState, already_done, launch
+from memeguard.training.runlog import autocast
 
 UpdateCallback = Callable[[int], None]
 
@@ -110,13 +107,13 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
 
 
 def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, sum_loss: bool, acc: int
+    logits: torch.Tensor, labels: torch.Tensor, sum_loss: bool, grad_accum_steps: int
 ) -> tuple[torch.Tensor, float]:
     """(loss to backpropagate, mean BCE for the log). vilio's "summed" variant multiplies the mean by the
-    batch size (its comment: ~2% abs without it); both are divided by the accumulation steps."""
+    batch size (its comment: ~2% abs without it); both are divided by the accumulation group's batches."""
     mean = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     loss = mean * logits.shape[0] if sum_loss else mean
-    return loss / acc, float(mean.detach())
+    return loss / grad_accum_steps, float(mean.detach())
 
 
 @torch.no_grad()
@@ -166,31 +163,17 @@ class _Tracker:
             setattr(self, key, value)
 
 
-def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
-    """A run dir belongs to one configuration: resuming or skipping it under another would mix results."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    current = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as in the file
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in VOLATILE_KEYS and saved.get(k) != current.get(k))
-    if changed:
-        raise ConfigError(f"{run_dir}: holds a run with a different configuration (differs in {changed}); "
-                          "use another --out or delete the run dir")
-
-
 def snapshot_features_meta(features: object, run_dir: Path) -> None:
     """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is one."""
-    meta = Path(str(features)) / "meta.json"
+    meta = Path(str(features)) / STORE_META_FILE
     if meta.is_file():
         write_text_atomic(run_dir / FEATURES_META_FILE, meta.read_text(encoding="utf-8"))
 
 
 def _finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult:
-    done = json.loads((run_dir / DONE_NAME).read_text() or "{}")
-    predictions = {split: run_dir / f"{split}.csv" for split in cfg.predict_splits}
-    return RunResult(run_dir, run_dir / "model", predictions, done.get("metrics", {}), skipped=True)
+    done = json.loads((run_dir / DONE_FILE).read_text() or "{}")
+    predictions = {split: run_dir / prediction_file(split) for split in cfg.predict_splits}
+    return RunResult(run_dir, run_dir / MODEL_DIR, predictions, done.get("metrics", {}), skipped=True)
 
 
 def finetune(
@@ -200,164 +183,162 @@ def finetune(
 
     ``regions`` overrides ``cfg.features`` with an in-memory Mapping-like source. ``on_update(n)`` is called
     after every update (tests use it to kill a run). A run dir with ``DONE`` is not trained again; one with a
-    checkpoint resumes from it.
+    checkpoint resumes from it; one written under another configuration is refused.
     """
     run_dir = Path(cfg.out_dir)
-    device = ddp.resolve_device(cfg.device)
-    if device.type != "cuda" and cfg.precision == "fp16":
-        raise ConfigError("fp16 needs a CUDA device; use --precision bf16 or fp32 on CPU")
-    info = ddp.setup(device)
-    try:
-        _check_same_config(run_dir, cfg)
-        if ddp.broadcast_flag((run_dir / DONE_NAME).is_file(), info, device):
+    with launch(cfg) as (device, info):
+        if already_done(run_dir, cfg, TRAIN_CONFIG_FILE, info, device):
             return _finished_result(run_dir, cfg)
         ckpt.seed_everything(cfg.seed)  # before the model is built: its random init is part of the run
         prepared = prepare(cfg, regions)
         return _train(cfg, prepared, run_dir, device, info, on_update)
-    finally:
-        ddp.teardown(info)
+
+
+def accumulation_group(index: int, batches: int, steps: int) -> tuple[int, bool]:
+    """(batches in the accumulation group of batch ``index``, whether it is the group's last batch).
+    The leftover group at an epoch's end is shorter; it is stepped, not carried into the next epoch."""
+    first = index // steps * steps
+    end = min(batches, first + steps)
+    return end - first, index + 1 == end
+
+
+def make_averaging(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   total: int) -> TorchSWA | ContribSWA | None:
+    """vilio's --swa (torch), torchcontrib's SWA (contrib) or none."""
+    start = int(cfg.swa_start * total)
+    swa_lr = cfg.swa_lr if cfg.swa_lr is not None else cfg.lr
+    if cfg.swa == "torch":
+        return TorchSWA(model, optimizer, start=start, swa_lr=swa_lr, anneal_steps=cfg.swa_anneal_steps)
+    if cfg.swa == "contrib":
+        return ContribSWA(model.parameters(), start=start, freq=cfg.swa_freq, swa_lr=swa_lr)
+    return None
+
+
+class _Evaluation:
+    """Evaluation during and after training: metrics.jsonl lines and (``select_best``) the best weights."""
+
+    def __init__(self, cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
+                 tracker: _Tracker) -> None:
+        self.cfg, self.p, self.state, self.collate, self.tracker = cfg, p, state, collate, tracker
+        self.best_path = state.checkpoint_dir / BEST_CHECKPOINT_FILE
+        self.enabled = bool(p.eval) and state.info.is_main  # rank 0 evaluates
+
+    def metrics(self) -> dict[str, float]:
+        return evaluate(self.p.model, self.collate, self.p.eval, self.p.regions, self.cfg, self.state.device)
+
+    def during(self, epoch: int) -> None:
+        if not self.enabled:
+            return
+        metrics = self.metrics()
+        tracker = self.tracker
+        tracker.last_auroc = metrics["auroc"]
+        train_loss = tracker.loss_sum / max(1, tracker.loss_count)  # mean over the batches since last eval
+        tracker.loss_sum, tracker.loss_count = 0.0, 0
+        update = self.state.updates
+        self.state.log({"update": update, "epoch": epoch, "split": self.cfg.eval_split,
+                        "train_loss": train_loss, **metrics, "time": time.time()})
+        if self.cfg.select_best and metrics["auroc"] > tracker.best_auroc:
+            tracker.best_auroc, tracker.best_update = metrics["auroc"], update
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in self.p.model.state_dict().items()}, buffer)
+            write_bytes_atomic(self.best_path, buffer.getvalue())
+
+    def final(self) -> dict[str, float]:
+        """The final weights' metrics; with ``select_best``, the best weights replace the final ones when
+        they scored higher."""
+        if not self.enabled:
+            return {}
+        model, cfg = self.p.model, self.cfg
+        metrics = self.metrics()
+        self.state.log({"update": self.state.updates, "epoch": cfg.epochs, "split": cfg.eval_split,
+                        "final": True, **metrics, "time": time.time()})
+        if cfg.select_best and self.tracker.best_auroc > metrics["auroc"] and self.best_path.is_file():
+            best = torch.load(self.best_path, map_location=self.state.device, weights_only=True)
+            model.load_state_dict(best)
+            metrics = {**self.metrics(), "best_update": float(self.tracker.best_update)}
+        return metrics
 
 
 def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, info: ddp.DistInfo,
            on_update: UpdateCallback | None) -> RunResult:
     model = p.model.to(device)
     model.train()
-    processor = model.build_processor()
-    collate = Collator(processor, zero_visual=cfg.zero_visual)
+    collate = Collator(model.build_processor(), zero_visual=cfg.zero_visual)
     train_set = MemeRegionDataset(p.train, p.regions)
-
     batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0,
                                           rank=info.rank, world_size=info.world_size))
-    updates_per_epoch = math.ceil(batches_per_epoch / cfg.acc)
-    total = updates_per_epoch * cfg.epochs
+    total = math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs
     groups = parameter_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult,
                               backbone_keywords=cfg.backbone_keywords)
-    optimizer = make_adamw(groups, cfg.lr, cfg.adam_eps)
-    scheduler = make_schedule(optimizer, "linear", int(cfg.warmup_ratio * total), total)
-    swa_start = int(cfg.swa_start * total)
-    swa_lr = cfg.swa_lr if cfg.swa_lr is not None else cfg.lr
-    torch_swa = TorchSWA(model, optimizer, start=swa_start, swa_lr=swa_lr,
-                         anneal_steps=cfg.swa_anneal_steps) if cfg.swa == "torch" else None
-    contrib = ContribSWA(model.parameters(), start=swa_start, freq=cfg.swa_freq,
-                         swa_lr=swa_lr) if cfg.swa == "contrib" else None
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    state = RunState(run_dir, cfg, TRAIN_CONFIG_FILE, model, groups, schedule="linear",
+                     warmup=int(cfg.warmup_ratio * total), total=total, device=device, info=info)
+    averaging = make_averaging(cfg, model, state.optimizer, total)
     tracker = _Tracker()
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
-                "torch_swa": torch_swa, "contrib_swa": contrib, "tracker": tracker}
-
-    checkpoint_dir = run_dir / "checkpoints"
-    payload = ckpt.load_checkpoint(checkpoint_dir, map_location=device)
-    position = ckpt.restore(payload, stateful) if payload is not None else ckpt.Position()
-    resumed = payload is not None
+    state.start(torch_swa=averaging if cfg.swa == "torch" else None,
+                contrib_swa=averaging if cfg.swa == "contrib" else None, tracker=tracker)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
         snapshot_features_meta(cfg.features, run_dir)
-        if resumed:
-            trim_metrics(run_dir, position.update)
-        else:
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    best_path = checkpoint_dir / "best.pt"
-    trained = ddp.wrap(model, info, device)
-
-    def log_eval(update: int, epoch: int) -> None:
-        if not (p.eval and info.is_main):
-            return
-        metrics = evaluate(model, collate, p.eval, p.regions, cfg, device)
-        tracker.last_auroc = metrics["auroc"]
-        train_loss = tracker.loss_sum / max(1, tracker.loss_count)  # mean over the batches since the last eval
-        tracker.loss_sum, tracker.loss_count = 0.0, 0
-        append_metrics(run_dir, {"update": update, "epoch": epoch, "split": cfg.eval_split,
-                                  "train_loss": train_loss, **metrics, "time": time.time()})
-        if cfg.select_best and metrics["auroc"] > tracker.best_auroc:
-            tracker.best_auroc, tracker.best_update = metrics["auroc"], update
-            buffer = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-            write_bytes_atomic(best_path, buffer.getvalue())
-
-    def save(epoch: int, batch: int, update: int) -> None:
-        if info.is_main:
-            ckpt.save_checkpoint(checkpoint_dir, ckpt.Position(epoch, batch, update), stateful)
-        ddp.barrier(info)
-
-    bar = Progress(cfg.progress and info.is_main, total, position.update)
-    update = position.update
-    try:
-        for epoch in range(position.epoch, cfg.epochs):
+    evaluation = _Evaluation(cfg, p, state, collate, tracker)
+    with state.running():
+        for epoch, start in state.epochs(cfg.epochs):
             batches = epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                     rank=info.rank, world_size=info.world_size)
-            start = position.batch if epoch == position.epoch else 0
             loader = make_loader(train_set, batches[start:], collate, cfg.num_workers)
-            optimizer.zero_grad(set_to_none=True)
-            for index, batch in enumerate(loader, start=start):
-                group_end = min(batches_per_epoch, (index // cfg.acc + 1) * cfg.acc)
-                last_of_group = index + 1 == group_end
-                acc = group_end - (index // cfg.acc) * cfg.acc  # the leftover group of an epoch is shorter
-                batch = to_device(batch, device)
-                with ddp.maybe_no_sync(trained, skip_sync=not last_of_group):
-                    with autocast(device, cfg.precision):
-                        logits = trained(batch)
-                    loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, acc)
-                    scaler.scale(loss).backward()
-                tracker.loss_sum += mean_bce
-                tracker.loss_count += 1
-                if not last_of_group:
-                    continue
-                scaler.unscale_(optimizer)
-                if cfg.clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                if contrib is not None:
-                    contrib.before_step(optimizer)
-                scaler.step(optimizer)
-                scaler.update()
-                if contrib is not None:
-                    contrib.after_step()
-                if torch_swa is None or not torch_swa.after_step(model, update):
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                update += 1
-                bar.update(tracker.loss_sum / max(1, tracker.loss_count), tracker.last_auroc)
-                if cfg.eval_every and update % cfg.eval_every == 0:
-                    log_eval(update, epoch)
-                if cfg.checkpoint_every and update % cfg.checkpoint_every == 0 and index + 1 < batches_per_epoch:
-                    save(epoch, index + 1, update)
-                if on_update is not None:
-                    on_update(update)
-            save(epoch + 1, 0, update)
-    finally:
-        bar.close()
-
-    if contrib is not None:
-        contrib.swap_in()
-    if torch_swa is not None:
-        model.load_state_dict(torch_swa.final_state(model))
-    metrics: dict[str, float] = {}
-    if p.eval and info.is_main:
-        metrics = evaluate(model, collate, p.eval, p.regions, cfg, device)
-        append_metrics(run_dir, {"update": update, "epoch": cfg.epochs, "split": cfg.eval_split,
-                                  "final": True, **metrics, "time": time.time()})
-        if cfg.select_best and tracker.best_auroc > metrics["auroc"] and best_path.is_file():
-            model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-            metrics = {**evaluate(model, collate, p.eval, p.regions, cfg, device),
-                       "best_update": float(tracker.best_update)}
+            _train_epoch(cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update)
+            state.save(epoch + 1, 0)
+    if averaging is not None:
+        averaging.apply(model)
+    metrics = evaluation.final()
     if info.enabled and cfg.select_best:
         # only rank 0 evaluated, so only it may have swapped in the best weights: share them
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
-    return _finish(cfg, p, run_dir, model, collate, device, info, metrics, resumed)
+    return _finish(cfg, p, state, collate, metrics)
 
 
-def _finish(cfg: TrainConfig, p: Prepared, run_dir: Path, model: MemeModel, collate: Collator,
-            device: torch.device, info: ddp.DistInfo, metrics: dict[str, float], resumed: bool) -> RunResult:
+def _train_epoch(cfg: TrainConfig, state: RunState, loader: Iterable[dict[str, torch.Tensor]], start: int,
+                 batches: int, epoch: int, averaging: TorchSWA | ContribSWA | None, evaluation: _Evaluation,
+                 on_update: UpdateCallback | None) -> None:
+    """The batches of one epoch from ``start`` on: forward, backward, and an update after every group."""
+    tracker = evaluation.tracker
+    state.optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(loader, start=start):
+        group_size, last_of_group = accumulation_group(index, batches, cfg.grad_accum_steps)
+        batch = to_device(batch, state.device)
+        with ddp.maybe_no_sync(state.trained, skip_sync=not last_of_group):
+            with autocast(state.device, cfg.precision):
+                logits = state.trained(batch)
+            loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
+            state.backward(loss)
+        tracker.loss_sum += mean_bce
+        tracker.loss_count += 1
+        if not last_of_group:
+            continue
+        state.update(averaging)
+        state.show(tracker.loss_sum / max(1, tracker.loss_count), tracker.last_auroc)
+        if cfg.eval_every and state.updates % cfg.eval_every == 0:
+            evaluation.during(epoch)
+        if cfg.checkpoint_every and state.updates % cfg.checkpoint_every == 0 and index + 1 < batches:
+            state.save(epoch, index + 1)
+        if on_update is not None:
+            on_update(state.updates)
+
+
+def _finish(cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
+            metrics: dict[str, float]) -> RunResult:
+    """Predict every ``--predict`` split with the final weights, save them, mark the run dir DONE."""
     from memeguard.data.predictions import write_predictions
 
-    predictions = {split: run_dir / f"{split}.csv" for split in p.predict}
-    if info.is_main:
+    run_dir, model = state.run_dir, p.model
+    predictions = {split: run_dir / prediction_file(split) for split in p.predict}
+
+    def write_outputs() -> None:
         for split, memes in p.predict.items():
             ids, proba = predict_memes(model, collate, memes, p.regions, batch_size=cfg.eval_batch_size,
-                                       device=device, precision=cfg.precision, num_workers=cfg.num_workers)
+                                       device=state.device, precision=cfg.precision,
+                                       num_workers=cfg.num_workers)
             write_predictions(predictions[split], ids, proba)
-        model.save_pretrained(run_dir / "model")
-        write_json_atomic(run_dir / DONE_NAME, {"metrics": metrics, "finished": time.time()})
-    ddp.barrier(info)
-    return RunResult(run_dir, run_dir / "model", predictions, metrics, resumed=resumed, model=model)
+        model.save_pretrained(run_dir / MODEL_DIR)
+
+    state.finish(write_outputs, lambda: {"metrics": metrics, "finished": time.time()})
+    return RunResult(run_dir, run_dir / MODEL_DIR, predictions, metrics, resumed=state.resumed, model=model)

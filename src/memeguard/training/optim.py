@@ -3,18 +3,18 @@
 * AdamW (betas 0.9/0.999, eps 1e-6) with up to four parameter groups: (backbone | head) x (decay | no decay).
   The head groups run at ``lr x head_lr_mult``: vilio's ``--reg`` gave every parameter whose name contains none of
   ``encoder``/``embeddings``/``pooler`` 500x the lr. Here that rule is generic, so it applies to any architecture.
-* Linear warmup then linear decay to 0 (``get_linear_schedule_with_warmup``), or half-cosine (pretraining O/V).
+* Linear warmup then linear decay to 0 (transformers' ``get_linear_schedule_with_warmup``, vilio's ``hm.py``),
+  or half-cosine (``get_cosine_schedule_with_warmup``, vilio's ``pretrain_bertO.py`` / ``pretrain_bertV.py``).
 * SWA "torch": ``AveragedModel`` (equal-weight mean, updated every update after ``swa_start``) + ``SWALR``, which
   replaces the linear schedule from ``swa_start`` on (cosine anneal over 10 updates to ``swa_lr``, then constant).
 * SWA "contrib": torchcontrib's auto mode re-implemented: from update ``swa_start`` on the lr of every group is
   reset to ``swa_lr`` before each step (overriding the decay), and every ``swa_freq``-th update after ``swa_start``
   folds the weights into a running mean; :meth:`ContribSWA.swap_in` puts the mean into the model at the end.
-  [torchcontrib 0.0.2 semantics as recorded in the spec, not run against the original.]
+  [The semantics of torchcontrib 0.0.2's ``torchcontrib/optim/swa.py``, not run against the original.]
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,32 +64,17 @@ def make_adamw(groups: list[dict[str, Any]], lr: float, eps: float = 1e-6) -> to
     return torch.optim.AdamW(clean, lr=lr, betas=(0.9, 0.999), eps=eps, weight_decay=0.0, fused=True)
 
 
-def warmup_linear(warmup: int, total: int):
-    """lr factor: 0 -> 1 over ``warmup`` updates, then 1 -> 0 at ``total`` (HF's linear schedule)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def warmup_cosine(warmup: int, total: int):
-    """lr factor: linear warmup, then half a cosine from 1 to 0 (HF's cosine schedule, 0.5 cycles)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-    return factor
-
-
 def make_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> LambdaLR:
-    factor = warmup_linear(warmup, total) if kind == "linear" else warmup_cosine(warmup, total)
-    return LambdaLR(optimizer, factor)
+    """Linear warmup over ``warmup`` updates, then linear or half-cosine decay to 0 at ``total``.
+
+    transformers' schedules, which vilio used; tests/training/test_training_optim.py checks every step's lr
+    against the formulas, including ``warmup`` 0 and tiny ``total``. Past ``total`` (never stepped: runs take
+    exactly ``total`` updates) the cosine would rise again.
+    """
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    make = get_linear_schedule_with_warmup if kind == "linear" else get_cosine_schedule_with_warmup
+    return make(optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 class TorchSWA:
@@ -112,6 +97,16 @@ class TorchSWA:
         self.averaged.update_parameters(model)
         self.scheduler.step()
         return True
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Nothing to do before the step: SWALR sets the lr after it."""
+
+    def after_update(self, model: nn.Module, update: int) -> bool:
+        return self.after_step(model, update)
+
+    def apply(self, model: nn.Module) -> None:
+        """Put the final weights into ``model``."""
+        model.load_state_dict(self.final_state(model))
 
     def final_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The averaged weights, or the model's when no average was taken (vilio would have saved the
@@ -159,6 +154,18 @@ class ContribSWA:
                 for buf, p in zip(self.buffers, self.params, strict=True):
                     buf.add_((p.detach() - buf) / (self.n_averaged + 1))
             self.n_averaged += 1
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        self.before_step(optimizer)
+
+    def after_update(self, model: nn.Module, update: int) -> bool:
+        """Average when due; False: the schedule still steps (its lr is overridden before each step)."""
+        self.after_step()
+        return False
+
+    def apply(self, model: nn.Module) -> None:
+        """Put the average into the parameters (they are ``model``'s)."""
+        self.swap_in()
 
     @torch.no_grad()
     def swap_in(self) -> bool:

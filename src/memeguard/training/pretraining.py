@@ -31,9 +31,10 @@ from torch import nn
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError
 from memeguard.features.record import RegionRecord
-from memeguard.io import write_json_atomic
+from memeguard.io import write_bytes_atomic
 from memeguard.models.base import MemeModel
 from memeguard.models.blocks import MLMHead
+from memeguard.names import MODEL_DIR, PRETRAIN_CONFIG_FILE, PRETRAIN_HEADS_FILE
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.build import build_model, standardization_overrides
@@ -47,18 +48,10 @@ from memeguard.training.data import (
     require_regions,
     to_device,
 )
-from memeguard.training.optim import make_adamw, make_schedule, parameter_groups
-from memeguard.training.runlog import (
-    DONE_NAME,
-    METRICS_FILE,
-    Progress,
-    append_metrics,
-    autocast,
-    trim_metrics,
-)
+from memeguard.training.optim import parameter_groups
+from memeguard.training.run import RunState, already_done, launch
+from memeguard.training.runlog import autocast
 
-CONFIG_FILE = "pretrain_config.json"
-HEADS_FILE = "pretrain_heads.safetensors"
 IGNORE = -100
 
 
@@ -184,14 +177,12 @@ def pretrain_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: Pretrai
 def pretrain(
     cfg: PretrainConfig, *, regions: RegionSource | None = None, on_update: Callable[[int], None] | None = None
 ) -> Path:
-    """Run task pretraining; returns the run dir (pass it to ``train --init``)."""
+    """Run task pretraining; returns the run dir (pass it to ``train --init``). A run dir with ``DONE`` is
+    not trained again; one with a checkpoint resumes from it; one written under another configuration is
+    refused."""
     run_dir = Path(cfg.out_dir)
-    device = ddp.resolve_device(cfg.device)
-    if device.type != "cuda" and cfg.precision == "fp16":
-        raise ConfigError("fp16 needs a CUDA device; use --precision bf16 or fp32 on CPU")
-    info = ddp.setup(device)
-    try:
-        if ddp.broadcast_flag((run_dir / DONE_NAME).is_file(), info, device):
+    with launch(cfg) as (device, info):
+        if already_done(run_dir, cfg, PRETRAIN_CONFIG_FILE, info, device):
             return run_dir
         ckpt.seed_everything(cfg.seed)
         source = open_regions(regions if regions is not None else cfg.features)
@@ -205,85 +196,63 @@ def pretrain(
             raise ConfigError("image-text matching needs at least 2 memes")
         _run(cfg, memes, source, backbone, run_dir, device, info, on_update)
         return run_dir
-    finally:
-        ddp.teardown(info)
 
 
-def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone: MemeModel, run_dir: Path,
-         device: torch.device, info: ddp.DistInfo, on_update: Callable[[int], None] | None) -> None:
-    from safetensors.torch import save_file
-
-    processor = backbone.build_processor()
-    all_texts = [m.text for m in memes]
+def _with_heads(backbone: MemeModel, processor, memes: Sequence[Meme], source: RegionSource,
+                device: torch.device) -> PretrainingModel:
+    """The backbone with its pretraining heads, sized by one probe of the encoder's output widths."""
     backbone.to(device)
-    with torch.no_grad():  # probe the encoder's widths (eval mode: no dropout, no RNG drawn)
+    with torch.no_grad():  # eval mode: no dropout, no RNG drawn
         backbone.eval()
         probe = to_device(processor(memes[:2], [source[m.id] for m in memes[:2]]), device)
         out = backbone.encode(probe)
         backbone.train()
-    model = PretrainingModel(backbone, out.text_hidden.shape[-1], out.pooled.shape[-1]).to(device)
+    return PretrainingModel(backbone, out.text_hidden.shape[-1], out.pooled.shape[-1]).to(device)
 
+
+def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone: MemeModel, run_dir: Path,
+         device: torch.device, info: ddp.DistInfo, on_update: Callable[[int], None] | None) -> None:
+    processor = backbone.build_processor()
+    all_texts = [m.text for m in memes]
+    model = _with_heads(backbone, processor, memes, source, device)
     batches_per_epoch = len(epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=0,
                                           rank=info.rank, world_size=info.world_size))
     total = batches_per_epoch * cfg.epochs
-    optimizer = make_adamw(parameter_groups(model, lr=cfg.lr), cfg.lr, cfg.adam_eps)
-    scheduler = make_schedule(optimizer, cfg.schedule, int(cfg.warmup_ratio * total), total)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    checkpoint_dir = run_dir / "checkpoints"
-    payload = ckpt.load_checkpoint(checkpoint_dir, map_location=device)
-    position = ckpt.restore(payload, stateful) if payload is not None else ckpt.Position()
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
-        if payload is not None:
-            trim_metrics(run_dir, position.update)
-        else:
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    trained = ddp.wrap(model, info, device)
-    bar = Progress(cfg.progress and info.is_main, total, position.update)
-    update = position.update
-    try:
-        for epoch in range(position.epoch, cfg.epochs):
+    state = RunState(run_dir, cfg, PRETRAIN_CONFIG_FILE, model, parameter_groups(model, lr=cfg.lr),
+                     schedule=cfg.schedule, warmup=int(cfg.warmup_ratio * total), total=total, device=device,
+                     info=info)
+    state.start()
+    with state.running():
+        for epoch, _ in state.epochs(cfg.epochs):  # checkpoints are taken at epoch ends only
             loss_sum, count = 0.0, 0
             batches = epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                     rank=info.rank, world_size=info.world_size)
             for index, indices in enumerate(batches):
-                generator = _step_generator(cfg.seed, epoch, index, info.rank)
                 chosen = [memes[i] for i in indices]
                 batch = make_pretrain_batch(processor, chosen, [source[m.id] for m in chosen], all_texts, cfg,
-                                            generator)
+                                            _step_generator(cfg.seed, epoch, index, info.rank))
                 batch = to_device(batch, device)
                 with autocast(device, cfg.precision):
-                    loss = pretrain_loss(trained, batch, cfg)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                if cfg.clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                update += 1
+                    loss = pretrain_loss(state.trained, batch, cfg)
+                state.backward(loss)
+                state.update()
                 loss_sum, count = loss_sum + float(loss.detach()), count + 1
-                bar.update(loss_sum / count, math.nan)
+                state.show(loss_sum / count, math.nan)
                 if on_update is not None:
-                    on_update(update)
-            if info.is_main:
-                append_metrics(run_dir, {"update": update, "epoch": epoch, "loss": loss_sum / max(1, count),
-                                          "time": time.time()})
-                ckpt.save_checkpoint(checkpoint_dir, ckpt.Position(epoch + 1, 0, update), stateful)
-            ddp.barrier(info)
-    finally:
-        bar.close()
-    if info.is_main:
-        backbone.save_pretrained(run_dir / "model")
-        tmp = run_dir / f".{HEADS_FILE}.tmp"
-        save_file(model.heads_state(), str(tmp), metadata={"format": "pt"})
-        tmp.replace(run_dir / HEADS_FILE)
-        write_json_atomic(run_dir / DONE_NAME, {"finished": time.time(), "updates": update})
-    ddp.barrier(info)
+                    on_update(state.updates)
+            state.log({"update": state.updates, "epoch": epoch, "loss": loss_sum / max(1, count),
+                       "time": time.time()})
+            state.save(epoch + 1, 0)
+
+    def write_outputs() -> None:
+        from safetensors.torch import save
+
+        backbone.save_pretrained(run_dir / MODEL_DIR)
+        heads = save(model.heads_state(), metadata={"format": "pt"})  # the bytes save_file would write
+        write_bytes_atomic(run_dir / PRETRAIN_HEADS_FILE, heads)
+
+    state.finish(write_outputs, lambda: {"finished": time.time(), "updates": state.updates})
 
 
 def read_pretrain_config(run_dir: str | Path) -> PretrainConfig:
-    return PretrainConfig.from_dict(json.loads((Path(run_dir) / CONFIG_FILE).read_text()))
+    return PretrainConfig.from_dict(json.loads((Path(run_dir) / PRETRAIN_CONFIG_FILE).read_text()))

@@ -1,5 +1,4 @@
-"""Run-dir bookkeeping shared by fine-tuning and pretraining: the DONE marker, metrics.jsonl, the progress
-bar, and autocast."""
+"""Run-dir bookkeeping shared by fine-tuning and pretraining: metrics.jsonl, the progress bar, autocast."""
 
 from __future__ import annotations
 
@@ -12,9 +11,7 @@ from typing import Any
 import torch
 
 from memeguard.io import write_text_atomic
-
-DONE_NAME = "DONE"
-METRICS_FILE = "metrics.jsonl"
+from memeguard.names import METRICS_FILE
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
