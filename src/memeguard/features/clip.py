@@ -20,14 +20,16 @@ as for any CLIP user of that checkpoint. :class:`CropGeometry` maps patch square
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
+from memeguard.features.extractor import BaseExtractor, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 
@@ -81,10 +83,19 @@ def patch_boxes(grid: int, patch: int, geometry: tuple[float, float, float, floa
     return boxes.astype(np.float32)
 
 
-class ClipExtractor:
+class ClipParams(ExtractorParams):
+    """``make_extractor("clip", **params)`` / recipe ``params:`` (the model folder is ``weights``)."""
+
+    batch_size: int = Field(8, ge=1)
+
+
+class ClipExtractor(BaseExtractor):
     """The `Extractor` for CLIP patch tokens + pooled image/text embeddings (one variant, "default")."""
 
     name = "clip"
+    Params = ClipParams
+    weights_kind = "a local Hugging Face CLIP folder"
+    weights_required = True
 
     def __init__(self, model_dir: str | os.PathLike[str], device: str = "cpu", batch_size: int = 8) -> None:
         import torch
@@ -108,6 +119,21 @@ class ClipExtractor:
         self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
         self.processor = self._image_processor(int(vision.image_size))
         self.geometry = CropGeometry.from_processor(self.processor, int(vision.image_size), str(self.model_dir))
+
+    @classmethod
+    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+               params: ExtractorParams) -> ClipExtractor:
+        assert weights is not None  # check_options requires it
+        return cls(model_dir=weights, device=device or "cpu", **dict(params))
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        model_dir = meta.get("model_dir")
+        if not model_dir or not Path(model_dir).exists():
+            raise ConfigError(
+                f"{source}: CLIP model folder {model_dir} is not here; pass the extractor explicitly"
+            )
+        return {"weights": model_dir}
 
     def _image_processor(self, image_size: int) -> Any:
         from transformers import AutoImageProcessor, CLIPImageProcessor
