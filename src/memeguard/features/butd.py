@@ -60,19 +60,7 @@ def parse_variant(name: str) -> tuple[int, int]:
 
 def parse_box_variants(boxes: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """``--boxes``: ``"36,50,72,10-100"`` -> ("36", "50", "72", "10-100"), each item a valid variant."""
-    return None if boxes is None else _box_list(boxes)
-
-
-def _box_list(boxes: str | Sequence[str]) -> tuple[str, ...]:
-    parts = boxes.split(",") if isinstance(boxes, str) else [str(b) for b in boxes]
-    items = [item.strip() for item in parts if item.strip()]
-    if not items:
-        raise ConfigError("--boxes is empty; give e.g. 36 or 36,50,72,10-100")
-    for item in items:
-        parse_variant(item)
-    if len(set(items)) != len(items):
-        raise ConfigError(f"--boxes lists a variant twice: {','.join(items)}")
-    return tuple(items)
+    return None if boxes is None else ButdExtractor.parse_variants(boxes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +250,10 @@ class ButdExtractor(BaseExtractor):
 
     @classmethod
     def parse_variants(cls, boxes: str | Sequence[str]) -> tuple[str, ...]:
-        return _box_list(boxes)
+        variants = super().parse_variants(boxes)
+        for variant in variants:
+            parse_variant(variant)
+        return variants
 
     @classmethod
     def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,

@@ -81,13 +81,21 @@ class BaseExtractor:
             )
         if weights is not None and cls.weights_kind is None:
             raise ConfigError(f"the {cls.name} extractor has no weights: drop --weights (recipe: weights)")
+        if boxes is not None and not cls.variants_share_pass:
+            raise ConfigError(f"the {cls.name} extractor has no box variants: drop --boxes (recipe: boxes)")
         variants = None if boxes is None else cls.parse_variants(boxes)
         return variants, cls.validate_params(params)
 
     @classmethod
     def parse_variants(cls, boxes: str | Sequence[str]) -> tuple[str, ...]:
-        """``--boxes`` -> variant names. Only extractors whose variants share a pass take it."""
-        raise ConfigError(f"the {cls.name} extractor has no box variants: drop --boxes (recipe: boxes)")
+        """``--boxes`` (``"a,b"`` or a list) -> variant names, each once; subclasses check each name."""
+        parts = boxes.split(",") if isinstance(boxes, str) else [str(b) for b in boxes]
+        items = tuple(item.strip() for item in parts if item.strip())
+        if not items:
+            raise ConfigError(f"--boxes is empty; give e.g. {cls.default_variant}")
+        if len(set(items)) != len(items):
+            raise ConfigError(f"--boxes lists a variant twice: {','.join(items)}")
+        return items
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> ExtractorParams:
