@@ -100,9 +100,10 @@ class ClipExtractor(BaseExtractor):
     def __init__(self, model_dir: str | os.PathLike[str], device: str = "cpu", batch_size: int = 8) -> None:
         import torch
         from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import CONFIG_NAME
 
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
+        if not (self.model_dir / CONFIG_NAME).is_file():
             raise CheckpointError(f"{self.model_dir}: not a Hugging Face CLIP folder (no config.json)")
         if batch_size < 1:
             raise ConfigError(f"CLIP extractor: batch_size must be >= 1, got {batch_size}")
@@ -137,8 +138,9 @@ class ClipExtractor(BaseExtractor):
 
     def _image_processor(self, image_size: int) -> Any:
         from transformers import AutoImageProcessor, CLIPImageProcessor
+        from transformers.utils import IMAGE_PROCESSOR_NAME
 
-        if (self.model_dir / "preprocessor_config.json").is_file():
+        if (self.model_dir / IMAGE_PROCESSOR_NAME).is_file():
             try:
                 return AutoImageProcessor.from_pretrained(self.model_dir, local_files_only=True)
             except (OSError, ValueError) as exc:
@@ -185,9 +187,11 @@ class ClipExtractor(BaseExtractor):
         return out
 
     def meta(self) -> dict[str, Any]:
+        from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+
         from memeguard.features.butd import file_sha256
 
-        weights = next((self.model_dir / n for n in ("model.safetensors", "pytorch_model.bin")
+        weights = next((self.model_dir / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
                         if (self.model_dir / n).is_file()), None)
         return {
             "extractor": self.name,
