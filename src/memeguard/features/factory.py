@@ -17,22 +17,12 @@ from memeguard.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from memeguard.features.extractor import BaseExtractor, Extractor
 
-# name -> "module:Class" (or the class itself, for extractors registered at run time).
+# name -> "module:Class", or the class itself (a plugin or a test may add ``EXTRACTORS[name] = cls``).
 EXTRACTORS: dict[str, str | type[BaseExtractor]] = {
     "grid": "memeguard.features.grid:GridExtractor",
     "butd": "memeguard.features.butd:ButdExtractor",
     "clip": "memeguard.features.clip:ClipExtractor",
 }
-
-
-def register_extractor(target: str | type[BaseExtractor], name: str | None = None) -> None:
-    """Add an extractor from outside the table (plugin, test): a class, or ``"module:Class"`` and a name."""
-    if isinstance(target, str):
-        if name is None:
-            raise ValueError("register_extractor('module:Class') needs the extractor's name")
-        EXTRACTORS[name] = target
-    else:
-        EXTRACTORS[name or target.name] = target
 
 
 def extractor_names() -> tuple[str, ...]:
