@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from memeguard.errors import ConfigError
 
@@ -30,7 +30,7 @@ def extractor_names() -> tuple[str, ...]:
     return tuple(EXTRACTORS)
 
 
-def is_registered(name: object) -> bool:
+def is_registered(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and name in EXTRACTORS
 
 

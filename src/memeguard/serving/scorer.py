@@ -36,7 +36,7 @@ from PIL import Image
 from memeguard.data.images import MAX_IMAGE_PIXELS, open_image, open_image_bytes
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
-from memeguard.features.factory import extractor_class, extractor_names, is_registered
+from memeguard.features import factory
 from memeguard.features.record import RegionRecord
 from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
 
@@ -136,14 +136,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 def spec_from_meta(meta: dict[str, Any], source: str, device: str = "cpu") -> FeatureSpec:
     """A store's meta.json -> how to rebuild its extractor on ``device``; ConfigError when impossible."""
     name = meta.get("extractor")
-    if not is_registered(name):
+    if not factory.is_registered(name):
         origin = meta.get("source") or meta.get("source_format") or "unknown origin"
         raise ConfigError(
             f"{source}: features were made by {name!r} ({origin}), which memeguard cannot rerun on new "
-            f"images (it reruns {', '.join(extractor_names())}); pass the matching extractor explicitly "
+            f"images (it reruns {', '.join(factory.extractor_names())}); pass the matching extractor explicitly "
             "(MemeScorer.from_runs(..., extractor=...) or --extractor)"
         )
-    kwargs = extractor_class(name).from_meta(meta, source, device)
+    kwargs = factory.extractor_class(name).from_meta(meta, source, device)
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
     return FeatureSpec(
         name, kwargs, variant=str(meta.get("variant", "default")), dtype=store.get("dtype"),
@@ -154,12 +154,10 @@ def spec_from_meta(meta: dict[str, Any], source: str, device: str = "cpu") -> Fe
 
 def build_extractor(spec: FeatureSpec, variants: Sequence[str], device: str) -> Extractor:
     """Build ``spec``'s extractor emitting ``variants`` and check it against the recorded weights."""
-    from memeguard.features.factory import make_extractor
-
     kwargs = {**spec.kwargs, "device": device}
-    if extractor_class(spec.extractor).variants_share_pass:
+    if factory.extractor_class(spec.extractor).variants_share_pass:
         kwargs["boxes"] = tuple(variants)
-    extractor = make_extractor(spec.extractor, **kwargs)
+    extractor = factory.make_extractor(spec.extractor, **kwargs)
     meta = extractor.meta()
     recorded, actual = spec.sha256, meta.get("weights_sha256")
     if recorded and actual and recorded != actual:
