@@ -138,6 +138,8 @@ def test_option_checks_come_from_the_class(toy: type[ToyExtractor]) -> None:
         make_extractor("grid", boxes="36")
     with pytest.raises(ConfigError, match=r"params: levels\.0: Input should be greater than or equal to 1"):
         make_extractor("grid", levels=[0, 2])
+    with pytest.raises(ConfigError, match="params: config: Value error, expected a ButdConfig .* got dict"):
+        make_extractor("butd", config={"min_size": 800})
 
 
 def test_recipe_feature_sets_are_checked_by_the_extractor_class(toy: type[ToyExtractor]) -> None:

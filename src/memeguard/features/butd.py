@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
 from memeguard.features.extractor import BaseExtractor, ExtractorParams
@@ -202,6 +202,17 @@ class ButdParams(ExtractorParams):
     batch_size: int = Field(4, ge=1)
     config: Any = None  # a ButdConfig: inference settings (and, without weights, the architecture)
     seed: int = 0  # of the random-weight detector
+
+    @field_validator("config")
+    @classmethod
+    def _butd_config(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from memeguard.features.butd_model import ButdConfig  # torch: only when a config is given
+
+        if not isinstance(value, ButdConfig):
+            raise ValueError(f"expected a ButdConfig (Python API only), got {type(value).__name__}")
+        return value
 
 
 class ButdExtractor(BaseExtractor):
