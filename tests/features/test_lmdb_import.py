@@ -26,7 +26,9 @@ def _lmdb():
     return pytest.importorskip("lmdb")
 
 
-def test_missing_lmdb_extra_is_a_one_line_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_lmdb_extra_is_a_one_line_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "lmdb", None)  # what `import lmdb` sees without the extra
     with pytest.raises(ConfigError, match=r"needs the 'lmdb' extra: pip install 'memeguard\[lmdb\]'") as info:
         import_lmdb(tmp_path / "detectron.lmdb", tmp_path / "store")

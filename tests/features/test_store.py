@@ -320,7 +320,9 @@ HOLD_SCRIPT = textwrap.dedent(
 
 def test_a_writer_in_another_process_is_refused_and_its_death_frees_the_store(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    child = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "holding"
         with pytest.raises(FeatureStoreError, match="being written by another process"):

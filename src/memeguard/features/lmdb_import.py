@@ -34,11 +34,13 @@ REQUIRED_KEYS = ("features", "bbox", "image_height", "image_width")
 
 
 def _lmdb() -> Any:
-    """The ``lmdb`` module: an optional extra, since only this importer (vilio's V model features) needs it."""
+    """The ``lmdb`` module: an optional extra, as only this importer (vilio's V model features) needs it."""
     try:
         import lmdb
     except ImportError:
-        raise ConfigError("importing MMF LMDB features needs the 'lmdb' extra: pip install 'memeguard[lmdb]'") from None
+        raise ConfigError(
+            "importing MMF LMDB features needs the 'lmdb' extra: pip install 'memeguard[lmdb]'"
+        ) from None
     return lmdb
 
 

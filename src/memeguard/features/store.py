@@ -402,7 +402,7 @@ class FeatureStoreWriter:
         return lock
 
     def _refuse_foreign_directory(self) -> None:
-        others = [p.name for p in self.path.iterdir() if p.name != STORE_LOCK_FILE and not p.name.startswith(".")]
+        others = [p.name for p in self.path.iterdir() if not p.name.startswith(".")]  # hidden: the lock, ...
         if others:
             raise FeatureStoreError(
                 f"{self.path}: directory is not empty and is not a feature store (found {sorted(others)[:5]})"

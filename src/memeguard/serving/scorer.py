@@ -140,8 +140,8 @@ def spec_from_meta(meta: dict[str, Any], source: str, device: str = "cpu") -> Fe
         origin = meta.get("source") or meta.get("source_format") or "unknown origin"
         raise ConfigError(
             f"{source}: features were made by {name!r} ({origin}), which memeguard cannot rerun on new "
-            f"images (it reruns {', '.join(factory.extractor_names())}); pass the matching extractor explicitly "
-            "(MemeScorer.from_runs(..., extractor=...) or --extractor)"
+            f"images (it reruns {', '.join(factory.extractor_names())}); pass the matching extractor "
+            "explicitly (MemeScorer.from_runs(..., extractor=...) or --extractor)"
         )
     kwargs = factory.extractor_class(name).from_meta(meta, source, device)
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
