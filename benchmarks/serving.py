@@ -53,20 +53,21 @@ def make_run(root: Path, images: list[Path]) -> Path:
     from memeguard.features.extract import extract_features
     from memeguard.features.grid import GRID_FEATURE_DIM, GridExtractor
     from memeguard.models import create_model
+    from memeguard.names import DEV_SEEN, IMAGE_DIR, MODEL_DIR, TRAIN_CONFIG_FILE, split_file
 
     data = root / "data"
-    (data / "img").mkdir(parents=True)
+    (data / IMAGE_DIR).mkdir(parents=True)
     lines = []
     for k, path in enumerate(images[:4]):
-        (data / "img" / path.name).write_bytes(path.read_bytes())
-        lines.append(json.dumps({"id": k, "img": f"img/{path.name}", "text": "benchmark meme"}))
-    (data / "dev_seen.jsonl").write_text("\n".join(lines) + "\n")
+        (data / IMAGE_DIR / path.name).write_bytes(path.read_bytes())
+        lines.append(json.dumps({"id": k, "img": f"{IMAGE_DIR}/{path.name}", "text": "benchmark meme"}))
+    (data / split_file(DEV_SEEN)).write_text("\n".join(lines) + "\n")
     store = root / "grid"
     extract_features(data, store, GridExtractor(), progress=False)
     torch.manual_seed(0)
     run = root / "run"
-    create_model("visualbert-tiny", visual_feat_dim=GRID_FEATURE_DIM).save_pretrained(run / "model")
-    (run / "train_config.json").write_text(json.dumps({"model": "visualbert-tiny", "features": str(store)}))
+    create_model("visualbert-tiny", visual_feat_dim=GRID_FEATURE_DIM).save_pretrained(run / MODEL_DIR)
+    (run / TRAIN_CONFIG_FILE).write_text(json.dumps({"model": "visualbert-tiny", "features": str(store)}))
     return run
 
 

@@ -305,3 +305,32 @@ def test_writer_refuses_foreign_dir_other_writer_and_mismatched_layout(tmp_path:
         FeatureStoreWriter(tmp_path / "s", DIM * 2)
     with pytest.raises(FeatureStoreError, match="float16"):
         FeatureStoreWriter(tmp_path / "s", DIM, dtype="float32")
+
+
+HOLD_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from memeguard.features.store import FeatureStoreWriter
+    writer = FeatureStoreWriter(sys.argv[1], 16)
+    print("holding", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_writer_in_another_process_is_refused_and_its_death_frees_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+        with pytest.raises(FeatureStoreError, match="being written by another process"):
+            FeatureStoreWriter(path, DIM)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    # The OS dropped the dead writer's lock: no stale lock file blocks the next run.
+    with FeatureStoreWriter(path, DIM) as writer:
+        writer.add(records(1)[0])
+    assert len(FeatureStore.open(path)) == 1

@@ -1,6 +1,7 @@
 """Region features: the feature store, original-format importers and extractors (BUTD, grid, CLIP).
 
-Only light modules are imported here; extractors, importers and the factory load on first use.
+Only light modules are imported here; extractors (listed in ``factory.EXTRACTORS``), importers and the
+factory load on first use.
 """
 
 from memeguard.features.record import RegionRecord

@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
+from memeguard.features.extractor import BaseExtractor, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 VARIANT_PATTERN = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -44,7 +46,8 @@ ANCHOR_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 
 
 def parse_variant(name: str) -> tuple[int, int]:
-    """"36" -> (36, 36); "10-100" -> (10, 100): the (MIN_BOXES, MAX_BOXES) of the extraction script."""
+    """"36" -> (36, 36); "10-100" -> (10, 100): the (MIN_BOXES, MAX_BOXES) of vilio's extraction script
+    (``py-bottom-up-attention/demo/detectron2_mscoco_proposal_maxnms.py``)."""
     match = VARIANT_PATTERN.match(str(name).strip())
     if not match:
         raise ConfigError(f"BUTD box variant {name!r}: expected 'N' or 'MIN-MAX', e.g. '36' or '10-100'")
@@ -53,6 +56,11 @@ def parse_variant(name: str) -> tuple[int, int]:
     if low < 1 or high < low:
         raise ConfigError(f"BUTD box variant {name!r}: need 1 <= MIN <= MAX")
     return low, high
+
+
+def parse_box_variants(boxes: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--boxes``: ``"36,50,72,10-100"`` -> ("36", "50", "72", "10-100"), each item a valid variant."""
+    return None if boxes is None else ButdExtractor.parse_variants(boxes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +195,27 @@ def file_sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class ButdExtractor:
+class ButdParams(ExtractorParams):
+    """``make_extractor("butd", **params)`` / recipe ``params:`` (weights, boxes, device are options)."""
+
+    fp16: bool = False
+    batch_size: int = Field(4, ge=1)
+    config: Any = None  # a ButdConfig: inference settings (and, without weights, the architecture)
+    seed: int = 0  # of the random-weight detector
+
+    @field_validator("config")
+    @classmethod
+    def _butd_config(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from memeguard.features.butd_model import ButdConfig  # torch: only when a config is given
+
+        if not isinstance(value, ButdConfig):
+            raise ValueError(f"expected a ButdConfig (Python API only), got {type(value).__name__}")
+        return value
+
+
+class ButdExtractor(BaseExtractor):
     """The `Extractor` for BUTD features; one detector pass per batch serves every box variant.
 
     ``weights=None`` builds the architecture with seeded random weights (benchmarks, tests);
@@ -195,6 +223,10 @@ class ButdExtractor:
     """
 
     name = "butd"
+    Params = ButdParams
+    weights_kind = "faster_rcnn_from_caffe{_attr}.pkl or an unc-nlp/frcnn-vg-finetuned folder"
+    variants_share_pass = True
+    default_variant = "36"
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, box_variants: Sequence[str] = ("36",),
                  device: str = "cpu", fp16: bool = False, batch_size: int = 4, config: Any = None,
@@ -226,6 +258,31 @@ class ButdExtractor:
             self.config = self.model.config
         self.model.to(self.device)
         self._sha256: str | None = None
+
+    @classmethod
+    def parse_variants(cls, boxes: str | Sequence[str]) -> tuple[str, ...]:
+        variants = super().parse_variants(boxes)
+        for variant in variants:
+            parse_variant(variant)
+        return variants
+
+    @classmethod
+    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+               params: ExtractorParams) -> ButdExtractor:
+        return cls(weights=weights, box_variants=variants or (cls.default_variant,), device=device or "cpu",
+                   **dict(params))
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        """The recorded weights (or the random detector's seed); fp16 only where it can run (CUDA)."""
+        weights = meta.get("weights")
+        fp16 = bool(meta.get("fp16", False)) and device.startswith("cuda")
+        settings: dict[str, Any] = {"weights": weights, "fp16": fp16}
+        if weights is None:  # random-weight detector (tests, benchmarks): reproducible from its seed
+            settings["seed"] = int(meta.get("seed", 0))
+        elif not Path(weights).exists():
+            raise ConfigError(f"{source}: BUTD weights {weights} are not here; pass the extractor explicitly")
+        return settings
 
     def variants(self) -> list[str]:
         return list(self.box_variants)

@@ -10,13 +10,16 @@ from typing import Annotated
 
 import typer
 
+from memeguard.features.factory import extractor_names
+
 app = typer.Typer(
-    help="Region features: extract (grid/BUTD/CLIP), import vilio TSV or MMF LMDB, inspect a store.",
+    help="Region features: extract (grid/BUTD/CLIP ...), import vilio TSV or MMF LMDB, inspect a store.",
     no_args_is_help=True,
     add_completion=False,
 )
 
 DtypeOption = Annotated[str, typer.Option("--dtype", help="On-disk feature dtype: float16 or float32.")]
+EXTRACTOR_HELP = f"One of {', '.join(extractor_names())}."
 
 
 def _print_report(report: object) -> None:
@@ -28,12 +31,13 @@ def _print_report(report: object) -> None:
 def extract_command(
     data_dir: Annotated[Path, typer.Argument(help="Hateful Memes folder (img/ + *.jsonl).")],
     out: Annotated[Path, typer.Argument(help="Output store (or folder of stores, one per box variant).")],
-    extractor: Annotated[str, typer.Option("--extractor", help="grid, butd or clip.")] = "grid",
+    extractor: Annotated[str, typer.Option("--extractor", help=EXTRACTOR_HELP)] = "grid",
     weights: Annotated[
-        str | None, typer.Option("--weights", help="Detector weights / CLIP model folder.")
+        str | None, typer.Option("--weights", help="Weights file or folder (BUTD detector, CLIP model ...).")
     ] = None,
     boxes: Annotated[
-        str | None, typer.Option("--boxes", help="BUTD box variants, e.g. 36,50,72,10-100.")
+        str | None,
+        typer.Option("--boxes", help="Box variants that share one pass (BUTD), e.g. 36,50,72,10-100."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,

@@ -20,14 +20,16 @@ as for any CLIP user of that checkpoint. :class:`CropGeometry` maps patch square
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
+from memeguard.features.extractor import BaseExtractor, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 
@@ -81,17 +83,27 @@ def patch_boxes(grid: int, patch: int, geometry: tuple[float, float, float, floa
     return boxes.astype(np.float32)
 
 
-class ClipExtractor:
+class ClipParams(ExtractorParams):
+    """``make_extractor("clip", **params)`` / recipe ``params:`` (the model folder is ``weights``)."""
+
+    batch_size: int = Field(8, ge=1)
+
+
+class ClipExtractor(BaseExtractor):
     """The `Extractor` for CLIP patch tokens + pooled image/text embeddings (one variant, "default")."""
 
     name = "clip"
+    Params = ClipParams
+    weights_kind = "a local Hugging Face CLIP folder"
+    weights_required = True
 
     def __init__(self, model_dir: str | os.PathLike[str], device: str = "cpu", batch_size: int = 8) -> None:
         import torch
         from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import CONFIG_NAME
 
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
+        if not (self.model_dir / CONFIG_NAME).is_file():
             raise CheckpointError(f"{self.model_dir}: not a Hugging Face CLIP folder (no config.json)")
         if batch_size < 1:
             raise ConfigError(f"CLIP extractor: batch_size must be >= 1, got {batch_size}")
@@ -109,10 +121,26 @@ class ClipExtractor:
         self.processor = self._image_processor(int(vision.image_size))
         self.geometry = CropGeometry.from_processor(self.processor, int(vision.image_size), str(self.model_dir))
 
+    @classmethod
+    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+               params: ExtractorParams) -> ClipExtractor:
+        assert weights is not None  # check_options requires it
+        return cls(model_dir=weights, device=device or "cpu", **dict(params))
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        model_dir = meta.get("model_dir")
+        if not model_dir or not Path(model_dir).exists():
+            raise ConfigError(
+                f"{source}: CLIP model folder {model_dir} is not here; pass the extractor explicitly"
+            )
+        return {"weights": model_dir}
+
     def _image_processor(self, image_size: int) -> Any:
         from transformers import AutoImageProcessor, CLIPImageProcessor
+        from transformers.utils import IMAGE_PROCESSOR_NAME
 
-        if (self.model_dir / "preprocessor_config.json").is_file():
+        if (self.model_dir / IMAGE_PROCESSOR_NAME).is_file():
             try:
                 return AutoImageProcessor.from_pretrained(self.model_dir, local_files_only=True)
             except (OSError, ValueError) as exc:
@@ -159,9 +187,11 @@ class ClipExtractor:
         return out
 
     def meta(self) -> dict[str, Any]:
+        from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+
         from memeguard.features.butd import file_sha256
 
-        weights = next((self.model_dir / n for n in ("model.safetensors", "pytorch_model.bin")
+        weights = next((self.model_dir / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
                         if (self.model_dir / n).is_file()), None)
         return {
             "extractor": self.name,

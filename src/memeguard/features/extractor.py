@@ -1,16 +1,25 @@
-"""The protocol every region-feature extractor (BUTD, grid, CLIP) implements.
+"""What a region-feature extractor is: the per-image protocol, and the class-level facts the registry reads.
 
 An extractor may produce several *variants* from one pass over an image (BUTD: 36, 50, 72 and
 10-100 boxes share the detector pass); each variant becomes its own feature store.
+
+A registered extractor class (see :mod:`memeguard.features.factory`) subclasses :class:`BaseExtractor`
+and says, as class attributes and classmethods, everything the rest of memeguard asks about it: which
+options it takes (weights, box variants, typed ``Params``), how to build it from those options, and how
+to rebuild it from a store's ``meta.json``. The factory, the recipe schema, the CLIs, the pipeline
+runner and the scorer hold no per-extractor code, so adding one is one new module and one
+registration line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from memeguard.errors import ConfigError
 from memeguard.features.record import RegionRecord
 
 
@@ -31,3 +40,85 @@ class Extractor(Protocol):
     def meta(self) -> dict[str, Any]:
         """What goes into the store's meta.json: parameters, weights path and sha256, feature dim."""
         ...
+
+
+class ExtractorParams(BaseModel):
+    """An extractor's keyword parameters (a recipe's ``params:``, ``make_extractor(name, **params)``).
+
+    Typed and closed: a misspelt or mistyped parameter is refused when the recipe loads, not hours
+    into an extraction. Each extractor subclasses this with its own fields and defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class BaseExtractor:
+    """Base class of the registered extractors: the options they take, and how to build and rebuild them.
+
+    Options messages name both spellings (``--weights`` on the command line, ``weights:`` in a recipe)
+    because the same checks serve both.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[ExtractorParams]] = ExtractorParams
+    # What ``--weights`` points at, for messages; None: the extractor has no weights.
+    weights_kind: ClassVar[str | None] = None
+    weights_required: ClassVar[bool] = False
+    # True: ``--boxes`` picks variants that one pass over an image yields together (BUTD's box counts),
+    # so one extractor serves every variant a recipe or an ensemble asks for.
+    variants_share_pass: ClassVar[bool] = False
+    # The variant made when none is asked for (the name the extractor gives its only variant otherwise).
+    default_variant: ClassVar[str] = "default"
+
+    @classmethod
+    def check_options(
+        cls, weights: str | None, boxes: str | Sequence[str] | None, params: Mapping[str, Any]
+    ) -> tuple[tuple[str, ...] | None, ExtractorParams]:
+        """Refuse options this extractor does not take -> (box variants or None, typed params)."""
+        if weights is None and cls.weights_required:
+            raise ConfigError(
+                f"the {cls.name} extractor needs --weights (recipe: weights): {cls.weights_kind}"
+            )
+        if weights is not None and cls.weights_kind is None:
+            raise ConfigError(f"the {cls.name} extractor has no weights: drop --weights (recipe: weights)")
+        if boxes is not None and not cls.variants_share_pass:
+            raise ConfigError(f"the {cls.name} extractor has no box variants: drop --boxes (recipe: boxes)")
+        variants = None if boxes is None else cls.parse_variants(boxes)
+        return variants, cls.validate_params(params)
+
+    @classmethod
+    def parse_variants(cls, boxes: str | Sequence[str]) -> tuple[str, ...]:
+        """``--boxes`` (``"a,b"`` or a list) -> variant names, each once; subclasses check each name."""
+        parts = boxes.split(",") if isinstance(boxes, str) else [str(b) for b in boxes]
+        items = tuple(item.strip() for item in parts if item.strip())
+        if not items:
+            raise ConfigError(f"--boxes is empty; give e.g. {cls.default_variant}")
+        if len(set(items)) != len(items):
+            raise ConfigError(f"--boxes lists a variant twice: {','.join(items)}")
+        return items
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> ExtractorParams:
+        try:
+            return cls.Params.model_validate(dict(params))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ConfigError(f"the {cls.name} extractor's params: {problems}") from None
+
+    @classmethod
+    def create(
+        cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+        params: ExtractorParams,
+    ) -> Extractor:
+        """Build from checked options (``device`` None: the extractor's default; CPU-only ones ignore it)."""
+        raise NotImplementedError(f"{cls.__name__}.create")
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        """The ``make_extractor`` keyword arguments (weights and params) that rebuild, on ``device``, the
+        extractor a store's ``meta.json`` records: what the scorer needs to featurise new memes exactly as
+        the training store was. ``source`` names the meta file in errors."""
+        raise NotImplementedError(f"{cls.__name__}.from_meta")

@@ -1,70 +1,71 @@
-"""``make_extractor(name, ...)``: one entry point for the CLI and the pipeline.
+"""The extractor registry and ``make_extractor``: the one table the CLIs, recipes, pipeline and scorer read.
 
-BUTD and CLIP are imported only when asked for, so the grid path (and ``--help``) never pays for
-torchvision or transformers.
+Adding an extractor is one new module (a :class:`~memeguard.features.extractor.BaseExtractor` subclass)
+and one line in ``EXTRACTORS``. Entries name their class as ``"module:Class"`` and are imported on
+first use (as Hugging Face's auto classes map names to lazily imported classes), so ``memeguard --help``
+and the grid path never pay for torchvision or transformers, and this module imports nothing heavy.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import importlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from memeguard.errors import ConfigError
-from memeguard.features.extractor import Extractor
 
-EXTRACTORS: tuple[str, ...] = ("grid", "butd", "clip")
-_VARIANT = re.compile(r"^(\d+)(?:-(\d+))?$")
+if TYPE_CHECKING:  # pragma: no cover
+    from memeguard.features.extractor import BaseExtractor, Extractor
+
+# name -> "module:Class", or the class itself (a plugin or a test may add ``EXTRACTORS[name] = cls``).
+EXTRACTORS: dict[str, str | type[BaseExtractor]] = {
+    "grid": "memeguard.features.grid:GridExtractor",
+    "butd": "memeguard.features.butd:ButdExtractor",
+    "clip": "memeguard.features.clip:ClipExtractor",
+}
 
 
-def parse_box_variants(boxes: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
-    """``"36,50,72,10-100"`` -> ("36", "50", "72", "10-100"); each a fixed count or a min-max range."""
-    if boxes is None:
-        return None
-    items = (
-        [b.strip() for b in boxes.split(",")] if isinstance(boxes, str) else [str(b).strip() for b in boxes]
-    )
-    items = [item for item in items if item]
-    if not items:
-        raise ConfigError("--boxes is empty; give e.g. 36 or 36,50,72,10-100")
-    for item in items:
-        match = _VARIANT.match(item)
-        if not match:
-            raise ConfigError(f"bad box variant {item!r}: expected a count (36) or a range (10-100)")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        if low < 1 or high < low:
-            raise ConfigError(f"bad box variant {item!r}: need 1 <= min <= max")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"--boxes lists a variant twice: {','.join(items)}")
-    return tuple(items)
+def extractor_names() -> tuple[str, ...]:
+    """Registered extractor names, in table order (no extractor module is imported)."""
+    return tuple(EXTRACTORS)
+
+
+def is_registered(name: object) -> TypeGuard[str]:
+    return isinstance(name, str) and name in EXTRACTORS
+
+
+def extractor_class(name: str) -> type[BaseExtractor]:
+    """The class registered as ``name``, imported now; ConfigError naming the choices for an unknown one."""
+    if not is_registered(name):
+        raise ConfigError(f"unknown extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    target = EXTRACTORS[name]
+    if isinstance(target, str):
+        module, _, attribute = target.partition(":")
+        target = getattr(importlib.import_module(module), attribute)
+    if getattr(target, "name", None) != name:
+        # Stores record the class's name and the scorer looks it up again: the two must agree.
+        found = getattr(target, "name", None)
+        raise ConfigError(f"extractor {name!r} is registered to {target!r}, whose name is {found!r}")
+    return target
 
 
 def make_extractor(
     name: str,
     weights: str | None = None,
-    boxes: str | tuple[str, ...] | None = None,
+    boxes: str | Sequence[str] | None = None,
     device: str | None = None,
-    **kw: Any,
+    **params: Any,
 ) -> Extractor:
-    """Build an extractor by name: ``grid`` (no weights), ``butd`` (detector weights), ``clip`` (model dir)."""
-    variants = parse_box_variants(boxes)
-    if name == "grid":
-        if weights is not None:
-            raise ConfigError("the grid extractor has no weights; drop --weights")
-        if variants is not None:
-            raise ConfigError("the grid extractor has a fixed region layout; drop --boxes")
-        from memeguard.features.grid import GridExtractor
+    """Build a registered extractor from its options: ``weights`` (file or folder), ``boxes`` (variants
+    that share a pass, e.g. ``"36,50"``), ``device`` and its typed ``params``; ConfigError for options it
+    does not take."""
+    cls = extractor_class(name)
+    variants, typed = cls.check_options(weights, boxes, params)
+    return cls.create(weights, variants, device, typed)
 
-        return GridExtractor(**kw)
-    if name == "butd":
-        from memeguard.features.butd import ButdExtractor
 
-        return ButdExtractor(weights=weights, box_variants=variants or ("36",), device=device or "cpu", **kw)
-    if name == "clip":
-        if weights is None:
-            raise ConfigError("the clip extractor needs --weights pointing at a CLIP model folder")
-        if variants is not None:
-            raise ConfigError("the clip extractor has no box variants; drop --boxes")
-        from memeguard.features.clip import ClipExtractor
+def parse_box_variants(boxes: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Kept for old imports: BUTD's ``--boxes`` parser, :func:`memeguard.features.butd.parse_box_variants`."""
+    from memeguard.features.butd import parse_box_variants as parse
 
-        return ClipExtractor(model_dir=weights, device=device or "cpu", **kw)
-    raise ConfigError(f"unknown extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    return parse(boxes)

@@ -25,13 +25,16 @@ position               4   box centre x, y and width, height as fractions of the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 from scipy import ndimage
 
+from memeguard.errors import ConfigError
+from memeguard.features.extractor import BaseExtractor, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -166,10 +169,20 @@ def _region_features(
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-class GridExtractor:
+class GridParams(ExtractorParams):
+    """``make_extractor("grid", **params)`` / recipe ``params:``."""
+
+    # Cells per side of each grid level.
+    levels: tuple[Annotated[int, Field(ge=1)], ...] = Field((6, 2, 1), min_length=1)
+    cell_px: int = Field(32, ge=1)  # working-copy pixels per side of a finest-level cell
+    batch_size: int = Field(32, ge=1)
+
+
+class GridExtractor(BaseExtractor):
     """Weight-free grid regions (see the module docstring for the 42 features)."""
 
     name = "grid"
+    Params = GridParams
 
     def __init__(self, levels: Sequence[int] = (6, 2, 1), cell_px: int = 32, batch_size: int = 32) -> None:
         levels = tuple(int(level) for level in levels)
@@ -181,6 +194,18 @@ class GridExtractor:
         # The short side of the working copy: every level divides it, ~cell_px pixels per finest cell.
         self.side = max(1, math.ceil(max(levels) * cell_px / self._lcm)) * self._lcm
         self.cell_px = cell_px
+
+    @classmethod
+    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+               params: ExtractorParams) -> GridExtractor:
+        return cls(**dict(params))  # numpy on the CPU: weights, variants and device do not apply
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        params = meta.get("parameters") or {}
+        if "levels" not in params or "cell_px" not in params:
+            raise ConfigError(f"{source}: grid features without their parameters (levels, cell_px)")
+        return {"levels": [int(v) for v in params["levels"]], "cell_px": int(params["cell_px"])}
 
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """(w, h) of the working copy: short side ``side``, aspect kept (angles stay true), long side

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from memeguard.errors import FeatureStoreError
+from memeguard.errors import ConfigError, FeatureStoreError
 from memeguard.features.record import RegionRecord
 from memeguard.features.safe_pickle import safe_loads
 from memeguard.features.tsv import ImportReport, store_records
@@ -33,9 +33,19 @@ _LEADING_DIGITS = re.compile(rb"^(\d+)")
 REQUIRED_KEYS = ("features", "bbox", "image_height", "image_width")
 
 
-def _open_env(path: Path) -> Any:
-    import lmdb
+def _lmdb() -> Any:
+    """The ``lmdb`` module: an optional extra, as only this importer (vilio's V model features) needs it."""
+    try:
+        import lmdb
+    except ImportError:
+        raise ConfigError(
+            "importing MMF LMDB features needs the 'lmdb' extra: pip install 'memeguard[lmdb]'"
+        ) from None
+    return lmdb
 
+
+def _open_env(path: Path) -> Any:
+    lmdb = _lmdb()
     if not path.exists():
         raise FeatureStoreError(f"{path}: LMDB not found")
     try:
@@ -157,6 +167,7 @@ def import_lmdb(
     progress: bool = False,
 ) -> ImportReport:
     """Import an MMF ``detectron.lmdb`` into a feature store at ``out`` (resumable)."""
+    _lmdb()  # a missing extra fails before the store folder is made
     path = Path(path)
     report = ImportReport(str(path), str(out))
     store_meta = {"extractor": "import-lmdb", "source": str(path.resolve()), "source_format": "mmf-lmdb"}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,18 +31,22 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from memeguard.errors import FeatureStoreError
 from memeguard.features.record import RegionRecord
 from memeguard.io import write_json_atomic
+from memeguard.names import (
+    STORE_BOXES_FILE,
+    STORE_FEATURES_FILE,
+    STORE_INDEX_FILE,
+    STORE_LAYOUT_FILE,
+    STORE_LOCK_FILE,
+    STORE_META_FILE,
+)
 
 FORMAT_NAME = "memeguard-feature-store"
 FORMAT_VERSION = 1
-
-LAYOUT_FILE = "layout.json"
-INDEX_FILE = "index.bin"
-META_FILE = "meta.json"
-LOCK_FILE = ".lock"
 
 # (meme_id, row_start, n_rows, height, width) per image.
 INDEX_COLUMNS = ("meme_id", "row_start", "n_rows", "height", "width")
@@ -74,8 +77,8 @@ def _row_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
     """Files with one entry per box row: name -> (numpy dtype, bytes per row)."""
     feature_dtype = np.dtype(layout["dtype"]).newbyteorder("<")
     files = {
-        "features.bin": (feature_dtype.str, feature_dtype.itemsize * int(layout["feature_dim"])),
-        "boxes.bin": (BOXES_DTYPE, 4 * 4),
+        STORE_FEATURES_FILE: (feature_dtype.str, feature_dtype.itemsize * int(layout["feature_dim"])),
+        STORE_BOXES_FILE: (BOXES_DTYPE, 4 * 4),
     }
     for field in layout["fields"]:
         dtype = np.dtype(OPTIONAL_FIELDS[field])
@@ -162,14 +165,14 @@ class FeatureStore:
         path = Path(path)
         if not path.is_dir():
             raise FeatureStoreError(f"{path}: feature store not found (expected a directory)")
-        meta_path = path / META_FILE
+        meta_path = path / STORE_META_FILE
         if not meta_path.is_file():
-            if (path / INDEX_FILE).exists() or (path / LAYOUT_FILE).exists():
+            if (path / STORE_INDEX_FILE).exists() or (path / STORE_LAYOUT_FILE).exists():
                 raise FeatureStoreError(
                     f"{path}: feature store was never finalised (extraction or import interrupted?); "
                     "re-run the same extract/import command to resume and finalise it"
                 )
-            raise FeatureStoreError(f"{path}: not a feature store (no {META_FILE})")
+            raise FeatureStoreError(f"{path}: not a feature store (no {STORE_META_FILE})")
         meta = _read_json(meta_path)
         info = meta.get("store")
         if not isinstance(info, dict):
@@ -179,14 +182,14 @@ class FeatureStore:
             if key not in info:
                 raise FeatureStoreError(f"{meta_path}: missing store.{key}")
         cls._check_file_sizes(path, info)
-        index = _read_index(path / INDEX_FILE)
+        index = _read_index(path / STORE_INDEX_FILE)
         cls._check_index(path, info, index)
         return cls(path, meta, index)
 
     @staticmethod
     def _check_file_sizes(path: Path, info: dict[str, Any]) -> None:
         num_rows, num_images = int(info["num_rows"]), int(info["num_images"])
-        expected = {INDEX_FILE: num_images * INDEX_RECORD_BYTES}
+        expected = {STORE_INDEX_FILE: num_images * INDEX_RECORD_BYTES}
         expected.update({name: num_rows * row for name, (_, row) in _row_files(info).items()})
         expected.update({name: num_images * size for name, (_, size) in _image_files(info).items()})
         recorded = info["files"]
@@ -205,7 +208,7 @@ class FeatureStore:
 
     @staticmethod
     def _check_index(path: Path, info: dict[str, Any], index: np.ndarray) -> None:
-        where = path / INDEX_FILE
+        where = path / STORE_INDEX_FILE
         if len(index) != int(info["num_images"]):
             raise FeatureStoreError(
                 f"{where}: {len(index)} index entries, meta.json says {info['num_images']}"
@@ -320,8 +323,8 @@ class FeatureStore:
         }
         return RegionRecord(
             meme_id=meme_id,
-            features=np.array(arrays["features.bin"][rows], dtype=np.float32),
-            boxes=np.array(arrays["boxes.bin"][rows], dtype=np.float32),
+            features=np.array(arrays[STORE_FEATURES_FILE][rows], dtype=np.float32),
+            boxes=np.array(arrays[STORE_BOXES_FILE][rows], dtype=np.float32),
             image_size=(height, width),
             object_ids=optional("object_ids", np.int64),
             object_conf=optional("object_conf", np.float32),
@@ -367,12 +370,12 @@ class FeatureStoreWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock()
         self._handles: dict[str, IO[bytes]] = {}
-        self._finalised_on_disk = (self.path / META_FILE).exists()
+        self._finalised_on_disk = (self.path / STORE_META_FILE).exists()
         self._closed = False
         self._layout: dict[str, Any] | None = None
         self._ids: dict[int, int] = {}
         self._num_rows = 0
-        layout_path = self.path / LAYOUT_FILE
+        layout_path = self.path / STORE_LAYOUT_FILE
         if layout_path.exists():
             self._resume(layout_path, feature_dim, dtype, meta)
         else:
@@ -383,19 +386,23 @@ class FeatureStoreWriter:
 
     # -- setup
 
-    def _acquire_lock(self) -> IO[bytes]:
-        handle = open(self.path / LOCK_FILE, "ab")
+    def _acquire_lock(self) -> FileLock:
+        """One writer per store: a second one (another process, or another writer here) is refused at once.
+
+        ``filelock`` takes an OS lock on ``.lock`` (flock on POSIX, msvcrt on Windows) that the OS drops
+        when the holder dies, so a killed extraction never leaves a stale lock behind.
+        """
+        lock = FileLock(self.path / STORE_LOCK_FILE, timeout=0)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+            lock.acquire()
+        except Timeout:
             raise FeatureStoreError(
                 f"{self.path}: feature store is being written by another process"
             ) from None
-        return handle
+        return lock
 
     def _refuse_foreign_directory(self) -> None:
-        others = [p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.startswith(".")]
+        others = [p.name for p in self.path.iterdir() if not p.name.startswith(".")]  # hidden: the lock, ...
         if others:
             raise FeatureStoreError(
                 f"{self.path}: directory is not empty and is not a feature store (found {sorted(others)[:5]})"
@@ -422,7 +429,7 @@ class FeatureStoreWriter:
     def _recover(self) -> None:
         """Keep the longest prefix of index entries whose data is fully on disk; cut everything after it."""
         assert self._layout is not None
-        index = _read_index(self.path / INDEX_FILE)
+        index = _read_index(self.path / STORE_INDEX_FILE)
         row_files, image_files = _row_files(self._layout), _image_files(self._layout)
         sizes = {name: self._size(name) for name in (*row_files, *image_files)}
         ends = index[:, 1] + index[:, 2] if len(index) else np.zeros(0, dtype=np.int64)
@@ -434,7 +441,7 @@ class FeatureStoreWriter:
                 break
             keep = i + 1
         num_rows = int(ends[keep - 1]) if keep else 0
-        self._truncate(INDEX_FILE, keep * INDEX_RECORD_BYTES)
+        self._truncate(STORE_INDEX_FILE, keep * INDEX_RECORD_BYTES)
         for name, (_, row) in row_files.items():
             self._truncate(name, num_rows * row)
         for name, (_, size) in image_files.items():
@@ -471,7 +478,7 @@ class FeatureStoreWriter:
             "created": self._created,
             "meta": self._user_meta,
         }
-        write_json_atomic(self.path / LAYOUT_FILE, self._layout)
+        write_json_atomic(self.path / STORE_LAYOUT_FILE, self._layout)
 
     # -- writing
 
@@ -503,16 +510,16 @@ class FeatureStoreWriter:
         arrays = self._validate(record)
         if self._finalised_on_disk:
             # The store changes: it stops being readable until finalize() describes the new contents.
-            (self.path / META_FILE).unlink(missing_ok=True)
+            (self.path / STORE_META_FILE).unlink(missing_ok=True)
             self._finalised_on_disk = False
         for name, array in arrays.items():
             self._handle(name).write(array.tobytes())
         for handle in self._handles.values():
             handle.flush()
-        n_rows = arrays["features.bin"].shape[0]
+        n_rows = arrays[STORE_FEATURES_FILE].shape[0]
         height, width = record.image_size
         entry = np.array([meme_id, self._num_rows, n_rows, int(height), int(width)], dtype="<i8")
-        index = self._handle(INDEX_FILE)
+        index = self._handle(STORE_INDEX_FILE)
         index.write(entry.tobytes())
         index.flush()
         self._ids[meme_id] = len(self._ids)
@@ -549,7 +556,7 @@ class FeatureStoreWriter:
                 f"{where}: feature values overflow {self._dtype} (max |x| = {float(np.abs(features).max()):.3g}); "
                 "write this store with dtype float32"
             )
-        arrays = {"features.bin": stored, "boxes.bin": boxes.astype(BOXES_DTYPE)}
+        arrays = {STORE_FEATURES_FILE: stored, STORE_BOXES_FILE: boxes.astype(BOXES_DTYPE)}
         for field, dtype in OPTIONAL_FIELDS.items():
             value = getattr(record, field)
             present = field in self._layout["fields"]
@@ -588,7 +595,7 @@ class FeatureStoreWriter:
         for handle in self._handles.values():
             handle.flush()
             os.fsync(handle.fileno())
-        names = [INDEX_FILE, *_row_files(self._layout), *_image_files(self._layout)]
+        names = [STORE_INDEX_FILE, *_row_files(self._layout), *_image_files(self._layout)]
         for name in names:
             if not (self.path / name).exists():
                 (self.path / name).touch()
@@ -604,7 +611,7 @@ class FeatureStoreWriter:
                 finalized=_now(),
             )
             meta = {"created": self._created, **self._user_meta, "store": info}
-            write_json_atomic(self.path / META_FILE, meta)
+            write_json_atomic(self.path / STORE_META_FILE, meta)
             self._finalised_on_disk = True
         self.close()
         return self.path
@@ -618,8 +625,7 @@ class FeatureStoreWriter:
                 handle.close()
         self._handles.clear()
         with contextlib.suppress(OSError):
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.release()
         self._closed = True
 
     def __enter__(self) -> FeatureStoreWriter:
@@ -635,11 +641,6 @@ class FeatureStoreWriter:
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
-
-
-def is_feature_store(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` holds a finalised store (cheap; does not validate sizes)."""
-    return (Path(path) / META_FILE).is_file()
 
 
 def feature_statistics(

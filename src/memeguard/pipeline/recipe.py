@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memeguard.errors import ConfigError
 
-EXTRACTORS = ("grid", "butd", "clip")
 ENSEMBLE_METHODS = ("loop", "sa", "pa", "ra", "sx", "opt")
 
 
@@ -47,25 +46,55 @@ class _Strict(BaseModel):
 
 
 class FeatureSetSpec(_Strict):
-    extractor: Literal["grid", "butd", "clip"] | None = None
-    weights: str | None = None  # BUTD weight file / CLIP model folder
-    boxes: str | None = None  # BUTD variant: "36", "50", "72", "10-100"
-    params: dict[str, Any] = Field(default_factory=dict)  # extra extractor arguments
+    """One feature store: extracted by a registered extractor (``memeguard.features.factory``) or imported.
+
+    The extractor's own class checks its options here, at load time: whether it takes weights and box
+    variants, and its typed ``params``.
+    """
+
+    extractor: str | None = None  # a registered extractor name: grid, butd, clip ...
+    weights: str | None = None  # the extractor's weights: BUTD weight file, CLIP model folder ...
+    boxes: str | None = None  # one variant of an extractor whose variants share a pass: BUTD "36", "10-100"
+    params: dict[str, Any] = Field(default_factory=dict)  # the extractor's typed parameters
     import_tsv: str | None = None
     import_lmdb: str | None = None
     store: str | None = None  # an existing memeguard feature store
     dtype: Literal["float16", "float32"] = "float16"
+
+    @field_validator("extractor")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        from memeguard.features.factory import extractor_names, is_registered
+
+        if name is not None and not is_registered(name):
+            raise ValueError(f"unknown extractor {name!r}; choose one of {', '.join(extractor_names())}")
+        return name
 
     @model_validator(mode="after")
     def _one_source(self) -> FeatureSetSpec:
         sources = [s for s in (self.extractor, self.import_tsv, self.import_lmdb, self.store) if s]
         if len(sources) != 1:
             raise ValueError("give exactly one of extractor, import_tsv, import_lmdb, store")
-        if self.boxes and self.extractor != "butd":
-            raise ValueError("boxes only applies to the butd extractor")
-        if self.extractor == "clip" and not self.weights:
-            raise ValueError("the clip extractor needs weights: a local Hugging Face CLIP folder")
+        if self.extractor:
+            self._check_extractor_options()
+        elif self.weights or self.boxes or self.params:
+            raise ValueError("weights, boxes and params go with extractor")
         return self
+
+    def _check_extractor_options(self) -> None:
+        from memeguard.features.factory import extractor_class
+
+        try:
+            variants, _ = extractor_class(self.extractor).check_options(self.weights, self.boxes, self.params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if variants is not None:
+            if len(variants) != 1:
+                raise ValueError(
+                    f"a feature set is one store: give one box variant, not {self.boxes!r} (list one feature "
+                    "set per variant; those with the same weights share one pass)"
+                )
+            self.boxes = variants[0]
 
     @property
     def source(self) -> str:

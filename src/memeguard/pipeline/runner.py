@@ -142,11 +142,16 @@ class RecipeRunner:
         return self.stages
 
     def _build_features(self) -> None:
-        butd_groups: dict[str, list[tuple[str, FeatureSetSpec]]] = {}
+        from memeguard.features.factory import extractor_class
+
+        # Feature sets whose extractor makes all their variants in one pass (BUTD's box counts of one
+        # detector) become one stage; every other feature set is a stage of its own.
+        shared: dict[str, list[tuple[str, FeatureSetSpec]]] = {}
         for name, spec in self.recipe.features.items():
-            if spec.extractor == "butd":
-                group = fingerprint({"weights": spec.weights, "params": spec.params, "dtype": spec.dtype})
-                butd_groups.setdefault(group, []).append((name, spec))
+            if spec.extractor and extractor_class(spec.extractor).variants_share_pass:
+                group = fingerprint({"extractor": spec.extractor, "weights": spec.weights,
+                                     "params": spec.params, "dtype": spec.dtype})
+                shared.setdefault(group, []).append((name, spec))
                 continue
             if spec.source == "extract":
                 config = {"extractor": spec.extractor, "weights": spec.weights, "params": spec.params,
@@ -160,17 +165,26 @@ class RecipeRunner:
                 config = {"source": spec.source, "file": file_fingerprint(Path(source)), "dtype": spec.dtype}
                 stage = self._add(Stage("features", name, config, [], self._import_action(spec)))
                 self.feature_stages[name] = (stage, None)
-        for members in butd_groups.values():
-            variants = sorted({spec.boxes or "36" for _, spec in members})
-            first = members[0][1]
-            config = {"extractor": "butd", "weights": first.weights, "params": first.params, "dtype": first.dtype,
-                      "variants": variants, "data": self.clean_stage.config["data"]}
-            if first.weights:
-                config["weights_id"] = file_fingerprint(Path(first.weights))
-            label = "butd-" + "_".join(variants)
-            stage = self._add(Stage("features", label, config, [], self._extract_action([s for _, s in members], variants)))
-            for name, spec in members:
-                self.feature_stages[name] = (stage, (spec.boxes or "36") if len(variants) > 1 else None)
+        for members in shared.values():
+            self._add_shared_pass_stage(members)
+
+    def _add_shared_pass_stage(self, members: list[tuple[str, FeatureSetSpec]]) -> None:
+        """One extraction stage for feature sets that differ only in their variant (one store per variant)."""
+        from memeguard.features.factory import extractor_class
+
+        first = members[0][1]
+        assert first.extractor is not None
+        default = extractor_class(first.extractor).default_variant
+        variants = sorted({spec.boxes or default for _, spec in members})
+        config = {"extractor": first.extractor, "weights": first.weights, "params": first.params,
+                  "dtype": first.dtype, "variants": variants, "data": self.clean_stage.config["data"]}
+        if first.weights:
+            config["weights_id"] = file_fingerprint(Path(first.weights))
+        label = f"{first.extractor}-" + "_".join(variants)
+        action = self._extract_action([s for _, s in members], variants)
+        stage = self._add(Stage("features", label, config, [], action))
+        for name, spec in members:
+            self.feature_stages[name] = (stage, (spec.boxes or default) if len(variants) > 1 else None)
 
     def store_path(self, feature_set: str) -> Path:
         stage, variant = self.feature_stages[feature_set]

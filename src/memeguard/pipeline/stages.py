@@ -37,11 +37,12 @@ def prepare_data(data_dir: Path, out: Path, *, clean: bool) -> None:
 
 def extract_store(spec: FeatureSetSpec, data_dir: Path, out: Path, *, variants: list[str] | None,
                   device: str) -> None:
+    """Extract ``spec``'s store into ``out``; ``variants`` (several feature sets sharing one pass) puts one
+    store per variant under ``out``."""
     from memeguard.features.extract import extract_features
     from memeguard.features.factory import make_extractor
 
-    boxes = ",".join(variants) if variants else spec.boxes
-    extractor = make_extractor(spec.extractor or "", weights=spec.weights, boxes=boxes,
+    extractor = make_extractor(spec.extractor or "", weights=spec.weights, boxes=variants or spec.boxes,
                                device=None if device == "auto" else device, **spec.params)
     extract_features(data_dir, out, extractor, dtype=spec.dtype)
 

@@ -9,13 +9,14 @@ from typing import Any
 import typer
 
 from memeguard.errors import ConfigError
+from memeguard.features.factory import extractor_names
 
 app = typer.Typer(help="Score new memes with trained runs.", no_args_is_help=True)
 
 MODEL_HELP = "A train run dir (or model dir); repeat for an ensemble (mean probability)."
 EXTRACTOR_HELP = (
     "Extractor to use instead of the one the runs' feature stores record (needed for imported TSV/LMDB "
-    "features): grid, butd or clip."
+    f"features): one of {', '.join(extractor_names())}."
 )
 
 
@@ -40,10 +41,9 @@ def _build_scorer(
         from memeguard.features.factory import make_extractor
         from memeguard.training.distributed import resolve_device
 
-        kwargs: dict[str, Any] = {"weights": extractor_weights, "boxes": boxes}
-        if extractor != "grid":
-            kwargs["device"] = str(resolve_device(device))
-        explicit = make_extractor(extractor, **kwargs)
+        explicit = make_extractor(
+            extractor, weights=extractor_weights, boxes=boxes, device=str(resolve_device(device))
+        )
     elif extractor_weights is not None or boxes is not None:
         raise ConfigError("--extractor-weights and --boxes go with --extractor")
     return MemeScorer.from_runs(

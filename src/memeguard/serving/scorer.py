@@ -12,8 +12,9 @@ on. Three details keep on-the-fly features identical to the stored ones:
   precision than that at training time);
 * a run trained as the text-only control (``zero_visual``) gets its visual input zeroed here too.
 
-Runs that share a feature setting share one extractor; BUTD runs on several box variants of the same
-detector share one detector pass (the extractor emits every variant at once).
+Runs that share a feature setting share one extractor; runs on several variants whose extractor makes
+them in one pass (BUTD's box counts of one detector) share that pass (the extractor emits every variant
+at once).
 
 An ensemble is the (weighted) mean of the members' probabilities. Ensemble ``weights.json`` files are
 not mapped: their blends (rank and power averages, vilio's loop) are defined over a whole split, not
@@ -35,7 +36,9 @@ from PIL import Image
 from memeguard.data.images import MAX_IMAGE_PIXELS, open_image, open_image_bytes
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
+from memeguard.features import factory
 from memeguard.features.record import RegionRecord
+from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,12 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from memeguard.models.base import MemeModel
 
 ImageSource = Image.Image | bytes | bytearray | memoryview | str | os.PathLike
-TRAIN_CONFIG = "train_config.json"
-# A copy of the feature store's meta.json kept beside the run (lets a serving machine score without the store).
-FEATURES_META = "features_meta.json"
-STORE_META = "meta.json"
-# Extractors memeguard can run on new images; anything else (imported TSV/LMDB stores) needs ``extractor=``.
-RERUNNABLE = ("grid", "butd", "clip")
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -79,8 +76,9 @@ def load_image(source: ImageSource, context: str = "image") -> Image.Image:
 class FeatureSpec:
     """How one run's training features were made: enough to rebuild the extractor and match the store.
 
-    ``kwargs`` go to ``make_extractor`` (without ``boxes``/``device``); ``dtype`` is the store's on-disk
-    feature dtype, to which on-the-fly features are rounded; ``sha256`` the recorded weights digest.
+    ``kwargs`` go to ``make_extractor`` (the extractor class's ``from_meta``; ``boxes`` and ``device`` are
+    added when it is built); ``dtype`` is the store's on-disk feature dtype, to which on-the-fly features
+    are rounded; ``sha256`` the recorded weights digest.
     """
 
     extractor: str
@@ -101,15 +99,15 @@ def _resolve_store(features: str, run_dir: Path) -> Path | None:
     """The store a run recorded; relative paths are tried against the cwd, then the run dir and its parent."""
     path = Path(features)
     candidates = [path] if path.is_absolute() else [path, run_dir / path, run_dir.parent / path]
-    return next((c for c in candidates if (c / STORE_META).is_file()), None)
+    return next((c for c in candidates if (c / STORE_META_FILE).is_file()), None)
 
 
 def read_features_meta(run_dir: Path) -> tuple[dict[str, Any], str] | None:
     """(the feature store meta.json a run was trained on, its location), or None for a bare model dir."""
-    snapshot = run_dir / FEATURES_META
+    snapshot = run_dir / FEATURES_META_FILE
     if snapshot.is_file():
         return _read_json(snapshot), str(snapshot)
-    config_path = run_dir / TRAIN_CONFIG
+    config_path = run_dir / TRAIN_CONFIG_FILE
     if not config_path.is_file():
         return None
     features = _read_json(config_path).get("features")
@@ -119,10 +117,10 @@ def read_features_meta(run_dir: Path) -> tuple[dict[str, Any], str] | None:
     if store is None:
         raise ConfigError(
             f"{config_path}: its feature store {features} is not here (tried it relative to the cwd, {run_dir} "
-            f"and {run_dir.parent}); copy the store's meta.json to {run_dir / FEATURES_META}, or pass the "
-            "extractor explicitly (--extractor)"
+            f"and {run_dir.parent}); copy the store's meta.json to {run_dir / FEATURES_META_FILE}, "
+            "or pass the extractor explicitly (--extractor)"
         )
-    return _read_json(store / STORE_META), str(store / STORE_META)
+    return _read_json(store / STORE_META_FILE), str(store / STORE_META_FILE)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -135,53 +133,31 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def spec_from_meta(meta: dict[str, Any], source: str) -> FeatureSpec:
-    """A store's meta.json -> the extractor settings that reproduce it; ConfigError when impossible."""
+def spec_from_meta(meta: dict[str, Any], source: str, device: str = "cpu") -> FeatureSpec:
+    """A store's meta.json -> how to rebuild its extractor on ``device``; ConfigError when impossible."""
     name = meta.get("extractor")
+    if not factory.is_registered(name):
+        origin = meta.get("source") or meta.get("source_format") or "unknown origin"
+        raise ConfigError(
+            f"{source}: features were made by {name!r} ({origin}), which memeguard cannot rerun on new "
+            f"images (it reruns {', '.join(factory.extractor_names())}); pass the matching extractor "
+            "explicitly (MemeScorer.from_runs(..., extractor=...) or --extractor)"
+        )
+    kwargs = factory.extractor_class(name).from_meta(meta, source, device)
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
-    dtype = store.get("dtype")
-    feature_dim = store.get("feature_dim", meta.get("feature_dim"))
-    variant = str(meta.get("variant", "default"))
-    common = {"variant": variant, "dtype": dtype, "feature_dim": feature_dim, "source": source}
-    if name == "grid":
-        params = meta.get("parameters") or {}
-        if "levels" not in params or "cell_px" not in params:
-            raise ConfigError(f"{source}: grid features without their parameters (levels, cell_px)")
-        kwargs = {"levels": [int(v) for v in params["levels"]], "cell_px": int(params["cell_px"])}
-        return FeatureSpec("grid", kwargs, sha256=None, **common)
-    if name == "butd":
-        weights = meta.get("weights")
-        kwargs: dict[str, Any] = {"weights": weights, "fp16": bool(meta.get("fp16", False))}
-        if weights is None:  # random-weight detector (tests, benchmarks): reproducible from its seed
-            kwargs["seed"] = int(meta.get("seed", 0))
-        elif not Path(weights).exists():
-            raise ConfigError(f"{source}: BUTD weights {weights} are not here; pass the extractor explicitly")
-        return FeatureSpec("butd", kwargs, sha256=meta.get("weights_sha256"), **common)
-    if name == "clip":
-        model_dir = meta.get("model_dir")
-        if not model_dir or not Path(model_dir).exists():
-            raise ConfigError(f"{source}: CLIP model folder {model_dir} is not here; pass the extractor explicitly")
-        return FeatureSpec("clip", {"weights": model_dir}, sha256=meta.get("weights_sha256"), **common)
-    origin = meta.get("source") or meta.get("source_format") or "unknown origin"
-    raise ConfigError(
-        f"{source}: features were made by {name!r} ({origin}), which memeguard cannot rerun on new images "
-        f"(it reruns {', '.join(RERUNNABLE)}); pass the matching extractor explicitly "
-        "(MemeScorer.from_runs(..., extractor=...) or --extractor)"
+    return FeatureSpec(
+        name, kwargs, variant=str(meta.get("variant", "default")), dtype=store.get("dtype"),
+        feature_dim=store.get("feature_dim", meta.get("feature_dim")), sha256=meta.get("weights_sha256"),
+        source=source,
     )
 
 
 def build_extractor(spec: FeatureSpec, variants: Sequence[str], device: str) -> Extractor:
     """Build ``spec``'s extractor emitting ``variants`` and check it against the recorded weights."""
-    from memeguard.features.factory import make_extractor
-
-    kwargs = dict(spec.kwargs)
-    if spec.extractor == "butd":
+    kwargs = {**spec.kwargs, "device": device}
+    if factory.extractor_class(spec.extractor).variants_share_pass:
         kwargs["boxes"] = tuple(variants)
-        kwargs["device"] = device
-        kwargs["fp16"] = bool(kwargs.get("fp16")) and device.startswith("cuda")
-    elif spec.extractor == "clip":
-        kwargs["device"] = device
-    extractor = make_extractor(spec.extractor, **kwargs)
+    extractor = factory.make_extractor(spec.extractor, **kwargs)
     meta = extractor.meta()
     recorded, actual = spec.sha256, meta.get("weights_sha256")
     if recorded and actual and recorded != actual:
@@ -191,7 +167,9 @@ def build_extractor(spec: FeatureSpec, variants: Sequence[str], device: str) -> 
         )
     dim = meta.get("feature_dim")
     if spec.feature_dim is not None and dim is not None and int(dim) != int(spec.feature_dim):
-        raise ConfigError(f"{spec.source}: the rebuilt extractor gives {dim}-d features, the store has {spec.feature_dim}-d")
+        raise ConfigError(
+            f"{spec.source}: the rebuilt extractor gives {dim}-d features, the store has {spec.feature_dim}-d"
+        )
     return extractor
 
 
@@ -250,14 +228,14 @@ class _RunPlan:
     zero_visual: bool
 
 
-def _plan_run(run: Path, explicit: bool) -> _RunPlan:
+def _plan_run(run: Path, explicit: bool, device: str) -> _RunPlan:
     from memeguard.training.build import model_dir_of
 
     model_dir = model_dir_of(run)
     if model_dir is None:
         raise ConfigError(f"{run}: neither a train run dir (with model/) nor a memeguard model dir")
     run_dir = model_dir.parent if model_dir != run else run
-    config = _read_json(run_dir / TRAIN_CONFIG) if (run_dir / TRAIN_CONFIG).is_file() else {}
+    config = _read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
     zero_visual = bool(config.get("zero_visual", False))
     try:
         found = read_features_meta(run_dir)
@@ -268,13 +246,13 @@ def _plan_run(run: Path, explicit: bool) -> _RunPlan:
     if found is None:
         if not explicit:
             raise ConfigError(
-                f"{run}: no {TRAIN_CONFIG} says which features this model was trained on; "
+                f"{run}: no {TRAIN_CONFIG_FILE} says which features this model was trained on; "
                 "pass the extractor explicitly (extractor=... / --extractor)"
             )
         return _RunPlan(run, model_dir, None, None, None, zero_visual)
     meta, source = found
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
-    spec = None if explicit else spec_from_meta(meta, source)
+    spec = None if explicit else spec_from_meta(meta, source, device)
     return _RunPlan(run, model_dir, spec, meta.get("variant"), store.get("dtype"), zero_visual)
 
 
@@ -294,7 +272,7 @@ def _build_shared_extractors(plans: Sequence[_RunPlan], device: str) -> dict[str
 def _run_name(path: Path, taken: set[str]) -> str:
     """The run dir's name (a bare ``model`` dir is named after its parent), made unique."""
     path = path.resolve()
-    base = path.parent.name if path.name == "model" else path.name
+    base = path.parent.name if path.name == MODEL_DIR else path.name
     name, k = base, 2
     while name in taken:
         name, k = f"{base}#{k}", k + 1
@@ -368,7 +346,7 @@ class MemeScorer:
             if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
                 raise ConfigError(f"ensemble weights must be non-negative with a positive sum, got {weights}")
         torch_device = resolve_device(device)
-        plans = [_plan_run(Path(run), explicit=extractor is not None) for run in runs]
+        plans = [_plan_run(Path(run), extractor is not None, str(torch_device)) for run in runs]
         extractors = {"explicit": extractor} if extractor is not None else _build_shared_extractors(plans, str(torch_device))
         # meta() may hash a large weights file: ask once.
         explicit_dim = extractor.meta().get("feature_dim") if extractor is not None else None
