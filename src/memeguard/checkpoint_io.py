@@ -27,7 +27,7 @@ KeyRule = Iterable[str] | Callable[[str], bool]
 
 
 def read_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` -> flat {name: tensor}; unwraps {'model': ...}/{'state_dict': ...}."""
+    """``torch.load(weights_only=True)`` -> {name: tensor}; unwraps {'model': ...}/{'state_dict': ...}."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -60,7 +60,9 @@ def read_safetensors_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def resolve_checkpoint_file(path: str | os.PathLike[str], known_names: Iterable[str] = CHECKPOINT_FILE_NAMES) -> Path:
+def resolve_checkpoint_file(
+    path: str | os.PathLike[str], known_names: Iterable[str] = CHECKPOINT_FILE_NAMES
+) -> Path:
     """A checkpoint file, or a folder holding one of ``known_names`` (first found) or a single weight file."""
     path, known_names = Path(path), tuple(known_names)
     if path.is_file():
@@ -79,7 +81,9 @@ def resolve_checkpoint_file(path: str | os.PathLike[str], known_names: Iterable[
     )
 
 
-def read_any_checkpoint(path: str | os.PathLike[str], known_names: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+def read_any_checkpoint(
+    path: str | os.PathLike[str], known_names: Iterable[str] = ()
+) -> dict[str, torch.Tensor]:
     """A torch file (``.pth``/``.bin``/``.pt``), a ``.safetensors`` file, or a folder holding one.
 
     In a folder, ``known_names`` (an architecture's usual file names) are tried first, then
@@ -133,7 +137,8 @@ def load_mapped_state_dict(
     bad_unexpected = [k for k in unexpected if not _key_predicate(allowed_unexpected)(k)]
     if bad_missing or bad_unexpected:
         raise CheckpointError(
-            f"{source}: unexplained keys: missing {_listing(bad_missing)}, unexpected {_listing(bad_unexpected)}"
+            f"{source}: unexplained keys: missing {_listing(bad_missing)}, "
+            f"unexpected {_listing(bad_unexpected)}"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing, unexpected

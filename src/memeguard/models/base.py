@@ -295,7 +295,7 @@ class MemeModel(nn.Module):
 
     # -- our own format -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` + ``model.safetensors``; tied tensors are stored once (safetensors' ``save_model``)."""
+        """``config.json`` + ``model.safetensors``; tied tensors are stored once (safetensors.save_model)."""
         from safetensors.torch import save_model
 
         from memeguard.io import write_json_atomic

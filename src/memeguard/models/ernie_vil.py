@@ -243,7 +243,8 @@ class ErnieVilCoLayer(nn.Module):
 
 
 class ErnieVilEncoder(nn.Module):
-    """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``; schedule of ``vl_transformer_encoder.py``."""
+    """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``, scheduled as vilio's
+    ``ernie-vil/model/vl_transformer_encoder.py``."""
 
     def __init__(self, config: ErnieVilConfig) -> None:
         super().__init__()

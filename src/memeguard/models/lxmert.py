@@ -346,7 +346,9 @@ class LxmertModel(MemeModel):
         _, _, pooled = self.bert(batch)
         return two_class_to_logit(self.classifier(pooled))
 
-    def original_key_rules(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> tuple[KeyRule, KeyRule]:
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyRule, KeyRule]:
         """Depth differences: layers the checkpoint lacks (``lxmert-base`` has 12 text layers,
         ``Epoch18_LXRT.pth`` 9) keep their init and come back as missing; layers the model lacks come
         back as unexpected. A text-only BERT file leaves the visual and cross parts at their init."""

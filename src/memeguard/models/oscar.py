@@ -168,7 +168,9 @@ OSCAR_LAYOUTS = (
         lambda state: True,
         convert_pretrained,
         # Without use_img_layernorm a checkpoint's image LayerNorm has no place in the model.
-        lambda key: key.startswith(OSCAR_PRETRAINING_HEADS) or key == POSITION_IDS_KEY or key in IMAGE_NORM_KEYS,
+        lambda key: (
+            key.startswith(OSCAR_PRETRAINING_HEADS) or key == POSITION_IDS_KEY or key in IMAGE_NORM_KEYS
+        ),
         hint="OSCAR pytorch_model.bin / vilio LAST_BO.pth: bert.*",
     ),
 )
@@ -228,7 +230,9 @@ class OscarModel(MemeModel):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return two_class_to_logit(self.classifier(self.encode(batch).pooled))
 
-    def original_key_rules(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> tuple[KeyRule, KeyRule]:
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyRule, KeyRule]:
         """A pretrained file without the optional image LayerNorm leaves ours at its (1, 0) initialisation."""
         head_missing, documented = super().original_key_rules(layout, state)
         norm_may_miss = self.config.use_img_layernorm and not layout.has_head

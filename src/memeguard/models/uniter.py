@@ -4,9 +4,10 @@ Layout follows ``ChenRocks/UNITER`` ``model/model.py`` and vilio's ``src/vilio/m
 ``entryU.py``:
 
 * text: BERT embeddings (word + position + type 0) of ``[CLS] tokens [SEP]``;
-* regions: ``LayerNorm(img_layer_norm(img_linear(f)) + pos_layer_norm(pos_linear(p)) + type_emb[1])`` with the
-  7-d box encoding ``p = [x1, y1, x2, y2, w, h, w*h]`` of UNITER (vilio's ``--num_pos 6``), or the 4-d
-  ``[x1, y1, x2, y2]`` of vilio's default ``--num_pos 4`` (``visual_pos_dim``); regions get no position embedding;
+* regions: ``LayerNorm(img_layer_norm(img_linear(f)) + pos_layer_norm(pos_linear(p)) + type_emb[1])`` with
+  UNITER's 7-d box encoding ``p = [x1, y1, x2, y2, w, h, w*h]`` (vilio's ``--num_pos 6``) or the 4-d
+  ``[x1, y1, x2, y2]`` of vilio's default ``--num_pos 4`` (``visual_pos_dim``); regions get no position
+  embedding;
 * **packing**: each example's sequence is ``text_i, regions_i, padding`` (UNITER's ``gather_index``). Text and
   regions are embedded as two padded blocks and then gathered so no padding sits between them;
 * a BERT encoder, BERT pooler on the first token, and vilio's head
@@ -68,7 +69,8 @@ class UniterConfig(VLConfig):
     def __post_init__(self) -> None:
         if self.visual_pos_dim not in UNITER_BOX_ENCODINGS:
             raise ConfigError(
-                f"uniter: visual_pos_dim must be one of {sorted(UNITER_BOX_ENCODINGS)}, got {self.visual_pos_dim}"
+                f"uniter: visual_pos_dim must be one of {sorted(UNITER_BOX_ENCODINGS)}, "
+                f"got {self.visual_pos_dim}"
             )
 
 
@@ -248,8 +250,9 @@ class UniterModel(MemeModel):
         return two_class_to_logit(self.classifier(self.encode(batch).pooled))
 
     def adapt_to_original(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> None:
-        """A vilio fine-tuned file fixes the number of box features (4 with vilio's default ``--num_pos 4``,
-        7 with ``--num_pos 6``): take it from its ``pos_linear``, so the processor emits the matching columns."""
+        """A vilio fine-tuned file fixes the number of box features (4 with vilio's default
+        ``--num_pos 4``, 7 with ``--num_pos 6``): take it from its ``pos_linear``, so that the
+        processor emits the matching columns."""
         weight = state.get(POS_LINEAR_KEY)
         if not layout.has_head or weight is None or weight.ndim != 2:
             return
@@ -263,7 +266,9 @@ class UniterModel(MemeModel):
             nn.Linear, in_features, old.out_features, device=old.weight.device, dtype=old.weight.dtype
         )
 
-    def original_key_rules(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> tuple[KeyRule, KeyRule]:
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyRule, KeyRule]:
         """With ``use_mask_embedding`` the mask embedding may be missing (vilio's BertU has none)."""
         head_missing, documented = super().original_key_rules(layout, state)
         has_mask = self.config.use_mask_embedding

@@ -180,7 +180,8 @@ def convert_huggingface(state: Mapping[str, torch.Tensor], config: Any = None) -
 
 
 def _is_hf_visualbert(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(key.startswith("visual_bert.") for key in state) or "embeddings.visual_projection.weight" in state
+    hf_projection = "embeddings.visual_projection.weight"
+    return any(key.startswith("visual_bert.") for key in state) or hf_projection in state
 
 
 # Tried in order. Unused keys: the position_ids buffer, the pre-training heads (masked LM
