@@ -288,7 +288,7 @@ register_config(
     intermediate_size=4096,
     tokenizer="bert-large-cased",
 )
-# Tiny: offline-testable with the uncased vocabulary that ships with the package's dependencies.
+# Tiny: offline-testable with the uncased vocabulary shipped in memeguard/assets.
 register_config(
     "uniter-tiny",
     "uniter",
