@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -38,14 +38,13 @@ from memeguard.checkpoint_io import load_mapped_state_dict, read_any_checkpoint
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import BoxEncoding, encode_boxes
 from memeguard.features.record import RegionRecord
-from memeguard.models.checkpoints import OriginalLayout, pick_layout
+from memeguard.models.checkpoints import KeyPredicate, OriginalLayout, pick_layout
 from memeguard.models.registry import architecture_for
 from memeguard.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 
 # The names these files had before memeguard.names; kept because other modules import them from here.
 CONFIG_NAME = MODEL_CONFIG_FILE
 WEIGHTS_NAME = MODEL_WEIGHTS_FILE
-KeyRule = Callable[[str], bool]
 
 
 class MemeLike(Protocol):
@@ -284,7 +283,7 @@ class MemeModel(nn.Module):
 
     def original_key_rules(
         self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
-    ) -> tuple[KeyRule, KeyRule]:
+    ) -> tuple[KeyPredicate, KeyPredicate]:
         """(may be missing, may be unexpected) for ``state`` converted from ``layout``.
 
         A file without the task head leaves the head at its initialisation; the layout's documented

@@ -28,6 +28,7 @@ from memeguard.checkpoint_io import (
 from memeguard.errors import CheckpointError
 
 __all__ = [
+    "KeyPredicate",
     "OriginalLayout",
     "StateDict",
     "has_prefix",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 StateDict = dict[str, torch.Tensor]
+KeyPredicate = Callable[[str], bool]  # says whether a key may be missing / unexpected
 # torch.optim.swa_utils.AveragedModel's counter, saved beside the averaged weights.
 SWA_COUNTER_KEY = "n_averaged"
 
@@ -65,7 +67,7 @@ class OriginalLayout:
     name: str
     detect: Callable[[Mapping[str, torch.Tensor]], bool]
     convert: Callable[[Mapping[str, torch.Tensor], Any], StateDict]
-    unexpected: Callable[[str], bool] = _no_key
+    unexpected: KeyPredicate = _no_key
     has_head: bool = False
     hint: str = ""
 
@@ -101,7 +103,7 @@ def unwrap_vilio(state: Mapping[str, torch.Tensor]) -> StateDict:
 def vilio_finetuned_layout(
     *markers: str,
     backbone_key: Callable[[str], str] = lambda key: key,
-    unexpected: Callable[[str], bool] = _no_key,
+    unexpected: KeyPredicate = _no_key,
 ) -> OriginalLayout:
     """vilio's fine-tuned ``Model*`` file (plain or SWA), recognised by every prefix in ``markers``.
 

@@ -308,7 +308,7 @@ class WeightNormClassifier(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Converters of the original checkpoints
+# Original checkpoints
 # --------------------------------------------------------------------------------------------
 
 LOCATION_KEY = "bert.v_embeddings.image_location_embeddings.weight"

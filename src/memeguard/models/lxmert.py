@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from memeguard.errors import ConfigError
-from memeguard.models.base import EncoderOutput, KeyRule, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertAttention,
     BertIntermediate,
@@ -60,7 +60,13 @@ from memeguard.models.blocks import (
     text_embeddings_from_config,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import OriginalLayout, StateDict, has_prefix, vilio_finetuned_layout
+from memeguard.models.checkpoints import (
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    has_prefix,
+    vilio_finetuned_layout,
+)
 from memeguard.models.registry import register_architecture, register_config
 
 
@@ -348,7 +354,7 @@ class LxmertModel(MemeModel):
 
     def original_key_rules(
         self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
-    ) -> tuple[KeyRule, KeyRule]:
+    ) -> tuple[KeyPredicate, KeyPredicate]:
         """Depth differences: layers the checkpoint lacks (``lxmert-base`` has 12 text layers,
         ``Epoch18_LXRT.pth`` 9) keep their init and come back as missing; layers the model lacks come
         back as unexpected. A text-only BERT file leaves the visual and cross parts at their init."""

@@ -29,7 +29,7 @@ from torch import nn
 from memeguard.errors import ConfigError
 from memeguard.features.boxes import BOX_ENCODING_DIMS
 from memeguard.features.record import RegionRecord
-from memeguard.models.base import EncoderOutput, KeyRule, MemeLike, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertPooler,
     VilioClassifier,
@@ -38,7 +38,13 @@ from memeguard.models.blocks import (
     text_embeddings_from_config,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import OriginalLayout, StateDict, rename_unique, vilio_finetuned_layout
+from memeguard.models.checkpoints import (
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    rename_unique,
+    vilio_finetuned_layout,
+)
 from memeguard.models.registry import register_architecture, register_config
 
 OSCAR_BOX_DIM = BOX_ENCODING_DIMS["xyxy"]
@@ -232,7 +238,7 @@ class OscarModel(MemeModel):
 
     def original_key_rules(
         self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
-    ) -> tuple[KeyRule, KeyRule]:
+    ) -> tuple[KeyPredicate, KeyPredicate]:
         """A pretrained file without the optional image LayerNorm leaves ours at its (1, 0) initialisation."""
         head_missing, documented = super().original_key_rules(layout, state)
         norm_may_miss = self.config.use_img_layernorm and not layout.has_head

@@ -28,7 +28,7 @@ from torch import nn
 
 from memeguard.errors import ConfigError
 from memeguard.features.boxes import BoxEncoding
-from memeguard.models.base import EncoderOutput, KeyRule, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertPooler,
     VilioClassifier,
@@ -37,7 +37,13 @@ from memeguard.models.blocks import (
     text_embeddings_from_config,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import OriginalLayout, StateDict, rename_unique, vilio_finetuned_layout
+from memeguard.models.checkpoints import (
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    rename_unique,
+    vilio_finetuned_layout,
+)
 from memeguard.models.registry import register_architecture, register_config
 
 # Box encodings by number of position features: UNITER's 7 (vilio --num_pos 6) and vilio's default 4.
@@ -268,7 +274,7 @@ class UniterModel(MemeModel):
 
     def original_key_rules(
         self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
-    ) -> tuple[KeyRule, KeyRule]:
+    ) -> tuple[KeyPredicate, KeyPredicate]:
         """With ``use_mask_embedding`` the mask embedding may be missing (vilio's BertU has none)."""
         head_missing, documented = super().original_key_rules(layout, state)
         has_mask = self.config.use_mask_embedding
