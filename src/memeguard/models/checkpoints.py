@@ -127,7 +127,7 @@ def vilio_finetuned_layout(
         convert,
         unexpected,
         has_head=True,
-        hint=f"vilio LASTtrain.pth: [module.]{', '.join(markers)}*",
+        hint="vilio LASTtrain.pth: " + " + ".join(f"[module.]{marker}*" for marker in markers),
     )
 
 
