@@ -14,7 +14,7 @@ from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.record import RegionRecord
 from memeguard.models.ernie_vil import (
     ErnieVilConfig,
-    ErnieVilForMemes,
+    ErnieVilModel,
     mix_gt_regions,
     paddle_name_map,
     read_paddle_params,
@@ -107,12 +107,12 @@ def write_params_folder(folder, arrays: dict[str, np.ndarray]) -> None:
         (folder / name).write_bytes(paddle_bytes(array, packed=index % 2 == 1))
 
 
-def odd_model() -> ErnieVilForMemes:
+def odd_model() -> ErnieVilModel:
     torch.manual_seed(0)
-    return ErnieVilForMemes(ErnieVilConfig(**ODD_SIZES)).eval()
+    return ErnieVilModel(ErnieVilConfig(**ODD_SIZES)).eval()
 
 
-def random_paddle_params(model: ErnieVilForMemes, seed: int = 1, head: bool = True) -> dict[str, np.ndarray]:
+def random_paddle_params(model: ErnieVilModel, seed: int = 1, head: bool = True) -> dict[str, np.ndarray]:
     """Random float32 arrays under the Paddle names, in Paddle's [in, out] layout."""
     rng = np.random.default_rng(seed)
     own = model.state_dict()
@@ -430,6 +430,6 @@ def test_save_pretrained_roundtrip(tmp_path) -> None:
     model = create_model("ernie-vil-tiny", visual_feat_dim=8).eval()
     model.save_pretrained(tmp_path / "m")
     again = MemeModel.from_pretrained(tmp_path / "m")
-    assert isinstance(again, ErnieVilForMemes) and again.config == model.config
+    assert isinstance(again, ErnieVilModel) and again.config == model.config
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key

@@ -356,3 +356,71 @@ def test_swa_wrapped_finetuned_layout_loads(tmp_path):
     torch.testing.assert_close(
         model.img_embeddings.pos_linear.weight.detach(), plain["model.img_embeddings.pos_linear.weight"]
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# vilio's default --num_pos 4: four box features (x1, y1, x2, y2)
+# ---------------------------------------------------------------------------------------------
+def boxes_by_hand(record: RegionRecord, pos_dim: int) -> torch.Tensor:
+    """vilio's ``hm_data_tsv.py``: boxes / (w, h, w, h); with --num_pos 6 UNITER adds w, h and w * h."""
+    height, width = record.image_size
+    x1, y1, x2, y2 = (record.boxes.astype(np.float64) / np.array([width, height, width, height])).T
+    columns = [x1, y1, x2, y2] if pos_dim == 4 else [x1, y1, x2, y2, x2 - x1, y2 - y1, (x2 - x1) * (y2 - y1)]
+    return torch.tensor(np.stack(columns, axis=1), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("pos_dim", [7, 4])
+def test_vilio_finetuned_file_sets_the_number_of_box_features(tmp_path, pos_dim):
+    """A default (7-feature) model loads a vilio run trained with either --num_pos, and then scores as
+    a per-example reference forward over boxes encoded by hand."""
+    original = vilio_finetuned(random_state(tiny(visual_pos_dim=pos_dim), seed=21))
+    assert tuple(original["model.img_embeddings.pos_linear.weight"].shape) == (HIDDEN, pos_dim)
+    torch.save(original, tmp_path / "LASTtrain.pth")
+
+    model = tiny()
+    rng_before = torch.get_rng_state()
+    missing, unexpected = model.load_original(tmp_path / "LASTtrain.pth")
+    assert torch.equal(torch.get_rng_state(), rng_before)  # every weight comes from the file
+    assert missing == [] and unexpected == ["embeddings.position_ids"]
+    assert model.config.visual_pos_dim == pos_dim
+    assert list(model.state_dict()) == list(tiny().state_dict())  # key order kept
+
+    records = make_records([3, 5, 2], seed=22)
+    batch = model.build_processor()(MEMES, records)
+    assert batch["visual_boxes"].shape == (3, 5, pos_dim)
+    with torch.no_grad():
+        logits = model(batch)
+    for i, record in enumerate(records):
+        t = int(batch["attention_mask"][i].sum())
+        feats = batch["visual_feats"][i, : record.num_boxes]
+        _, logit = reference_uniter(original, batch["input_ids"][i, :t], feats, boxes_by_hand(record, pos_dim))
+        assert abs(float(logits[i]) - float(logit)) <= 1e-5
+
+
+def test_release_into_a_four_feature_model_keeps_the_first_four_columns(tmp_path):
+    """vilio's ModelU.load with --num_pos 4 keeps pos_linear.weight[:, :4] of UNITER's 7-column release."""
+    release = uniter_release(random_state(tiny(), seed=23))
+    torch.save(release, tmp_path / "uniter-base.pt")
+    model = tiny(visual_pos_dim=4)
+    missing, _ = model.load_original(tmp_path / "uniter-base.pt")
+    assert all(key.startswith("classifier.") for key in missing)
+    torch.testing.assert_close(
+        model.img_embeddings.pos_linear.weight.detach(),
+        release["uniter.img_embeddings.pos_linear.weight"][:, :4],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_four_feature_model_round_trips_and_bad_counts_fail(tmp_path):
+    from memeguard.errors import ConfigError
+    from memeguard.models.base import MemeModel
+
+    model = tiny(visual_pos_dim=4)
+    model.save_pretrained(tmp_path / "m")
+    again = MemeModel.from_pretrained(tmp_path / "m").eval()
+    assert again.config.visual_pos_dim == 4 and again.img_embeddings.pos_linear.in_features == 4
+    batch = again.build_processor()(MEMES, make_records([2, 3, 1]))
+    torch.testing.assert_close(again(batch), model(batch), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="visual_pos_dim"):
+        tiny(visual_pos_dim=6)

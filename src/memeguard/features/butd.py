@@ -84,8 +84,8 @@ def read_butd_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], 
     """
     import torch
 
+    from memeguard.checkpoint_io import read_torch_checkpoint
     from memeguard.features.safe_pickle import safe_load
-    from memeguard.models.checkpoints import read_torch_checkpoint
 
     path = Path(path)
     if not path.exists():
@@ -163,8 +163,8 @@ def load_butd_model(path: str | os.PathLike[str], base_config: Any = None) -> tu
     """
     import torch
 
+    from memeguard.checkpoint_io import load_mapped_state_dict
     from memeguard.features.butd_model import GeneralizedRCNN
-    from memeguard.models.checkpoints import load_mapped_state_dict
 
     state, layout = read_butd_state_dict(path)
     source = str(path)

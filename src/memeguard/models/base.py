@@ -9,7 +9,9 @@ One contract so that training, prediction and ensembling never branch on archite
   Two-class heads of the original checkpoints are kept as they are and reduced with
   ``blocks.two_class_to_logit`` (logit1 - logit0), so sigmoid(logit) equals their softmax[:, 1];
 * ``model.encode(batch)`` exposes the encoder states for task pretraining (MLM / ITM);
-* ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
+* ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` + ``model.safetensors``;
+* ``load_original(path)``: the architecture's original weights (paper release, MMF, Hugging Face, vilio),
+  in any layout listed in the class's ``original_layouts`` (see :mod:`memeguard.models.checkpoints`).
 
 Standard batch keys (processors may add their own):
 ``ids`` long [B]; ``input_ids``, ``attention_mask``, ``token_type_ids`` long [B, T];
@@ -32,12 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from memeguard.checkpoint_io import load_mapped_state_dict, read_any_checkpoint
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import BoxEncoding, encode_boxes
 from memeguard.features.record import RegionRecord
+from memeguard.models.checkpoints import KeyPredicate, OriginalLayout, pick_layout
+from memeguard.models.registry import architecture_for
+from memeguard.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+# The names these files had before memeguard.names; kept because other modules import them from here.
+CONFIG_NAME = MODEL_CONFIG_FILE
+WEIGHTS_NAME = MODEL_WEIGHTS_FILE
 
 
 class MemeLike(Protocol):
@@ -199,6 +206,11 @@ class MemeModel(nn.Module):
 
     config_class: ClassVar[type[VLConfig]] = VLConfig
     processor_class: ClassVar[type[RegionTextProcessor]] = RegionTextProcessor
+    # Original checkpoints: the architecture's name in messages, the layouts ``load_original`` knows
+    # (tried in order) and the file names it looks for first when given a folder.
+    original_name: ClassVar[str] = "memeguard"
+    original_layouts: ClassVar[tuple[OriginalLayout, ...]] = ()
+    original_file_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: VLConfig) -> None:
         super().__init__()
@@ -236,53 +248,81 @@ class MemeModel(nn.Module):
 
         self.apply(lambda module: init_bert_weights(module, self.config.initializer_range))
 
+    # -- original checkpoints -----------------------------------------------------------------
+    def load_original(self, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+        """Load an original checkpoint of this architecture, its layout detected from the keys.
+
+        Every key must be accounted for: renamed onto ours, or documented as unused by the layout
+        (``unexpected``), or absent because the file lacks the task head (``missing``). Anything else,
+        or a shape mismatch, is a :class:`CheckpointError`. Returns (missing, unexpected) in our names.
+        """
+        if not self.original_layouts:
+            raise CheckpointError(f"{path}: {type(self).__name__} loads no original checkpoints")
+        state = self.read_original(path)
+        layout = pick_layout(self.original_layouts, state, source=str(path), what=self.original_name)
+        converted = layout.convert(state, self.config)
+        self.adapt_to_original(layout, converted)
+        allowed_missing, allowed_unexpected = self.original_key_rules(layout, converted)
+        return load_mapped_state_dict(
+            self,
+            converted,
+            source=f"{path} ({layout.name} {self.original_name} layout)",
+            allowed_missing=allowed_missing,
+            allowed_unexpected=allowed_unexpected,
+        )
+
+    def read_original(self, path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
+        """The raw state dict of a weight file, or of a folder holding one of ``original_file_names``."""
+        return read_any_checkpoint(path, self.original_file_names)
+
+    def adapt_to_original(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> None:
+        """Resize what a checkpoint fixes before it is loaded (a fine-tuned file is a whole model).
+
+        Nothing by default; UNITER takes its number of box features from vilio's fine-tuned files.
+        """
+
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyPredicate, KeyPredicate]:
+        """(may be missing, may be unexpected) for ``state`` converted from ``layout``.
+
+        A file without the task head leaves the head at its initialisation; the layout's documented
+        extras are skipped. Architectures add config-dependent rules (optional modules, depths).
+        """
+        head = set() if layout.has_head else set(self.head_parameter_names())
+        return head.__contains__, layout.unexpected
+
     # -- our own format -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        """``config.json`` + ``model.safetensors``; tied tensors are stored once (safetensors.save_model)."""
+        from safetensors.torch import save_model
 
         from memeguard.io import write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        state = _drop_shared_tensors(state)
-        tmp_path = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp_path), metadata={"format": "pt"})
-        os.replace(tmp_path, directory / WEIGHTS_NAME)
-        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+        tmp_path = directory / f".{MODEL_WEIGHTS_FILE}.tmp"
+        save_model(self, str(tmp_path), metadata={"format": "pt"})
+        os.replace(tmp_path, directory / MODEL_WEIGHTS_FILE)
+        write_json_atomic(directory / MODEL_CONFIG_FILE, self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> MemeModel:
         from safetensors.torch import load_file
 
-        from memeguard.models.registry import architecture_for
-
         directory = Path(directory)
-        config_path = directory / CONFIG_NAME
+        config_path = directory / MODEL_CONFIG_FILE
         if not config_path.is_file():
-            raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not a memeguard model directory)")
+            raise CheckpointError(f"{directory}: no {MODEL_CONFIG_FILE} (not a memeguard model directory)")
         data = json.loads(config_path.read_text())
         model_cls = architecture_for(data.get("model_type", ""))
         model = model_cls(model_cls.config_class.from_dict(data))
-        state = load_file(str(directory / WEIGHTS_NAME))
+        state = load_file(str(directory / MODEL_WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not _is_tied(model, key)]
         if missing or unexpected:
             raise CheckpointError(f"{directory}: missing keys {missing}, unexpected keys {unexpected}")
         return model
-
-
-def _drop_shared_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share storage (tied weights): keep the first name of each."""
-    seen: dict[tuple[int, int], str] = {}
-    kept: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key in seen and tensor.numel() > 0:
-            continue
-        seen[key] = name
-        kept[name] = tensor
-    return kept
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:

@@ -1,131 +1,142 @@
-"""Shared helpers for loading original checkpoints: safe reading, prefix handling, strict key accounting.
+"""The shape every architecture's original-checkpoint conversion takes: a table of layouts.
 
-Per-architecture converters (beside each model) map original key names onto ours and call
-:func:`load_mapped_state_dict`, which fails unless the missing/unexpected keys are exactly the
-documented ones.
+An architecture's original weights come in several layouts (the paper's release, MMF, Hugging Face,
+vilio's task-pretrained ``LAST_B*.pth`` and fine-tuned ``LASTtrain.pth`` with or without SWA). Each
+model class lists them as :class:`OriginalLayout` rows beside its code (timm keeps a
+``checkpoint_filter_fn`` beside each model the same way); :meth:`MemeModel.load_original
+<memeguard.models.base.MemeModel.load_original>` reads the file, takes the first row whose ``detect``
+accepts the keys, renames them with ``convert`` and loads them with strict key accounting.
+
+Reading files lives in :mod:`memeguard.checkpoint_io`; its readers are importable here too because
+converters written against the old ``memeguard.models.checkpoints`` module import them from here.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
+from memeguard.checkpoint_io import (
+    load_mapped_state_dict,
+    read_any_checkpoint,
+    read_torch_checkpoint,
+    resolve_checkpoint_file,
+)
 from memeguard.errors import CheckpointError
 
+__all__ = [
+    "KeyPredicate",
+    "OriginalLayout",
+    "StateDict",
+    "has_prefix",
+    "load_mapped_state_dict",
+    "pick_layout",
+    "read_any_checkpoint",
+    "read_torch_checkpoint",
+    "rename_unique",
+    "resolve_checkpoint_file",
+    "unwrap_vilio",
+    "vilio_finetuned_layout",
+]
 
-def read_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` -> flat {name: tensor}; unwraps {'model': ...}/{'state_dict': ...}."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable weights-only torch checkpoint ({exc})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
-            if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-                obj = obj[wrapper]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise CheckpointError(f"{path}: contains no tensors")
-    return state
-
-
-def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Remove ``prefix`` from every key that starts with it; other keys are kept as they are."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+StateDict = dict[str, torch.Tensor]
+KeyPredicate = Callable[[str], bool]  # says whether a key may be missing / unexpected
+# torch.optim.swa_utils.AveragedModel's counter, saved beside the averaged weights.
+SWA_COUNTER_KEY = "n_averaged"
 
 
-def unwrap_vilio_finetuned(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio's ``LASTtrain.pth``: drop SWA's ``n_averaged`` and strip ``module.`` (``HM.load``)."""
-    return {k.replace("module.", "", 1) if k.startswith("module.") else k: v
-            for k, v in state.items() if k != "n_averaged"}
+def _no_key(key: str) -> bool:
+    return False
 
 
-def load_mapped_state_dict(
-    model: nn.Module,
-    state: Mapping[str, torch.Tensor],
-    *,
-    source: str,
-    allowed_missing: Iterable[str] | Callable[[str], bool] = (),
-    allowed_unexpected: Iterable[str] | Callable[[str], bool] = (),
-) -> tuple[list[str], list[str]]:
-    """Load ``state`` (already renamed to our keys) and fail on any unexplained key or shape mismatch.
+@dataclass(frozen=True)
+class OriginalLayout:
+    """One layout of an architecture's original checkpoint files.
 
-    ``allowed_*`` are exact key names or predicates: the documented differences (new heads,
-    pretraining heads we do not use, buffers such as ``position_ids``).
-    Returns (missing, unexpected) so callers can report them.
+    ``detect``: whether a raw state dict is in this layout (a model's rows are tried in order).
+    ``convert``: raw state dict + the model's config -> our key names (the config says, e.g., how many
+    box columns to keep). ``unexpected``: keys this layout documents that we do not use (pretraining
+    heads, HF's ``position_ids`` buffer); they are reported, anything else unexplained fails.
+    ``has_head``: the file holds the task head (a vilio fine-tuned model), so no key may be missing;
+    otherwise the model's head parameters may be. ``hint``: how to recognise it, for error messages.
     """
 
-    def allow(rule: Iterable[str] | Callable[[str], bool]) -> Callable[[str], bool]:
-        if callable(rule):
-            return rule
-        names = set(rule)
-        return lambda key: key in names
-
-    own = model.state_dict()
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shape_errors:
-        raise CheckpointError(f"{source}: shape mismatch: " + "; ".join(shape_errors))
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_missing = [k for k in missing if not allow(allowed_missing)(k)]
-    bad_unexpected = [k for k in unexpected if not allow(allowed_unexpected)(k)]
-    if bad_missing or bad_unexpected:
-        raise CheckpointError(
-            f"{source}: unexplained keys: missing {bad_missing[:20]}{' ...' if len(bad_missing) > 20 else ''}"
-            f" ({len(bad_missing)}), unexpected {bad_unexpected[:20]}"
-            f"{' ...' if len(bad_unexpected) > 20 else ''} ({len(bad_unexpected)})"
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return missing, unexpected
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    convert: Callable[[Mapping[str, torch.Tensor], Any], StateDict]
+    unexpected: KeyPredicate = _no_key
+    has_head: bool = False
+    hint: str = ""
 
 
-def resolve_checkpoint_file(path: str | Path, known_names: tuple[str, ...]) -> Path:
-    """A checkpoint file, or a folder holding one of ``known_names`` (first found) or a single .pt/.pth/.bin."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    for name in known_names:
-        if (path / name).is_file():
-            return path / name
-    candidates = sorted(p for p in path.iterdir() if p.suffix in {".pt", ".pth", ".bin"} and p.is_file())
-    if len(candidates) == 1:
-        return candidates[0]
+def pick_layout(
+    layouts: Sequence[OriginalLayout], state: Mapping[str, torch.Tensor], *, source: str, what: str
+) -> OriginalLayout:
+    """The first layout that accepts ``state``; a one-line error listing the known layouts otherwise."""
+    for layout in layouts:
+        if layout.detect(state):
+            return layout
+    known = ", ".join(f"{layout.name} ({layout.hint})" if layout.hint else layout.name for layout in layouts)
     raise CheckpointError(
-        f"{path}: expected one of {list(known_names)} or a single .pt/.pth/.bin file, "
-        f"found {[p.name for p in candidates] or 'none'}"
+        f"{source}: not a {what} checkpoint in a known layout ({known}); first keys: {sorted(state)[:5]}"
     )
 
 
-def read_any_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torch file (``.pth``/``.bin``/``.pt``), a ``.safetensors`` file, or a folder holding one."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.pth", "pytorch_model.bin", "model.safetensors"):
-            if (path / name).is_file():
-                return read_any_checkpoint(path / name)
-        raise CheckpointError(f"{path}: no model.pth, pytorch_model.bin or model.safetensors in this folder")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def has_prefix(*prefixes: str) -> Callable[[Mapping[str, torch.Tensor]], bool]:
+    """A ``detect`` predicate: some key starts with one of ``prefixes``."""
+    return lambda state: any(key.startswith(prefixes) for key in state)
 
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-    return read_torch_checkpoint(path)
+
+def unwrap_vilio(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """vilio's fine-tuned file -> the keys of its ``Model*`` wrapper (``model.<backbone>``, ``classifier.*``).
+
+    vilio saves ``LASTtrain.pth`` / ``LASTtraindev.pth`` from torch's ``AveragedModel`` when SWA is on
+    (its default): an ``n_averaged`` counter and every key under ``module.``; without SWA the keys are
+    plain. ``HM.load`` accepts both by dropping the counter and the prefix, as this does.
+    """
+    return {key.removeprefix("module."): value for key, value in state.items() if key != SWA_COUNTER_KEY}
+
+
+def vilio_finetuned_layout(
+    *markers: str,
+    backbone_key: Callable[[str], str] = lambda key: key,
+    unexpected: KeyPredicate = _no_key,
+) -> OriginalLayout:
+    """vilio's fine-tuned ``Model*`` file (plain or SWA), recognised by every prefix in ``markers``.
+
+    ``Model*`` keeps its backbone under ``model.`` and its head under ``classifier.``; ``backbone_key``
+    maps a backbone key (``model.`` removed) to ours. The file holds the whole model, head included.
+    """
+
+    def detect(state: Mapping[str, torch.Tensor]) -> bool:
+        keys = unwrap_vilio(state)
+        return all(any(key.startswith(marker) for key in keys) for marker in markers)
+
+    def convert(state: Mapping[str, torch.Tensor], config: Any) -> StateDict:
+        return {
+            (backbone_key(key.removeprefix("model.")) if key.startswith("model.") else key): value
+            for key, value in unwrap_vilio(state).items()
+        }
+
+    return OriginalLayout(
+        "vilio-finetuned",
+        detect,
+        convert,
+        unexpected,
+        has_head=True,
+        hint="vilio LASTtrain.pth: " + " + ".join(f"[module.]{marker}*" for marker in markers),
+    )
+
+
+def rename_unique(state: Mapping[str, torch.Tensor], rename: Callable[[str], str]) -> StateDict:
+    """Apply ``rename`` to every key; two keys landing on one name is an error, never a silent overwrite."""
+    out: StateDict = {}
+    for key, value in state.items():
+        new_key = rename(key)
+        if new_key in out:
+            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (second: {key!r})")
+        out[new_key] = value
+    return out

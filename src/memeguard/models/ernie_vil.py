@@ -1,4 +1,5 @@
-"""ERNIE-ViL base / large (two-stream, post-LN) as vilio's PaddlePaddle sub-project runs it (spec §6).
+"""ERNIE-ViL base / large (two-stream, post-LN) as vilio's PaddlePaddle sub-project runs it
+(``ernie-vil/model/ernie_vil.py``, ``ernie-vil/model/vl_transformer_encoder.py``).
 
 Text stream (BERT-like, 4 sentence types), vision stream whose first region is a *global* token (mean of
 all region features, location [0, 0, 1, 1, 1]), and co-attention layers placed by
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memeguard.checkpoint_io import load_mapped_state_dict
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import ernie_layout
 from memeguard.features.record import RegionRecord
@@ -40,7 +42,6 @@ from memeguard.models.blocks import (
     layer_kwargs_from_config,
     text_embeddings_from_config,
 )
-from memeguard.models.checkpoints import load_mapped_state_dict
 from memeguard.models.registry import register_architecture, register_config
 
 # --------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ from memeguard.models.registry import register_architecture, register_config
 
 @dataclass
 class ErnieVilConfig(VLConfig):
-    """``ernie_vil_config.base.json`` / ``ernie_vil.large.json`` (spec §6.1) with Paddle's defaults.
+    """``ernie_vil_config.base.json`` / ``ernie_vil.large.json`` with Paddle's defaults.
 
     ``type_vocab_size`` is the config's ``sent_type_vocab_size`` (4). ``intermediate_size`` is 4 × hidden
     for the released sizes (the Paddle code derives it; it is not a config key there).
@@ -103,7 +104,7 @@ class ErnieVilConfig(VLConfig):
 def mix_gt_regions(
     main: tuple[np.ndarray, np.ndarray], gt: tuple[np.ndarray, np.ndarray], max_regions: int = 100
 ) -> tuple[np.ndarray, np.ndarray]:
-    """vilio's ``use_gt_fea`` mixing of two region sets of one image (spec §6.3).
+    """vilio's ``use_gt_fea`` mixing of two region sets of one image (``ernie-vil/reader/hm_finetuning.py``).
 
     Both inputs are ERNIE layouts (global token first). The main global token becomes the
     count-weighted mean of both global tokens; the gt regions (without their global token) keep
@@ -242,7 +243,8 @@ class ErnieVilCoLayer(nn.Module):
 
 
 class ErnieVilEncoder(nn.Module):
-    """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``; schedule of spec §6.2."""
+    """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``, scheduled as vilio's
+    ``ernie-vil/model/vl_transformer_encoder.py``."""
 
     def __init__(self, config: ErnieVilConfig) -> None:
         super().__init__()
@@ -290,11 +292,12 @@ class ErnieVilEncoder(nn.Module):
 
 
 @register_architecture
-class ErnieVilForMemes(MemeModel):
+class ErnieVilModel(MemeModel):
     """ERNIE-ViL with vilio's HM head ``hm_fc`` (one logit)."""
 
     config_class = ErnieVilConfig
     processor_class = ErnieVilProcessor
+    original_name = "ERNIE-ViL"
     config: ErnieVilConfig
 
     def __init__(self, config: ErnieVilConfig) -> None:
@@ -335,6 +338,9 @@ class ErnieVilForMemes(MemeModel):
 
     def load_original(self, path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         """Load a Paddle ``params/`` folder (pretrained) or a fine-tuned ``step_*`` folder.
+
+        Paddle saves one file per variable, not a state dict, so this replaces the base class's
+        layout table with a name table (:func:`paddle_name_map`); the key accounting is the same.
 
         Returns (missing, unexpected) in *our* key names for the model's parameters, plus the
         Paddle names of extra variables that were skipped (pretraining heads) in ``unexpected``.
@@ -593,6 +599,10 @@ def read_paddle_params(path: str | os.PathLike[str], names: Iterable[str] | None
     return {name: read_paddle_tensor(folder / name) for name in wanted}
 
 
+# The class's name before every architecture's class was called ``*Model``; kept for existing imports.
+ErnieVilForMemes = ErnieVilModel
+
+
 # --------------------------------------------------------------------------------------------
 # Named configs
 # --------------------------------------------------------------------------------------------
@@ -630,6 +640,7 @@ register_config(
 __all__ = [
     "ErnieVilConfig",
     "ErnieVilForMemes",
+    "ErnieVilModel",
     "ErnieVilProcessor",
     "mix_gt_regions",
     "paddle_name_map",

@@ -38,15 +38,14 @@ Checkpoints ``load_original`` understands (detected from the keys):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from memeguard.errors import CheckpointError, ConfigError
+from memeguard.errors import ConfigError
 from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertAttention,
@@ -61,7 +60,13 @@ from memeguard.models.blocks import (
     text_embeddings_from_config,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import load_mapped_state_dict, read_any_checkpoint
+from memeguard.models.checkpoints import (
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    has_prefix,
+    vilio_finetuned_layout,
+)
 from memeguard.models.registry import register_architecture, register_config
 
 
@@ -220,6 +225,97 @@ class LxmertBackbone(nn.Module):
         return lang, visn, self.pooler(lang)
 
 
+# -- original checkpoints ---------------------------------------------------------------------
+
+_LAYER = re.compile(r"^(bert\.encoder\.(?:layer|r_layers|x_layers)\.\d+)\.")
+
+
+def _layer_of(key: str) -> str | None:
+    """``bert.encoder.layer.10.output.dense.weight`` -> ``bert.encoder.layer.10``; None outside the stacks."""
+    match = _LAYER.match(key)
+    return match.group(1) if match else None
+
+
+def _layers_absent_from(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> set[str]:
+    """Whole layers that ``source`` has and ``target`` has not a single key of (depth differences)."""
+    target_layers = {_layer_of(key) for key in target}
+    return {layer for key in source if (layer := _layer_of(key)) is not None and layer not in target_layers}
+
+
+def convert_lxmert_pretrained(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """airsplay ``Epoch18_LXRT.pth`` (DataParallel ``LXRTPretraining``): strip ``module.``, drop ``*answer*``."""
+    return {key.removeprefix("module."): value for key, value in state.items() if "answer" not in key}
+
+
+def convert_vilio_pretrained(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """vilio ``LAST_BX.pth`` (``BertXPretraining``): ``bert.*`` is already our name; ``*answer*`` dropped."""
+    return {key: value for key, value in state.items() if "answer" not in key}
+
+
+def convert_bert(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """A BERT checkpoint (``bert-base-uncased`` ``pytorch_model.bin``): ``bert.*`` is already our name;
+    the old TF-style ``LayerNorm.gamma``/``beta`` become ``weight``/``bias``."""
+    out: StateDict = {}
+    for key, value in state.items():
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+        out[re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)] = value
+    return out
+
+
+def convert_huggingface(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """Hugging Face LXMERT keys equal the original ones: ``lxmert.`` (or nothing) -> ``bert.``."""
+    out: StateDict = {}
+    for key, value in state.items():
+        bare = key.removeprefix("lxmert.")
+        if bare.startswith(("embeddings.", "encoder.", "pooler.")):
+            out[f"bert.{bare}"] = value
+        else:
+            out[key] = value  # pre-training / QA heads: reported as unexpected
+    return out
+
+
+_POSITION_IDS = "bert.embeddings.position_ids"  # buffer of vilio's HF-3.0.2 BertEmbeddings
+_PRETRAINING_HEADS = ("cls.", "obj_predict_head.")  # masked LM + ITM, visual feature/label regression
+
+
+def _pretraining_extra(key: str) -> bool:
+    return key == _POSITION_IDS or key.startswith(_PRETRAINING_HEADS)
+
+
+# Tried in order (a vilio fine-tuned file's ``model.bert.*`` would also pass the looser tests below it).
+LXMERT_LAYOUTS = (
+    vilio_finetuned_layout("model.bert.", unexpected=lambda key: key == _POSITION_IDS),
+    OriginalLayout(
+        "lxmert-pretrained",
+        has_prefix("module.bert."),
+        convert_lxmert_pretrained,
+        _pretraining_extra,
+        hint="airsplay Epoch18_LXRT.pth: module.bert.*",
+    ),
+    OriginalLayout(
+        "huggingface",
+        has_prefix("lxmert.", "encoder.x_layers."),
+        convert_huggingface,
+        lambda key: _pretraining_extra(key) or key.startswith("answer_head."),
+        hint="lxmert.*",
+    ),
+    OriginalLayout(
+        "vilio-pretrained",
+        has_prefix("bert.encoder.visn_fc.", "bert.encoder.x_layers."),
+        convert_vilio_pretrained,
+        _pretraining_extra,
+        hint="vilio LAST_BX.pth: bert.encoder.x_layers.*",
+    ),
+    OriginalLayout(
+        "bert",
+        has_prefix("bert.encoder.layer."),
+        convert_bert,
+        lambda key: key == _POSITION_IDS or key.startswith("cls."),
+        hint="BERT bert.encoder.layer.*",
+    ),
+)
+
+
 # -- the model --------------------------------------------------------------------------------
 
 
@@ -235,6 +331,8 @@ class LxmertModel(MemeModel):
 
     config_class: ClassVar[type[VLConfig]] = LxmertConfig
     processor_class: ClassVar[type[RegionTextProcessor]] = LxmertProcessor
+    original_name = "LXMERT"
+    original_layouts = LXMERT_LAYOUTS
     config: LxmertConfig
 
     def __init__(self, config: LxmertConfig) -> None:
@@ -254,138 +352,27 @@ class LxmertModel(MemeModel):
         _, _, pooled = self.bert(batch)
         return two_class_to_logit(self.classifier(pooled))
 
-    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
-        """Load an airsplay / vilio / Hugging Face LXMERT checkpoint (layout detected from its keys).
-
-        Layers the checkpoint lacks (``lxmert-base`` has 12 text layers, ``Epoch18_LXRT.pth`` 9) keep
-        their init and come back as missing; layers the model lacks come back as unexpected.
-        """
-        state = read_any_checkpoint(path)
-        layout = detect_layout(state)
-        converted = CONVERTERS[layout](state)
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyPredicate, KeyPredicate]:
+        """Depth differences: layers the checkpoint lacks (``lxmert-base`` has 12 text layers,
+        ``Epoch18_LXRT.pth`` 9) keep their init and come back as missing; layers the model lacks come
+        back as unexpected. A text-only BERT file leaves the visual and cross parts at their init."""
+        head_missing, documented = super().original_key_rules(layout, state)
         own = self.state_dict()
-        absent_layers = _layers_absent_from(own, converted)  # deeper model: these keep their init
-        extra_layers = _layers_absent_from(converted, own)  # deeper checkpoint: these are skipped
-        head = {key for key in own if key.startswith("classifier.")}
-        finetuned = layout.startswith("vilio-finetuned")
+        absent_layers = _layers_absent_from(own, state)  # deeper model: these keep their init
+        extra_layers = _layers_absent_from(state, own)  # deeper checkpoint: these are skipped
+        text_stream = ("bert.embeddings.", "bert.encoder.layer.", "bert.pooler.")
 
         def allowed_missing(key: str) -> bool:
-            if layout == "bert":  # a text-only checkpoint: the visual and cross parts keep their init
-                return not key.startswith(("bert.embeddings.", "bert.encoder.layer.", "bert.pooler."))
-            return (not finetuned and key in head) or _layer_of(key) in absent_layers
+            if layout.name == "bert":
+                return not key.startswith(text_stream)
+            return head_missing(key) or _layer_of(key) in absent_layers
 
         def allowed_unexpected(key: str) -> bool:
-            return DOCUMENTED_UNEXPECTED[layout](key) or _layer_of(key) in extra_layers
+            return documented(key) or _layer_of(key) in extra_layers
 
-        return load_mapped_state_dict(
-            self,
-            converted,
-            source=f"{path} ({layout} LXMERT layout)",
-            allowed_missing=allowed_missing,
-            allowed_unexpected=allowed_unexpected,
-        )
-
-
-# -- original checkpoints ---------------------------------------------------------------------
-
-_LAYER = re.compile(r"^(bert\.encoder\.(?:layer|r_layers|x_layers)\.\d+)\.")
-
-
-def _layer_of(key: str) -> str | None:
-    """``bert.encoder.layer.10.output.dense.weight`` -> ``bert.encoder.layer.10``; None outside the stacks."""
-    match = _LAYER.match(key)
-    return match.group(1) if match else None
-
-
-def _layers_absent_from(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> set[str]:
-    """Whole layers that ``source`` has and ``target`` has not a single key of (depth differences)."""
-    target_layers = {_layer_of(key) for key in target}
-    return {layer for key in source if (layer := _layer_of(key)) is not None and layer not in target_layers}
-
-
-def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """Name the layout an LXMERT state dict is in; fail with the first keys when none fits."""
-    keys = list(state)
-    if any(key.startswith("module.model.bert.") for key in keys):
-        return "vilio-finetuned-swa"
-    if any(key.startswith("model.bert.") for key in keys):
-        return "vilio-finetuned"
-    if any(key.startswith("module.bert.") for key in keys):
-        return "lxmert-pretrained"
-    if any(key.startswith("lxmert.") for key in keys) or any(key.startswith("encoder.x_layers.") for key in keys):
-        return "huggingface"
-    if any(key.startswith(("bert.encoder.visn_fc.", "bert.encoder.x_layers.")) for key in keys):
-        return "vilio-pretrained"
-    if any(key.startswith("bert.encoder.layer.") for key in keys):
-        return "bert"
-    raise CheckpointError(
-        "not a known LXMERT checkpoint layout (airsplay module.bert.*, vilio module.model.bert.*/model.bert.*/"
-        f"bert.*, Hugging Face lxmert.*, BERT bert.encoder.layer.*); first keys: {keys[:5]}"
-    )
-
-
-def convert_vilio_finetuned(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ``LASTtrain.pth``: [``n_averaged``,] ``[module.]model.bert.*`` -> ``bert.*``, ``classifier.*`` kept."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key == "n_averaged":
-            continue
-        key = key.removeprefix("module.")
-        out[key.removeprefix("model.")] = value
-    return out
-
-
-def convert_lxmert_pretrained(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """airsplay ``Epoch18_LXRT.pth`` (DataParallel ``LXRTPretraining``): strip ``module.``, drop ``*answer*``."""
-    return {key.removeprefix("module."): value for key, value in state.items() if "answer" not in key}
-
-
-def convert_vilio_pretrained(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ``LAST_BX.pth`` (``BertXPretraining``): ``bert.*`` is already our name; ``*answer*`` dropped."""
-    return {key: value for key, value in state.items() if "answer" not in key}
-
-
-def convert_bert(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A BERT checkpoint (``bert-base-uncased`` ``pytorch_model.bin``): ``bert.*`` is already our name;
-    the old TF-style ``LayerNorm.gamma``/``beta`` become ``weight``/``bias``."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
-        out[re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)] = value
-    return out
-
-
-def convert_huggingface(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face LXMERT keys equal the original ones: ``lxmert.`` (or nothing) -> ``bert.``."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        bare = key.removeprefix("lxmert.")
-        if bare.startswith(("embeddings.", "encoder.", "pooler.")):
-            out[f"bert.{bare}"] = value
-        else:
-            out[key] = value  # pre-training / QA heads: reported as unexpected
-    return out
-
-
-CONVERTERS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "vilio-finetuned-swa": convert_vilio_finetuned,
-    "vilio-finetuned": convert_vilio_finetuned,
-    "lxmert-pretrained": convert_lxmert_pretrained,
-    "vilio-pretrained": convert_vilio_pretrained,
-    "bert": convert_bert,
-    "huggingface": convert_huggingface,
-}
-
-_POSITION_IDS = "bert.embeddings.position_ids"  # buffer of vilio's HF-3.0.2 BertEmbeddings
-_PRETRAINING_HEADS = ("cls.", "obj_predict_head.")  # masked LM + ITM, visual feature/label regression
-DOCUMENTED_UNEXPECTED: dict[str, Callable[[str], bool]] = {
-    "vilio-finetuned-swa": lambda key: key == _POSITION_IDS,
-    "vilio-finetuned": lambda key: key == _POSITION_IDS,
-    "lxmert-pretrained": lambda key: key == _POSITION_IDS or key.startswith(_PRETRAINING_HEADS),
-    "vilio-pretrained": lambda key: key == _POSITION_IDS or key.startswith(_PRETRAINING_HEADS),
-    "bert": lambda key: key == _POSITION_IDS or key.startswith("cls."),
-    "huggingface": lambda key: key == _POSITION_IDS or key.startswith((*_PRETRAINING_HEADS, "answer_head.")),
-}
+        return allowed_missing, allowed_unexpected
 
 
 # -- named configs ----------------------------------------------------------------------------

@@ -20,13 +20,13 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from memeguard.errors import CheckpointError, ConfigError
+from memeguard.errors import ConfigError
 from memeguard.features.boxes import BOX_ENCODING_DIMS
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
@@ -39,10 +39,11 @@ from memeguard.models.blocks import (
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import (
-    load_mapped_state_dict,
-    read_torch_checkpoint,
-    resolve_checkpoint_file,
-    unwrap_vilio_finetuned,
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    rename_unique,
+    vilio_finetuned_layout,
 )
 from memeguard.models.registry import register_architecture, register_config
 
@@ -136,6 +137,52 @@ class OscarProcessor(RegionTextProcessor):
 
 
 # --------------------------------------------------------------------------------------------
+# Original checkpoints
+# --------------------------------------------------------------------------------------------
+OSCAR_CHECKPOINT_NAMES = ("LASTtrain.pth", "LASTtraindev.pth", "LAST_BO.pth", "pytorch_model.bin")
+# BertImgForPreTraining's heads: MLM (``cls.predictions``) and contrastive/ITM (``cls.seq_relationship``).
+OSCAR_PRETRAINING_HEADS = ("cls.",)
+IMAGE_NORM_KEYS = ("LayerNorm.weight", "LayerNorm.bias")
+POSITION_IDS_KEY = "embeddings.position_ids"
+
+
+def _pretrained_key(key: str) -> str:
+    """vilio's ``ModelO.load``: strip one leading ``bert.`` or ``module.``."""
+    for prefix in ("bert.", "module."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def convert_pretrained(state: Mapping[str, torch.Tensor], config: Any) -> StateDict:
+    """OSCAR's ``pytorch_model.bin`` or vilio's ``LAST_BO.pth`` -> our keys.
+
+    ``img_embedding.weight`` with ``D + 6`` input columns (OSCAR's 6 position values) keeps its first
+    ``D + 4`` (features + x1 y1 x2 y2), as vilio does.
+    """
+    converted = rename_unique(state, _pretrained_key)
+    weight = converted.get("img_embedding.weight")
+    if weight is not None and weight.shape[-1] == config.visual_feat_dim + OSCAR_RELEASE_BOX_DIM:
+        converted["img_embedding.weight"] = weight[:, : config.visual_feat_dim + OSCAR_BOX_DIM].clone()
+    return converted
+
+
+OSCAR_LAYOUTS = (
+    vilio_finetuned_layout("model.", "classifier.", unexpected=lambda key: key == POSITION_IDS_KEY),
+    OriginalLayout(
+        "pretrained",
+        lambda state: True,
+        convert_pretrained,
+        # Without use_img_layernorm a checkpoint's image LayerNorm has no place in the model.
+        lambda key: (
+            key.startswith(OSCAR_PRETRAINING_HEADS) or key == POSITION_IDS_KEY or key in IMAGE_NORM_KEYS
+        ),
+        hint="OSCAR pytorch_model.bin / vilio LAST_BO.pth: bert.*",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 @register_architecture
@@ -144,6 +191,10 @@ class OscarModel(MemeModel):
 
     config_class = OscarConfig
     processor_class = OscarProcessor
+    original_name = "OSCAR"
+    original_layouts = OSCAR_LAYOUTS
+    original_file_names = OSCAR_CHECKPOINT_NAMES
+    config: OscarConfig
 
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
@@ -185,75 +236,13 @@ class OscarModel(MemeModel):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return two_class_to_logit(self.classifier(self.encode(batch).pooled))
 
-    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
-        """Load OSCAR's ``pytorch_model.bin``, vilio's ``LAST_BO.pth`` (task pretraining) or ``LASTtrain.pth``."""
-        checkpoint = resolve_checkpoint_file(path, OSCAR_CHECKPOINT_NAMES)
-        state = read_torch_checkpoint(checkpoint)
-        layout = detect_oscar_layout(state)
-        converted = convert_oscar_state_dict(state, layout, self.config.visual_feat_dim)
-        image_norm = {"LayerNorm.weight", "LayerNorm.bias"}
-        if layout == "vilio-finetuned":
-            return load_mapped_state_dict(
-                self,
-                converted,
-                source=f"{checkpoint} (vilio fine-tuned OSCAR)",
-                allowed_unexpected={"embeddings.position_ids"},
-            )
-        use_norm = self.config.use_img_layernorm
-        return load_mapped_state_dict(
-            self,
-            converted,
-            source=f"{checkpoint} (OSCAR pretrained)",
-            # A checkpoint trained without the image LayerNorm leaves ours at its (1, 0) initialisation.
-            allowed_missing=lambda key: key.startswith("classifier.") or (use_norm and key in image_norm),
-            allowed_unexpected=lambda key: (
-                key.startswith(OSCAR_PRETRAINING_HEADS)
-                or key == "embeddings.position_ids"
-                or (not use_norm and key in image_norm)
-            ),
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Original checkpoints
-# --------------------------------------------------------------------------------------------
-OSCAR_CHECKPOINT_NAMES = ("LASTtrain.pth", "LASTtraindev.pth", "LAST_BO.pth", "pytorch_model.bin")
-# BertImgForPreTraining's heads: MLM (``cls.predictions``) and contrastive/ITM (``cls.seq_relationship``).
-OSCAR_PRETRAINING_HEADS = ("cls.",)
-
-
-def detect_oscar_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """``vilio-finetuned`` (``model.*`` + ``classifier.*``) or ``pretrained`` (``bert.*``: OSCAR / LAST_BO)."""
-    keys = [key.removeprefix("module.") for key in state if key != "n_averaged"]
-    if any(key.startswith("model.") for key in keys) and any(key.startswith("classifier.") for key in keys):
-        return "vilio-finetuned"
-    return "pretrained"
-
-
-def convert_oscar_state_dict(
-    state: Mapping[str, torch.Tensor], layout: str, visual_feat_dim: int
-) -> dict[str, torch.Tensor]:
-    """Rename original keys to ours.
-
-    * ``vilio-finetuned``: ``HM.load`` (drop ``n_averaged``, strip ``module.``) then strip ``model.``.
-    * ``pretrained`` (vilio's ``ModelO.load``): strip ``bert.`` / ``module.``; ``img_embedding.weight`` with
-      ``D + 6`` input columns (OSCAR's 6 position values) keeps its first ``D + 4`` (features + x1 y1 x2 y2).
-    """
-    if layout == "vilio-finetuned":
-        return {key.removeprefix("model."): value for key, value in unwrap_vilio_finetuned(state).items()}
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        new_key = key
-        for prefix in ("bert.", "module."):
-            if new_key.startswith(prefix):
-                new_key = new_key[len(prefix) :]
-                break
-        if new_key == "img_embedding.weight" and value.shape[-1] == visual_feat_dim + OSCAR_RELEASE_BOX_DIM:
-            value = value[:, : visual_feat_dim + OSCAR_BOX_DIM].clone()
-        if new_key in converted:
-            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (second: {key!r})")
-        converted[new_key] = value
-    return converted
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyPredicate, KeyPredicate]:
+        """A pretrained file without the optional image LayerNorm leaves ours at its (1, 0) initialisation."""
+        head_missing, documented = super().original_key_rules(layout, state)
+        norm_may_miss = self.config.use_img_layernorm and not layout.has_head
+        return (lambda key: head_missing(key) or (norm_may_miss and key in IMAGE_NORM_KEYS)), documented
 
 
 # --------------------------------------------------------------------------------------------

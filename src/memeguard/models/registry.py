@@ -2,15 +2,21 @@
 
 Each architecture module registers its model class with ``@register_architecture`` and its named
 configs with ``register_config`` at import time; the registry imports those modules on first use.
+Adding an architecture is one new module plus its line in ``_ARCHITECTURE_MODULES``.
+
+The registry imports no other ``memeguard.models`` module at import time (``base`` imports it for
+``from_pretrained``), so the two never form an import cycle.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memeguard.errors import ConfigError
-from memeguard.models.base import MemeModel, VLConfig
+
+if TYPE_CHECKING:
+    from memeguard.models.base import MemeModel, VLConfig
 
 # Architecture modules, imported lazily so that `import memeguard.models` stays cheap.
 _ARCHITECTURE_MODULES = (
@@ -18,7 +24,7 @@ _ARCHITECTURE_MODULES = (
     "memeguard.models.uniter",
     "memeguard.models.oscar",
     "memeguard.models.lxmert",
-    "memeguard.models.vilbert",
+    "memeguard.models.devlbert",
     "memeguard.models.ernie_vil",
 )
 

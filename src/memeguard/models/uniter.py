@@ -4,28 +4,29 @@ Layout follows ``ChenRocks/UNITER`` ``model/model.py`` and vilio's ``src/vilio/m
 ``entryU.py``:
 
 * text: BERT embeddings (word + position + type 0) of ``[CLS] tokens [SEP]``;
-* regions: ``LayerNorm(img_layer_norm(img_linear(f)) + pos_layer_norm(pos_linear(p7)) + type_emb[1])`` with the
-  7-d box encoding ``[x1, y1, x2, y2, w, h, w*h]``; regions get no position embedding;
+* regions: ``LayerNorm(img_layer_norm(img_linear(f)) + pos_layer_norm(pos_linear(p)) + type_emb[1])`` with
+  UNITER's 7-d box encoding ``p = [x1, y1, x2, y2, w, h, w*h]`` (vilio's ``--num_pos 6``) or the 4-d
+  ``[x1, y1, x2, y2]`` of vilio's default ``--num_pos 4`` (``visual_pos_dim``); regions get no position
+  embedding;
 * **packing**: each example's sequence is ``text_i, regions_i, padding`` (UNITER's ``gather_index``). Text and
   regions are embedded as two padded blocks and then gathered so no padding sits between them;
 * a BERT encoder, BERT pooler on the first token, and vilio's head
   ``Linear(h, 2h) -> GELU -> LayerNorm -> Linear(2h, 2)`` (keys ``classifier.{0,2,3}``).
 
 Our parameter names are UNITER's without the ``uniter.`` prefix (= vilio's ``ModelU`` without ``model.``),
-so both original layouts map onto ours by prefix handling only (see :func:`convert_uniter_state_dict`).
+so both original layouts map onto ours by prefix handling only (see ``UNITER_LAYOUTS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from memeguard.errors import CheckpointError
+from memeguard.errors import ConfigError
 from memeguard.features.boxes import BoxEncoding
 from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
@@ -37,14 +38,16 @@ from memeguard.models.blocks import (
     two_class_to_logit,
 )
 from memeguard.models.checkpoints import (
-    load_mapped_state_dict,
-    read_torch_checkpoint,
-    resolve_checkpoint_file,
-    unwrap_vilio_finetuned,
+    KeyPredicate,
+    OriginalLayout,
+    StateDict,
+    rename_unique,
+    vilio_finetuned_layout,
 )
 from memeguard.models.registry import register_architecture, register_config
 
-UNITER_POS_DIM = 7  # [x1, y1, x2, y2, w, h, w*h]
+# Box encodings by number of position features: UNITER's 7 (vilio --num_pos 6) and vilio's default 4.
+UNITER_BOX_ENCODINGS: dict[int, BoxEncoding] = {7: "uniter7", 4: "xyxy"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +60,8 @@ class UniterConfig(VLConfig):
     ``max_text_length`` defaults to the position table size because vilio does not truncate UNITER's text.
     ``use_mask_embedding`` adds UNITER's ``img_embeddings.mask_embedding`` (masked-region pretraining only;
     vilio's BertU has none, so it is off by default and the released weight is then a documented extra key).
+    ``visual_pos_dim``: 7 box features as UNITER (vilio ``--num_pos 6``) or 4 as vilio's default
+    ``--num_pos 4``, whose runs cannot be loaded into a 7-feature model.
     """
 
     model_type: ClassVar[str] = "uniter"
@@ -65,12 +70,73 @@ class UniterConfig(VLConfig):
     max_text_length: int = 512
     tokenizer: str = "bert-base-cased"
     use_mask_embedding: bool = False
+    visual_pos_dim: int = 7
+
+    def __post_init__(self) -> None:
+        if self.visual_pos_dim not in UNITER_BOX_ENCODINGS:
+            raise ConfigError(
+                f"uniter: visual_pos_dim must be one of {sorted(UNITER_BOX_ENCODINGS)}, "
+                f"got {self.visual_pos_dim}"
+            )
 
 
 class UniterProcessor(RegionTextProcessor):
-    """Standard batch with 7-d UNITER box positions; packing happens in the model from the two masks."""
+    """Standard batch with UNITER's box positions (7 or 4 columns); the model packs text and regions."""
 
-    box_encoding: BoxEncoding = "uniter7"
+    def __init__(self, tokenizer: Any, config: VLConfig, box_encoding: BoxEncoding | None = None) -> None:
+        if box_encoding is None:
+            box_encoding = UNITER_BOX_ENCODINGS[getattr(config, "visual_pos_dim", 7)]
+        super().__init__(tokenizer, config, box_encoding)
+
+
+# --------------------------------------------------------------------------------------------
+# Original checkpoints
+# --------------------------------------------------------------------------------------------
+UNITER_CHECKPOINT_NAMES = ("LASTtrain.pth", "LASTtraindev.pth", "uniter-large.pt", "uniter-base.pt")
+# Heads of UniterForPretraining (MLM, MRFR, MRC, ITM): saved beside the backbone, unused for classification.
+UNITER_PRETRAINING_HEADS = ("cls.", "feat_regress.", "region_classifier.", "itm_output.")
+MASK_EMBEDDING_KEY = "img_embeddings.mask_embedding.weight"
+POS_LINEAR_KEY = "img_embeddings.pos_linear.weight"
+POSITION_IDS_KEY = "embeddings.position_ids"
+
+
+def _release_key(key: str) -> str:
+    """UNITER's own loader renames TF-style ``gamma``/``beta``; vilio's ``ModelU.load`` deletes the substring
+    ``uniter.`` and strips ``module.``/``bert.``."""
+    key = key.replace("uniter.", "")
+    if key.endswith(".gamma"):
+        key = key[: -len("gamma")] + "weight"
+    elif key.endswith(".beta"):
+        key = key[: -len("beta")] + "bias"
+    for prefix in ("module.", "bert."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def convert_release(state: Mapping[str, torch.Tensor], config: Any) -> StateDict:
+    """A UNITER release (or a bert-prefixed pretrained file) -> our keys.
+
+    ``pos_linear`` has UNITER's 7 columns; a 4-feature model keeps the first 4 (x1, y1, x2, y2), as vilio's
+    ``ModelU.load`` does for ``--num_pos 4``.
+    """
+    converted = rename_unique(state, _release_key)
+    weight = converted.get(POS_LINEAR_KEY)
+    pos_dim = getattr(config, "visual_pos_dim", 7)
+    if weight is not None and weight.ndim == 2 and weight.shape[1] == 7 and pos_dim < 7:
+        converted[POS_LINEAR_KEY] = weight[:, :pos_dim].clone()
+    return converted
+
+
+UNITER_LAYOUTS = (
+    vilio_finetuned_layout("model.", "classifier.", unexpected=lambda key: key == POSITION_IDS_KEY),
+    OriginalLayout(
+        "pretrained",
+        lambda state: True,
+        convert_release,
+        lambda key: key.startswith(UNITER_PRETRAINING_HEADS) or key in {POSITION_IDS_KEY, MASK_EMBEDDING_KEY},
+        hint="UNITER uniter-base.pt / uniter-large.pt",
+    ),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +150,7 @@ class UniterImageEmbeddings(nn.Module):
         hidden, eps = config.hidden_size, config.layer_norm_eps
         self.img_linear = nn.Linear(config.visual_feat_dim, hidden)
         self.img_layer_norm = nn.LayerNorm(hidden, eps=eps)
-        self.pos_linear = nn.Linear(UNITER_POS_DIM, hidden)
+        self.pos_linear = nn.Linear(config.visual_pos_dim, hidden)
         self.pos_layer_norm = nn.LayerNorm(hidden, eps=eps)
         if config.use_mask_embedding:
             # Row 1 is added to masked regions' features (MRM/MRFR pretraining); row 0 acts as zero.
@@ -141,6 +207,10 @@ class UniterModel(MemeModel):
 
     config_class = UniterConfig
     processor_class = UniterProcessor
+    original_name = "UNITER"
+    original_layouts = UNITER_LAYOUTS
+    original_file_names = UNITER_CHECKPOINT_NAMES
+    config: UniterConfig
 
     def __init__(self, config: UniterConfig) -> None:
         super().__init__(config)
@@ -185,75 +255,30 @@ class UniterModel(MemeModel):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return two_class_to_logit(self.classifier(self.encode(batch).pooled))
 
-    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
-        """Load a UNITER release (``uniter-base.pt`` / ``uniter-large.pt``) or vilio's ``LASTtrain.pth``."""
-        checkpoint = resolve_checkpoint_file(path, UNITER_CHECKPOINT_NAMES)
-        state = read_torch_checkpoint(checkpoint)
-        layout = detect_uniter_layout(state)
-        converted = convert_uniter_state_dict(state, layout)
-        has_mask = self.config.use_mask_embedding
-        if layout == "vilio-finetuned":
-            missing_ok: set[str] = {MASK_EMBEDDING_KEY} if has_mask else set()
-            return load_mapped_state_dict(
-                self,
-                converted,
-                source=f"{checkpoint} (vilio fine-tuned UNITER)",
-                allowed_missing=missing_ok,
-                allowed_unexpected={"embeddings.position_ids"},
-            )
-        return load_mapped_state_dict(
-            self,
-            converted,
-            source=f"{checkpoint} (UNITER pretrained release)",
-            allowed_missing=lambda key: (
-                key.startswith("classifier.") or (has_mask and key == MASK_EMBEDDING_KEY)
-            ),
-            allowed_unexpected=lambda key: (
-                key.startswith(UNITER_PRETRAINING_HEADS)
-                or key in {"embeddings.position_ids", MASK_EMBEDDING_KEY}
-            ),
+    def adapt_to_original(self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]) -> None:
+        """A vilio fine-tuned file fixes the number of box features (4 with vilio's default
+        ``--num_pos 4``, 7 with ``--num_pos 6``): take it from its ``pos_linear``, so that the
+        processor emits the matching columns."""
+        weight = state.get(POS_LINEAR_KEY)
+        if not layout.has_head or weight is None or weight.ndim != 2:
+            return
+        in_features = int(weight.shape[1])
+        if in_features == self.config.visual_pos_dim or in_features not in UNITER_BOX_ENCODINGS:
+            return  # the same, or unknown: load_mapped_state_dict reports the shape mismatch
+        old = self.img_embeddings.pos_linear
+        self.config = self.config.replace(visual_pos_dim=in_features)
+        # skip_init: every weight comes from the file, so no random numbers are drawn for it.
+        self.img_embeddings.pos_linear = torch.nn.utils.skip_init(
+            nn.Linear, in_features, old.out_features, device=old.weight.device, dtype=old.weight.dtype
         )
 
-
-# --------------------------------------------------------------------------------------------
-# Original checkpoints
-# --------------------------------------------------------------------------------------------
-UNITER_CHECKPOINT_NAMES = ("LASTtrain.pth", "LASTtraindev.pth", "uniter-large.pt", "uniter-base.pt")
-# Heads of UniterForPretraining (MLM, MRFR, MRC, ITM): saved beside the backbone, unused for classification.
-UNITER_PRETRAINING_HEADS = ("cls.", "feat_regress.", "region_classifier.", "itm_output.")
-MASK_EMBEDDING_KEY = "img_embeddings.mask_embedding.weight"
-
-
-def detect_uniter_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """``vilio-finetuned`` (``model.*`` + ``classifier.*``) or ``pretrained`` (UNITER release / bert-prefixed)."""
-    keys = [key.removeprefix("module.") for key in state if key != "n_averaged"]
-    if any(key.startswith("model.") for key in keys) and any(key.startswith("classifier.") for key in keys):
-        return "vilio-finetuned"
-    return "pretrained"
-
-
-def convert_uniter_state_dict(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    """Rename original keys to ours.
-
-    * ``vilio-finetuned``: ``HM.load`` (drop ``n_averaged``, strip ``module.``) then strip ``model.``.
-    * ``pretrained``: UNITER's own loader renames TF-style ``gamma``/``beta``; vilio's ``ModelU.load`` deletes the
-      substring ``uniter.`` and strips ``module.``/``bert.``. ``pos_linear`` keeps all 7 columns (num_pos 6).
-    """
-    if layout == "vilio-finetuned":
-        return {key.removeprefix("model."): value for key, value in unwrap_vilio_finetuned(state).items()}
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        new_key = key.replace("uniter.", "")
-        if new_key.endswith(".gamma"):
-            new_key = new_key[: -len("gamma")] + "weight"
-        elif new_key.endswith(".beta"):
-            new_key = new_key[: -len("beta")] + "bias"
-        for prefix in ("module.", "bert."):
-            new_key = new_key.removeprefix(prefix)
-        if new_key in converted:
-            raise CheckpointError(f"two checkpoint keys map to {new_key!r} (second: {key!r})")
-        converted[new_key] = value
-    return converted
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[KeyPredicate, KeyPredicate]:
+        """With ``use_mask_embedding`` the mask embedding may be missing (vilio's BertU has none)."""
+        head_missing, documented = super().original_key_rules(layout, state)
+        has_mask = self.config.use_mask_embedding
+        return (lambda key: head_missing(key) or (has_mask and key == MASK_EMBEDDING_KEY)), documented
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +294,7 @@ register_config(
     intermediate_size=4096,
     tokenizer="bert-large-cased",
 )
-# Tiny: offline-testable with the uncased vocabulary that ships with the package's dependencies.
+# Tiny: offline-testable with the uncased vocabulary shipped in memeguard/assets.
 register_config(
     "uniter-tiny",
     "uniter",

@@ -35,16 +35,14 @@ Checkpoints ``load_original`` understands (detected from the keys):
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from memeguard.errors import CheckpointError, ConfigError
+from memeguard.errors import ConfigError
 from memeguard.models.base import EncoderOutput, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertPooler,
@@ -53,7 +51,7 @@ from memeguard.models.blocks import (
     extended_attention_mask,
     two_class_to_logit,
 )
-from memeguard.models.checkpoints import load_mapped_state_dict, read_any_checkpoint
+from memeguard.models.checkpoints import OriginalLayout, StateDict, has_prefix, vilio_finetuned_layout
 from memeguard.models.registry import register_architecture, register_config
 
 HEADS = ("layeravg", "mlp")
@@ -140,6 +138,83 @@ class VisualBertBackbone(nn.Module):
         return self.encoder(embedded, mask, return_all=True)  # type: ignore[return-value]
 
 
+# -- original checkpoints ---------------------------------------------------------------------
+
+HF_RENAMES = {
+    "embeddings.visual_projection.": "embeddings.projection.",
+    "embeddings.visual_token_type_embeddings.": "embeddings.token_type_embeddings_visual.",
+    "embeddings.visual_position_embeddings.": "embeddings.position_embeddings_visual.",
+}
+# The position_ids buffer of HF >= 3 BertEmbeddings, which every layout may carry.
+_POSITION_IDS = "bert.embeddings.position_ids"
+
+
+def _vilio_model_key(key: str) -> str:
+    """A ``ModelV.model`` (BertV) key -> ours: ``layer_weights`` stays at the top, the rest goes under ``bert.``."""
+    return key if key == "layer_weights" else f"bert.{key}"
+
+
+def convert_mmf(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """MMF ``model.pth``: ``model.bert.*`` -> ``bert.*``; ``model.cls.*`` left as is (unexpected)."""
+    return {(key.removeprefix("model.") if key.startswith("model.bert.") else key): v for key, v in state.items()}
+
+
+def convert_vilio_pretrained(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """vilio ``LAST_BV.pth`` (``BertVPretraining``): ``bert.*`` is already our name."""
+    return dict(state)
+
+
+def convert_huggingface(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
+    """Hugging Face ``VisualBertModel`` keys -> ours (three embedding renames, ``bert.`` prefix)."""
+    out: StateDict = {}
+    for key, value in state.items():
+        bare = key.removeprefix("visual_bert.")
+        if not bare.startswith(("embeddings.", "encoder.", "pooler.")):
+            out[key] = value  # pre-training / task heads: reported as unexpected
+            continue
+        for old, new in HF_RENAMES.items():
+            if bare.startswith(old):
+                bare = new + bare[len(old):]
+        out[f"bert.{bare}"] = value
+    return out
+
+
+def _is_hf_visualbert(state: Mapping[str, torch.Tensor]) -> bool:
+    hf_projection = "embeddings.visual_projection.weight"
+    return any(key.startswith("visual_bert.") for key in state) or hf_projection in state
+
+
+# Tried in order. Unused keys: the position_ids buffer, the pre-training heads (masked LM
+# ``cls.predictions``, ITM ``cls.seq_relationship``, LXMERT-style ``obj_predict_head``) and Hugging
+# Face's task heads (``cls.*`` / ``attention.*`` of VisualBertFor*).
+VISUALBERT_LAYOUTS = (
+    vilio_finetuned_layout(
+        "model.embeddings.", backbone_key=_vilio_model_key, unexpected=lambda key: key == _POSITION_IDS
+    ),
+    OriginalLayout(
+        "mmf",
+        has_prefix("model.bert."),
+        convert_mmf,
+        lambda key: key == _POSITION_IDS or key.startswith("model.cls."),
+        hint="MMF model.pth: model.bert.*",
+    ),
+    OriginalLayout(
+        "huggingface",
+        _is_hf_visualbert,
+        convert_huggingface,
+        lambda key: key == _POSITION_IDS or key.startswith(("cls.", "attention.")),
+        hint="visual_bert.*",
+    ),
+    OriginalLayout(
+        "vilio-pretrained",
+        has_prefix("bert.embeddings."),
+        convert_vilio_pretrained,
+        lambda key: key == _POSITION_IDS or key.startswith(("cls.", "obj_predict_head.")),
+        hint="vilio LAST_BV.pth: bert.*",
+    ),
+)
+
+
 # -- the model --------------------------------------------------------------------------------
 
 
@@ -149,6 +224,8 @@ class VisualBertModel(MemeModel):
 
     config_class: ClassVar[type[VLConfig]] = VisualBertConfig
     processor_class: ClassVar[type[RegionTextProcessor]] = RegionTextProcessor
+    original_name = "VisualBERT"
+    original_layouts = VISUALBERT_LAYOUTS
     config: VisualBertConfig
 
     def __init__(self, config: VisualBertConfig) -> None:
@@ -197,117 +274,6 @@ class VisualBertModel(MemeModel):
             return two_class_to_logit(self.classifier(pooled))
         samples = [self.classifier(self.sample_dropout(pooled)) for _ in range(self.config.num_dropout_samples)]
         return two_class_to_logit(torch.stack(samples, dim=0).mean(dim=0))
-
-    def load_original(self, path: str | Path) -> tuple[list[str], list[str]]:
-        """Load an MMF / vilio / Hugging Face VisualBERT checkpoint (layout detected from its keys)."""
-        state = read_any_checkpoint(path)
-        layout = detect_layout(state)
-        converted = CONVERTERS[layout](state)
-        head = set(self.head_parameter_names())
-        allowed_missing: Callable[[str], bool] = (
-            (lambda key: False) if layout.startswith("vilio-finetuned") else (lambda key: key in head)
-        )
-        return load_mapped_state_dict(
-            self,
-            converted,
-            source=f"{path} ({layout} VisualBERT layout)",
-            allowed_missing=allowed_missing,
-            allowed_unexpected=DOCUMENTED_UNEXPECTED[layout],
-        )
-
-
-# -- original checkpoints ---------------------------------------------------------------------
-
-HF_RENAMES = {
-    "embeddings.visual_projection.": "embeddings.projection.",
-    "embeddings.visual_token_type_embeddings.": "embeddings.token_type_embeddings_visual.",
-    "embeddings.visual_position_embeddings.": "embeddings.position_embeddings_visual.",
-}
-
-
-def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """Name the layout a VisualBERT state dict is in; fail with the first keys when none fits."""
-    keys = list(state)
-    if any(key.startswith("module.model.") for key in keys):
-        return "vilio-finetuned-swa"
-    if any(key.startswith("model.bert.") for key in keys):
-        return "mmf"
-    if any(key.startswith("model.embeddings.") for key in keys):
-        return "vilio-finetuned"
-    if any(key.startswith("visual_bert.") for key in keys) or "embeddings.visual_projection.weight" in state:
-        return "huggingface"
-    if any(key.startswith("bert.embeddings.") for key in keys):
-        return "vilio-pretrained"
-    raise CheckpointError(
-        f"not a known VisualBERT checkpoint layout (MMF model.bert.*, vilio module.model.*/model.*/bert.*, "
-        f"Hugging Face visual_bert.*); first keys: {keys[:5]}"
-    )
-
-
-def _vilio_model_key(key: str) -> str:
-    """A ``ModelV.model`` (BertV) key -> ours: ``layer_weights`` stays at the top, the rest goes under ``bert.``."""
-    return key if key == "layer_weights" else f"bert.{key}"
-
-
-def convert_vilio_finetuned(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ``LASTtrain.pth``: [``n_averaged``,] ``[module.]model.*``, ``[module.]classifier.*``."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key == "n_averaged":
-            continue
-        key = key.removeprefix("module.")
-        if key.startswith("model."):
-            out[_vilio_model_key(key.removeprefix("model."))] = value
-        else:
-            out[key] = value
-    return out
-
-
-def convert_mmf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MMF ``model.pth``: ``model.bert.*`` -> ``bert.*``; ``model.cls.*`` left as is (unexpected)."""
-    return {(key.removeprefix("model.") if key.startswith("model.bert.") else key): v for key, v in state.items()}
-
-
-def convert_vilio_pretrained(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ``LAST_BV.pth`` (``BertVPretraining``): ``bert.*`` is already our name."""
-    return dict(state)
-
-
-def convert_huggingface(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``VisualBertModel`` keys -> ours (three embedding renames, ``bert.`` prefix)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        bare = key.removeprefix("visual_bert.")
-        if not bare.startswith(("embeddings.", "encoder.", "pooler.")):
-            out[key] = value  # pre-training / task heads: reported as unexpected
-            continue
-        for old, new in HF_RENAMES.items():
-            if bare.startswith(old):
-                bare = new + bare[len(old):]
-        out[f"bert.{bare}"] = value
-    return out
-
-
-CONVERTERS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "vilio-finetuned-swa": convert_vilio_finetuned,
-    "vilio-finetuned": convert_vilio_finetuned,
-    "mmf": convert_mmf,
-    "vilio-pretrained": convert_vilio_pretrained,
-    "huggingface": convert_huggingface,
-}
-
-_POSITION_IDS = re.compile(r"^bert\.embeddings\.position_ids$")
-# Keys each layout carries that we do not use: the position_ids buffer of HF >= 3 BertEmbeddings,
-# and the pre-training heads (masked LM ``cls.predictions``, ITM ``cls.seq_relationship``, LXMERT-style
-# ``obj_predict_head``) or Hugging Face task heads (``cls.*`` / ``attention.*`` of VisualBertFor*).
-DOCUMENTED_UNEXPECTED: dict[str, Callable[[str], bool]] = {
-    "vilio-finetuned-swa": lambda key: bool(_POSITION_IDS.match(key)),
-    "vilio-finetuned": lambda key: bool(_POSITION_IDS.match(key)),
-    "mmf": lambda key: bool(_POSITION_IDS.match(key)) or key.startswith("model.cls."),
-    "vilio-pretrained": lambda key: bool(_POSITION_IDS.match(key))
-    or key.startswith(("cls.", "obj_predict_head.")),
-    "huggingface": lambda key: bool(_POSITION_IDS.match(key)) or key.startswith(("cls.", "attention.")),
-}
 
 
 # -- named configs ----------------------------------------------------------------------------

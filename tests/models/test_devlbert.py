@@ -12,8 +12,8 @@ from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import MemeModel
+from memeguard.models.devlbert import DevlbertConfig, DevlbertModel
 from memeguard.models.registry import create_model, get_config
-from memeguard.models.vilbert import DevlbertConfig, DevlbertForMemes
 
 # Distinct widths so that a transposed or misplaced tensor cannot have the right shape.
 ODD_SIZES = dict(
@@ -64,12 +64,12 @@ LITERAL_SHAPES = {
 }
 
 
-def odd_model() -> DevlbertForMemes:
+def odd_model() -> DevlbertModel:
     torch.manual_seed(0)
-    return DevlbertForMemes(DevlbertConfig(**ODD_SIZES)).eval()
+    return DevlbertModel(DevlbertConfig(**ODD_SIZES)).eval()
 
 
-def random_original_state(model: DevlbertForMemes, seed: int = 1) -> dict[str, torch.Tensor]:
+def random_original_state(model: DevlbertModel, seed: int = 1) -> dict[str, torch.Tensor]:
     """Random tensors under the original key names (ours, with the release's 5-column location weight)."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -344,7 +344,7 @@ def test_registered_sizes_and_roundtrip(tmp_path) -> None:
     model = create_model("devlbert-tiny", visual_feat_dim=16).eval()
     model.save_pretrained(tmp_path / "m")
     again = MemeModel.from_pretrained(tmp_path / "m")
-    assert isinstance(again, DevlbertForMemes)
+    assert isinstance(again, DevlbertModel)
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
 
