@@ -69,8 +69,9 @@ from PIL import Image, ImageDraw, ImageFont
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
 from memeguard.io import atomic_write, write_json_atomic
+from memeguard.names import IMAGE_DIR, OFFICIAL_SPLITS, SYNTH_META_FILE, TRAIN, split_file
 
-SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
+SPLITS = OFFICIAL_SPLITS
 
 # Real phase-2 sizes, broken into disjoint parts: "dev_seen_only" + "shared" = dev_seen (500),
 # "shared" + "dev_unseen_new" = dev_unseen (540). Sum = 12,140 unique ids.
@@ -89,7 +90,8 @@ HATEFUL_RATE = {
     "test_seen": 490 / 1000,
     "test_unseen": 750 / 2000,
 }
-# Ids vilio's clean_data removes or skips by list (ISIS_dups, ADD_dups, dim_error; vilio_spec §1.3): a
+# Ids vilio's clean_data removes or skips by list (ISIS_dups, ADD_dups, dim_error in vilio's
+# ``utils/pandas_scripts.py``): a
 # synthetic meme must never carry one, or cleaning would drop it for reasons the data does not show.
 VILIO_LISTED_IDS = frozenset(
     {
@@ -763,7 +765,6 @@ def _write_file(path: Path, data: bytes) -> None:
 # --- orchestration -------------------------------------------------------------------------------------
 
 MARKER = ".memeguard_synth"
-META_NAME = "synth_meta.json"
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -778,9 +779,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
     (out_dir / MARKER).write_text("written by memeguard.data.synth\n", encoding="utf-8")
     # Remove the previous run's splits (and derived ones such as train_clean/traindev/pretrain) first, so
     # an interrupted rerun never looks complete; stale images are removed at the end.
-    for old in [*out_dir.glob("*.jsonl"), out_dir / META_NAME]:
+    for old in [*out_dir.glob("*.jsonl"), out_dir / SYNTH_META_FILE]:
         old.unlink(missing_ok=True)
-    (out_dir / "img").mkdir(exist_ok=True)
+    (out_dir / IMAGE_DIR).mkdir(exist_ok=True)
 
 
 def _progress(total: int, enabled: bool):  # noqa: ANN202 - rich objects, imported lazily
@@ -820,7 +821,7 @@ def generate_synthetic(
     unique = {id(p): p for p in originals}.values()  # dev_seen/dev_unseen share plan objects
     for plan in unique:
         by_image.setdefault(plan.image, []).append(plan)
-    duplicates = [p for p in splits["train"] if p.role == "duplicate"]
+    duplicates = [p for p in splits[TRAIN] if p.role == "duplicate"]
 
     jobs = [(image_plan, by_image.get(image_plan.key, []), font_path, out_dir) for image_plan in images]
     meta: dict[str, dict[str, object]] = {}
@@ -836,25 +837,25 @@ def generate_synthetic(
     for plan in duplicates:
         source = plan.duplicate_of
         assert source is not None
-        data = (out_dir / "img" / f"{source.meme_id:05d}.png").read_bytes()
-        _write_file(out_dir / "img" / f"{plan.meme_id:05d}.png", data)
+        data = (out_dir / IMAGE_DIR / f"{source.meme_id:05d}.png").read_bytes()
+        _write_file(out_dir / IMAGE_DIR / f"{plan.meme_id:05d}.png", data)
         record = dict(meta[str(source.meme_id)])
         record.update(role="duplicate", duplicate_of=source.meme_id)
         meta[str(plan.meme_id)] = record
 
     all_ids = {p.meme_id for memes in splits.values() for p in memes}
-    for stale in (out_dir / "img").glob("*.png"):
+    for stale in (out_dir / IMAGE_DIR).glob("*.png"):
         if not stale.stem.isdigit() or int(stale.stem) not in all_ids:
             stale.unlink()
 
     write_json_atomic(
-        out_dir / META_NAME,
+        out_dir / SYNTH_META_FILE,
         {"generator": "memeguard.data.synth", "version": 1, "n": n, "seed": seed, "label_noise": label_noise,
          "memes": meta},
         indent=None,
     )
     for name in SPLITS:
-        _write_split(out_dir / f"{name}.jsonl", splits[name])
+        _write_split(out_dir / split_file(name), splits[name])
 
     return _summary(out_dir, n, seed, splits, images, meta, font_path, time.perf_counter() - start)
 
@@ -867,7 +868,7 @@ def _render_image_job(job: tuple[_ImagePlan, list[_MemePlan], str, Path]) -> dic
     for plan in plans:
         captioned = picture.copy()
         boxes = draw_caption(captioned, plan.text, plan.caption_seed, font_path)
-        _write_file(out_dir / "img" / f"{plan.meme_id:05d}.png", _png_bytes(captioned))
+        _write_file(out_dir / IMAGE_DIR / f"{plan.meme_id:05d}.png", _png_bytes(captioned))
         records[str(plan.meme_id)] = _meta_record(plan, picture_info, boxes, captioned.size)
     return records
 
@@ -921,7 +922,7 @@ def _meta_record(
 def _write_split(path: Path, plans: Sequence[_MemePlan]) -> None:
     with atomic_write(path) as handle:
         for plan in plans:
-            meme = Meme(id=plan.meme_id, img=f"img/{plan.meme_id:05d}.png", text=plan.text, label=plan.label)
+            meme = Meme(id=plan.meme_id, img=f"{IMAGE_DIR}/{plan.meme_id:05d}.png", text=plan.text, label=plan.label)
             handle.write(json.dumps(meme.to_json(), ensure_ascii=False) + "\n")
 
 
