@@ -291,6 +291,9 @@ def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None
 
 
 # -- command-line overrides ---------------------------------------------------------------------------
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     """``"models.V.train.lr=1e-4"`` -> (``["models", "V", "train", "lr"]``, ``1e-4``): the value is YAML."""
     key, sep, text = item.partition("=")
@@ -299,7 +302,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({exc})") from None
+        raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({getattr(exc, 'problem', exc)})") from None
+    if isinstance(value, str) and value == text.strip() and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string; YAML 1.2 reads a number
     return key.strip().split("."), value
 
 
