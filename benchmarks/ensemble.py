@@ -81,7 +81,9 @@ def main() -> None:
         "coordinate (--method coordinate)": optimize_weights,
     }
     rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in searches}
-    loop_rows: dict[str, list[tuple[float, float, float]]] = {f"loop + {SIMPLEX}": [], f"loop + {COORDINATE}": []}
+    loop_rows: dict[str, list[tuple[float, float, float]]] = {
+        f"loop + {SIMPLEX}": [], f"loop + {COORDINATE}": []
+    }
     for case in range(args.cases):
         labels, scores, names = synthetic_case(case)
         for name, search in searches.items():
@@ -105,18 +107,17 @@ def main() -> None:
         f"weight search over 15 prediction sets, dev 500 / test 1000 / 2000, {args.cases} cases "
         f"(mean; best of {args.repeats} for time)"
     )
-    header = f"{'method':44s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} {'test_unseen':>11s}"
+    header = (f"{'method':44s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} "
+              f"{'test_unseen':>11s}")
     print(header)
     print("-" * len(header))
     base = statistics.mean(r[0] for r in rows["simplex, sklearn AUROC (vilio)"])
     for name, values in rows.items():
         t, dev, seen, unseen = (statistics.mean(col) for col in zip(*values, strict=True))
         print(f"{name:44s} {t:8.3f} {base / t:7.1f}x {dev:10.4f} {seen:10.4f} {unseen:11.4f}")
-    wins = sum(
-        c[1] >= s[1]
-        for c, s in zip(rows["coordinate (--method coordinate)"], rows["simplex, rank-sum AUROC (--method simplex)"],
-                        strict=True)
-    )
+    coordinate = rows["coordinate (--method coordinate)"]
+    simplex = rows["simplex, rank-sum AUROC (--method simplex)"]
+    wins = sum(c[1] >= s[1] for c, s in zip(coordinate, simplex, strict=True))
     print(f"coordinate >= simplex dev AUROC in {wins}/{args.cases} cases")
     print()
     print("whole two-pass loop on 5 seed-averaged families")

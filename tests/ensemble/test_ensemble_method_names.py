@@ -1,4 +1,4 @@
-"""Readable ensemble method names, with vilio's spellings (and 0.1's ``opt``) accepted wherever a method is named."""
+"""Readable ensemble method names, and vilio's spellings (and 0.1's ``opt``) wherever one is named."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_every_alias_names_a_method_and_every_name_is_its_own_canonical_form() -
 
 
 def test_an_unknown_method_is_one_line_that_lists_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"unknown ensemble method 'avg'; choose from loop, mean, .*sa=mean"):
+    with pytest.raises(ConfigError, match=r"unknown ensemble method 'avg'; choose from loop, mean, .*sa=mea"):
         canonical_method("avg")
 
 
@@ -61,5 +61,6 @@ def test_the_cli_takes_an_alias_lists_the_readable_names_and_rejects_others(make
     assert bad.exit_code == 2 and "'median' is not one of loop, mean, power, rank" in bad.output
     assert not (folder.root / "bad").exists()
     shown = runner.invoke(app, ["ensemble", "--help"]).output
-    for choices in ("[loop|mean|power|rank|simplex|coordinate]", "[simplex|coordinate]", "[prior|rate|threshold]"):
+    for choices in ("[loop|mean|power|rank|simplex|coordinate]", "[simplex|coordinate]",
+                    "[prior|rate|threshold]"):
         assert choices in shown

@@ -1,4 +1,4 @@
-"""Seed averaging in the pipeline (through the ensemble's), stage keys, overrides in parallel workers, the CLI."""
+"""Seed averaging in the pipeline (the ensemble's), stage keys, overrides in parallel workers, the CLI."""
 
 from __future__ import annotations
 
@@ -75,8 +75,9 @@ def test_overrides_reach_the_parallel_workers(tmp_path: Path, monkeypatch: pytes
     ran: list[str] = []
     monkeypatch.setattr(runner_module, "run_stage", lambda s: ran.append(s.key) or 0.0)
     monkeypatch.setenv("MEMEGUARD_NO_PROGRESS", "0")  # restored after the test; the worker sets it
-    spec = {"recipe": runner.recipe.source, "overrides": runner.recipe.command_line, "data": str(runner.data_dir),
-            "out": str(runner.out_dir), "inference_only": False, "device": "cpu", "limit": None, "threads": 1}
+    spec = {"recipe": runner.recipe.source, "overrides": runner.recipe.command_line,
+            "data": str(runner.data_dir), "out": str(runner.out_dir), "inference_only": False,
+            "device": "cpu", "limit": None, "threads": 1}
     import torch
 
     threads = torch.get_num_threads()
@@ -87,7 +88,9 @@ def test_overrides_reach_the_parallel_workers(tmp_path: Path, monkeypatch: pytes
     assert ran == [stage.key]
 
 
-def test_version_and_run_overrides_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_and_run_overrides_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cli = CliRunner(env={"COLUMNS": "200"})
     shown = cli.invoke(app, ["--version"])
     assert shown.exit_code == 0 and shown.output == f"memeguard {__version__}\n"

@@ -207,7 +207,8 @@ def clean_dataset(
         if unlabeled:
             raise DataError(f"{split_path(data_dir, split_name)}: ids without a label: {unlabeled[:10]}")
 
-    rows = [(TRAIN, m) for m in train] + [(DEV_SEEN, m) for m in dev_seen] + [(DEV_UNSEEN, m) for m in dev_unseen_new]
+    sources = ((TRAIN, train), (DEV_SEEN, dev_seen), (DEV_UNSEEN, dev_unseen_new))
+    rows = [(split, meme) for split, memes in sources for meme in memes]
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = HashCache(out_dir / HASH_CACHE_FILE)
     hashes: dict[tuple[str, int], ImageHashes] = {}
@@ -249,7 +250,8 @@ def clean_dataset(
             TRAIN_CLEAN: len(train_clean), TRAINDEV: len(traindev), PRETRAIN: len(pretrain),
         },
         "removed": sorted(removed, key=lambda c: (str(c["rule"]), int(c["id"]))),
-        "added": [{"id": m.id, "rule": "dev_unseen_new", "to": [TRAIN_CLEAN, TRAINDEV, PRETRAIN]} for m in dev_unseen_new],
+        "added": [{"id": m.id, "rule": "dev_unseen_new", "to": [TRAIN_CLEAN, TRAINDEV, PRETRAIN]}
+                  for m in dev_unseen_new],
         "pretrain_excluded": excluded,
         "matched_outside_train": not_in_train,
         "conflicting_label_pairs": conflicts,

@@ -467,7 +467,9 @@ def plan_dataset(
     shared += [seen_benign[i] for i in rng.choice(len(seen_benign), n_shared - shared_hateful, replace=False)]
 
     test_seen = _plan_split(rng, TEST_SEEN, parts[TEST_SEEN], HATEFUL_RATE[TEST_SEEN], counter, label_noise)
-    test_unseen = _plan_split(rng, TEST_UNSEEN, parts[TEST_UNSEEN], HATEFUL_RATE[TEST_UNSEEN], counter, label_noise)
+    test_unseen = _plan_split(
+        rng, TEST_UNSEEN, parts[TEST_UNSEEN], HATEFUL_RATE[TEST_UNSEEN], counter, label_noise
+    )
 
     everything = train + dev_seen + dev_unseen_new + test_seen + test_unseen
     _fill_texts(rng, everything)
@@ -932,7 +934,8 @@ def _meta_record(
 def _write_split(path: Path, plans: Sequence[_MemePlan]) -> None:
     with atomic_write(path) as handle:
         for plan in plans:
-            meme = Meme(id=plan.meme_id, img=f"{IMAGE_DIR}/{plan.meme_id:05d}.png", text=plan.text, label=plan.label)
+            image = f"{IMAGE_DIR}/{plan.meme_id:05d}.png"
+            meme = Meme(id=plan.meme_id, img=image, text=plan.text, label=plan.label)
             handle.write(json.dumps(meme.to_json(), ensure_ascii=False) + "\n")
 
 

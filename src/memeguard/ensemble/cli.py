@@ -81,7 +81,7 @@ def ensemble(
         "rate (the dev threshold's share on dev) or threshold (vilio: the dev threshold itself).",
     ),
 ) -> None:
-    """Seed-average each family, blend (mean/power/rank/simplex, two passes for 'loop'), write FIN_<split>.csv."""
+    """Seed-average each family, blend (mean/power/rank/simplex; loop: two passes), write FIN_<split>.csv."""
     from memeguard.ensemble.folder import ensemble_folder
 
     result = ensemble_folder(
@@ -98,7 +98,8 @@ def ensemble(
     groups = ", ".join(f"{name}({len(members)})" for name, members in result.families.items())
     typer.echo(f"families: {groups}")
     typer.echo(
-        f"{result.method}: dev AUROC {result.dev_auroc:.4f}, threshold {result.threshold:.4f}, dev accuracy {result.dev_accuracy:.4f}"
+        f"{result.method}: dev AUROC {result.dev_auroc:.4f}, threshold {result.threshold:.4f}, "
+        f"dev accuracy {result.dev_accuracy:.4f}"
     )
     for path in result.files.values():
         typer.echo(f"wrote {path}")

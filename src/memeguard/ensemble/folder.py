@@ -300,7 +300,8 @@ def ensemble_folder(
     splits = list(next(iter(models.values())))
     groups = resolve_families(list(models), families, pred_dir)
     runs = load_tables(models, splits)
-    y, gt_size = ground_truth_labels(str(gt_path), runs[DEV_SEEN].ids, source=str(models[runs[DEV_SEEN].names[0]][DEV_SEEN]))
+    first_dev_file = str(models[runs[DEV_SEEN].names[0]][DEV_SEEN])
+    y, gt_size = ground_truth_labels(str(gt_path), runs[DEV_SEEN].ids, source=first_dev_file)
     tables = seed_average(runs, groups)
 
     scores, record = _final_scores(tables, y, method, optimizer, passes, keep)

@@ -168,7 +168,9 @@ def vilio_loop(
     for index in range(1, passes + 1):
         aurocs = dev_aurocs(current[DEV_SEEN], dev_labels)
         kept, dropped = (
-            (list(current[DEV_SEEN].names), []) if index == 1 else prune_to_best(current[DEV_SEEN].names, aurocs, keep)
+            (list(current[DEV_SEEN].names), [])
+            if index == 1
+            else prune_to_best(current[DEV_SEEN].names, aurocs, keep)
         )
         current = {split: t.select(kept) for split, t in current.items()}
         outcomes = {m: blend(current, dev_labels, m, optimizer) for m in ("SA", "PA", "RA", "SX")}

@@ -96,7 +96,7 @@ def demo(
 
     start = time.perf_counter()
     data_dir = out / "synthetic"
-    if not (data_dir / split_file(TEST_UNSEEN)).is_file():  # the synthetic set writes its splits last, this one last
+    if not (data_dir / split_file(TEST_UNSEEN)).is_file():  # synth writes the split files last, this one last
         typer.echo(f"generating {n} synthetic memes in {data_dir} ...")
         generate_synthetic(data_dir, n=n, seed=seed)
     report = check_dataset(data_dir)
@@ -105,4 +105,5 @@ def demo(
         raise DataError("; ".join(report.errors[:5]))
     result = run_recipe(RECIPES_DIR / "demo.yaml", data_dir, out, workers=workers)
     print_summary(result)
-    typer.echo(f"demo finished in {time.perf_counter() - start:.0f}s: {out}/{fin_file('*')}, {out}/{REPORT_FILE}")
+    seconds = time.perf_counter() - start
+    typer.echo(f"demo finished in {seconds:.0f}s: {out}/{fin_file('*')}, {out}/{REPORT_FILE}")

@@ -141,7 +141,7 @@ class ModelSpec(_Strict):
 
 
 class EnsembleSpec(_Strict):
-    method: str = LOOP  # one of ``ENSEMBLE_METHODS``; vilio's names (sa, pa, ra, sx) and 0.1's opt are aliases
+    method: str = LOOP  # one of ``ENSEMBLE_METHODS``; vilio's sa, pa, ra, sx and 0.1's opt are aliases
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("method")
@@ -298,13 +298,16 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     """``"models.V.train.lr=1e-4"`` -> (``["models", "V", "train", "lr"]``, ``1e-4``): the value is YAML."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(f"command line: {item!r}: an override is key.path=value, e.g. models.0.train.epochs=3")
+        raise ConfigError(
+            f"command line: {item!r}: an override is key.path=value, e.g. models.0.train.epochs=3"
+        )
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({problem})") from None
     if isinstance(value, str) and value == text.strip() and _EXPONENT_FLOAT.fullmatch(value):
-        value = float(value)  # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string; YAML 1.2 reads a number
+        value = float(value)  # PyYAML reads YAML 1.1, where 1e-4 (no dot) is a string; YAML 1.2 a number
     return key.strip().split("."), value
 
 
@@ -319,13 +322,14 @@ def _child(node: Any, part: str, key: str) -> tuple[Any, Any]:
             return node, int(part)
         names = [entry.get("name") for entry in node if isinstance(entry, dict)]
         if part not in names:
-            raise ConfigError(f"command line: {key}: no entry named {part!r} (names: {', '.join(map(str, names))})")
+            known = ", ".join(map(str, names))
+            raise ConfigError(f"command line: {key}: no entry named {part!r} (names: {known})")
         return node, names.index(part)
     raise ConfigError(f"command line: {key}: {part!r} is inside a value that is not a mapping or a list")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of the parsed recipe ``data`` with each ``key.path=value`` set (torchtune's key=value overrides).
+    """A copy of the parsed recipe ``data`` with each ``key.path=value`` set (torchtune's overrides).
 
     Parts are mapping keys, list positions (``models.0``) or, in a list of named entries, a name
     (``models.V``); missing mappings on the way are created (``ensemble.params.test_labels=rate``).
@@ -404,7 +408,7 @@ def load_recipe(
     check_models: bool = True,
     overrides: Sequence[str] = (),
 ) -> Recipe:
-    """Parse and validate a recipe file, with ``key.path=value`` ``overrides`` applied (see ``apply_overrides``).
+    """Parse and validate a recipe file, with ``key.path=value`` ``overrides`` (see ``apply_overrides``).
 
     Every error names the file and line; an error that only the overrides cause says so instead (the
     file's line numbers would point at a value that is no longer used).
@@ -420,6 +424,7 @@ def load_recipe(
     except ConfigError as exc:
         _validate(data, document, path, **options)  # the file's own error, with its line, comes first
         detail = re.sub(rf"^{re.escape(str(path))}(:(\d+|None))?: ", "", str(exc))
-        raise ConfigError(f"{path}, overridden from the command line by {' '.join(overrides)}: {detail}") from None
+        given = " ".join(overrides)
+        raise ConfigError(f"{path}, overridden from the command line by {given}: {detail}") from None
     recipe.command_line = list(overrides)
     return recipe

@@ -319,9 +319,9 @@ class RecipeRunner:
             else:
                 pending.append(stage)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        spec = {"recipe": self.recipe.source, "overrides": self.recipe.command_line, "data": str(self.data_dir),
-                "out": str(self.out_dir), "inference_only": self.inference_only, "device": self.device,
-                "limit": self.limit, "threads": threads}
+        spec = {"recipe": self.recipe.source, "overrides": self.recipe.command_line,
+                "data": str(self.data_dir), "out": str(self.out_dir), "inference_only": self.inference_only,
+                "device": self.device, "limit": self.limit, "threads": threads}
         running: dict[futures.Future[float], Stage] = {}
         finished: set[str] = {stage.key for stage in self.stages if stage.done}
         context = multiprocessing.get_context("spawn")
@@ -355,11 +355,12 @@ class RecipeRunner:
 
         from memeguard.pipeline.stages import average_seeds, run_ensemble, write_run_report
 
+        pred_dir = self.out_dir / PREDICTIONS_DIR
         start = time.perf_counter()
-        family_files = average_seeds(self.run_predictions, self.out_dir / PREDICTIONS_DIR)
+        family_files = average_seeds(self.run_predictions, pred_dir)
         timings["seed average"] = {"seconds": time.perf_counter() - start, "cached": False}
         start = time.perf_counter()
-        fin_files = run_ensemble(self.out_dir / PREDICTIONS_DIR, self.clean_dir, self.out_dir, self.recipe.ensemble)
+        fin_files = run_ensemble(pred_dir, self.clean_dir, self.out_dir, self.recipe.ensemble)
         timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
         write_json_atomic(self.out_dir / TIMINGS_FILE, timings)
         write_run_report(self.out_dir, family_files, fin_files, self.clean_dir, timings, self.recipe.name)

@@ -93,7 +93,8 @@ def predict_from_checkpoint(model: ModelSpec, checkpoint: str, store: Path, data
     from memeguard.training.build import build_model
 
     feature_dim = FeatureStore.open(store).feature_dim
-    built = build_model(model.model, feature_dim=feature_dim, init=checkpoint, overrides=dict(model.overrides))
+    built = build_model(model.model, feature_dim=feature_dim, init=checkpoint,
+                        overrides=dict(model.overrides))
     model_dir = out / MODEL_DIR
     built.save_pretrained(model_dir)
     for split in splits:
@@ -140,7 +141,8 @@ def run_ensemble(pred_dir: Path, data_dir: Path, out_dir: Path, spec: EnsembleSp
         raise ConfigError(f"{pred_dir}: no {family_file('<model>', DEV_SEEN)} predictions to ensemble")
     gt = split_path(data_dir, DEV_SEEN)
     ensemble_folder(pred_dir, gt, out_dir, method=spec.method, **spec.params)
-    return {split: out_dir / fin_file(split) for split in PREDICTED_SPLITS if (out_dir / fin_file(split)).is_file()}
+    written = {split: out_dir / fin_file(split) for split in PREDICTED_SPLITS}
+    return {split: path for split, path in written.items() if path.is_file()}
 
 
 def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
