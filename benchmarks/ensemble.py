@@ -21,12 +21,14 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from memeguard.ensemble.method_names import COORDINATE, SIMPLEX
 from memeguard.ensemble.optimize import optimize_weights
 from memeguard.ensemble.simplex import SimplexTuner, WeightSearch, simplex_weights
 from memeguard.ensemble.table import ScoreTable
 from memeguard.ensemble.vilio_loop import seed_average, vilio_loop
+from memeguard.names import DEV_SEEN, TEST_SEEN, TEST_UNSEEN
 
-SIZES = {"dev_seen": 500, "test_seen": 1000, "test_unseen": 2000}
+SIZES = {DEV_SEEN: 500, TEST_SEEN: 1000, TEST_UNSEEN: 2000}
 FAMILIES = ("O", "U", "V", "EL", "ES")
 
 
@@ -75,51 +77,54 @@ def main() -> None:
 
     searches: dict[str, Callable[[np.ndarray, np.ndarray], WeightSearch]] = {
         "simplex, sklearn AUROC (vilio)": vilio_simplex,
-        "simplex, rank-sum AUROC": simplex_weights,
-        "coordinate (ours)": optimize_weights,
+        "simplex, rank-sum AUROC (--method simplex)": simplex_weights,
+        "coordinate (--method coordinate)": optimize_weights,
     }
     rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in searches}
-    loop_rows: dict[str, list[tuple[float, float, float]]] = {"loop + simplex": [], "loop + coordinate": []}
+    loop_rows: dict[str, list[tuple[float, float, float]]] = {
+        f"loop + {SIMPLEX}": [], f"loop + {COORDINATE}": []
+    }
     for case in range(args.cases):
         labels, scores, names = synthetic_case(case)
         for name, search in searches.items():
-            dev_x, dev_y = scores["dev_seen"], labels["dev_seen"]
+            dev_x, dev_y = scores[DEV_SEEN], labels[DEV_SEEN]
             result, seconds = timed(lambda s=search, x=dev_x, y=dev_y: s(x, y), args.repeats)
             w = result.weights
             rows[name].append((seconds, *(roc_auc_score(labels[s], scores[s] @ w) for s in SIZES)))
         tables = {s: ScoreTable(s, np.arange(SIZES[s]), tuple(names), scores[s]) for s in SIZES}
         families = {f: [n for n in names if n.startswith(f"{f}__")] for f in FAMILIES}
         family_tables = seed_average(tables, families)
-        for name, optimizer in (("loop + simplex", "simplex"), ("loop + coordinate", "coordinate")):
+        for optimizer in (SIMPLEX, COORDINATE):
             loop, seconds = timed(
-                lambda o=optimizer, t=family_tables, y=labels["dev_seen"]: vilio_loop(t, y, optimizer=o),
+                lambda o=optimizer, t=family_tables, y=labels[DEV_SEEN]: vilio_loop(t, y, optimizer=o),
                 args.repeats,
             )
-            loop_rows[name].append(
-                (seconds, loop.dev_auroc, roc_auc_score(labels["test_unseen"], loop.scores["test_unseen"]))
+            loop_rows[f"loop + {optimizer}"].append(
+                (seconds, loop.dev_auroc, roc_auc_score(labels[TEST_UNSEEN], loop.scores[TEST_UNSEEN]))
             )
 
     print(
         f"weight search over 15 prediction sets, dev 500 / test 1000 / 2000, {args.cases} cases "
         f"(mean; best of {args.repeats} for time)"
     )
-    header = f"{'method':34s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} {'test_unseen':>11s}"
+    header = (f"{'method':44s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} "
+              f"{'test_unseen':>11s}")
     print(header)
     print("-" * len(header))
     base = statistics.mean(r[0] for r in rows["simplex, sklearn AUROC (vilio)"])
     for name, values in rows.items():
         t, dev, seen, unseen = (statistics.mean(col) for col in zip(*values, strict=True))
-        print(f"{name:34s} {t:8.3f} {base / t:7.1f}x {dev:10.4f} {seen:10.4f} {unseen:11.4f}")
-    wins = sum(
-        c[1] >= s[1] for c, s in zip(rows["coordinate (ours)"], rows["simplex, rank-sum AUROC"], strict=True)
-    )
+        print(f"{name:44s} {t:8.3f} {base / t:7.1f}x {dev:10.4f} {seen:10.4f} {unseen:11.4f}")
+    coordinate = rows["coordinate (--method coordinate)"]
+    simplex = rows["simplex, rank-sum AUROC (--method simplex)"]
+    wins = sum(c[1] >= s[1] for c, s in zip(coordinate, simplex, strict=True))
     print(f"coordinate >= simplex dev AUROC in {wins}/{args.cases} cases")
     print()
     print("whole two-pass loop on 5 seed-averaged families")
-    print(f"{'method':34s} {'seconds':>8s} {'dev AUROC':>10s} {'test_unseen':>11s}")
+    print(f"{'method':44s} {'seconds':>8s} {'dev AUROC':>10s} {'test_unseen':>11s}")
     for name, values in loop_rows.items():
         t, dev, unseen = (statistics.mean(col) for col in zip(*values, strict=True))
-        print(f"{name:34s} {t:8.3f} {dev:10.4f} {unseen:11.4f}")
+        print(f"{name:44s} {t:8.3f} {dev:10.4f} {unseen:11.4f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from memeguard import __version__
 from memeguard.errors import MemeguardError
 
 app = typer.Typer(
@@ -20,6 +21,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"memeguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Hateful-meme detection: data, region features, VL models, training, ensembling."""
+
 
 # (module, attribute, sub-command name or None to merge its commands at top level)
 _SUBAPPS: tuple[tuple[str, str, str | None], ...] = (
@@ -34,13 +52,7 @@ _SUBAPPS: tuple[tuple[str, str, str | None], ...] = (
 
 def _register_subapps() -> None:
     for module_name, attribute, name in _SUBAPPS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # stage not built yet
-            raise
-        sub = getattr(module, attribute)
+        sub = getattr(importlib.import_module(module_name), attribute)
         if name is None:
             app.registered_commands.extend(sub.registered_commands)
             app.registered_groups.extend(sub.registered_groups)

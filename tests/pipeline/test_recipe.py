@@ -18,7 +18,7 @@ features:
     extractor: grid
 models:
   - name: V
-    architecture: visualbert-tiny
+    model: visualbert-tiny
     features: grid
     seeds: [1, 2]
     train: {lr: 0.001, epochs: 1}
@@ -47,7 +47,7 @@ def test_good_recipe_expands_seeds_into_runs(tmp_path: Path) -> None:
         (GOOD.replace("visualbert-tiny", "visualbert-huge"), r"r.yaml:7: unknown architecture 'visualbert-huge'"),
         (GOOD.replace("{lr: 0.001, epochs: 1}", "{lr: 0.001, epoch: 1}"), r"r.yaml:10: models\[0\].train: unknown key 'epoch'"),
         (GOOD.replace("  grid:\n    extractor: grid", "  grid:\n    extractor: grid\n    import_tsv: x.tsv"), r"exactly one of"),
-        (GOOD + "  - {name: V, architecture: visualbert-tiny, features: grid}\n", r"model names must be unique"),
+        (GOOD + "  - {name: V, model: visualbert-tiny, features: grid}\n", r"model names must be unique"),
         (GOOD.replace("features:\n  grid", "features:\n grid:\n  - ]"), r"invalid YAML"),
     ],
 )
@@ -78,7 +78,7 @@ def test_inference_only_needs_checkpoints(tmp_path: Path) -> None:
 
 def test_shipped_demo_recipe_loads() -> None:
     recipe = load_recipe(RECIPES / "demo.yaml")
-    assert {m.architecture for m in recipe.models} == {"visualbert-tiny", "uniter-tiny", "oscar-tiny"}
+    assert {m.model for m in recipe.models} == {"visualbert-tiny", "uniter-tiny", "oscar-tiny"}
     assert all(len(m.runs) == 2 for m in recipe.models)
 
 

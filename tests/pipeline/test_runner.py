@@ -16,12 +16,12 @@ features:
   grid: {extractor: grid}
 models:
   - name: V
-    architecture: visualbert-tiny
+    model: visualbert-tiny
     features: grid
     seeds: [1]
     train: {lr: 0.001, epochs: 1, batch_size: 32, sum_loss: false, eval_every: 0}
   - name: X
-    architecture: lxmert-tiny
+    model: lxmert-tiny
     features: grid
     seeds: [2]
     train: {lr: 0.001, epochs: 1, batch_size: 32, sum_loss: false, eval_every: 0}

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from memeguard.data.hm import SPLITS, available_splits, image_path, read_split, split_path
+from memeguard.data.hm import available_splits, image_path, read_split, split_path
 from memeguard.data.images import image_size
 from memeguard.data.meme import Meme
 from memeguard.errors import DataError
+from memeguard.names import OFFICIAL_SPLITS
 
 
 @dataclass
@@ -56,7 +57,7 @@ def check_dataset(data_dir: str | os.PathLike[str], check_images: bool = True) -
         report.errors.append(f"{data_dir}: dataset directory not found")
         return report
     names = available_splits(data_dir)
-    if not any(name in SPLITS for name in names):
+    if not any(name in OFFICIAL_SPLITS for name in names):
         report.errors.append(f"{data_dir}: no split files found (expected e.g. train.jsonl, dev_seen.jsonl)")
         return report
     splits: dict[str, list[Meme]] = {}
@@ -71,7 +72,7 @@ def check_dataset(data_dir: str | os.PathLike[str], check_images: bool = True) -
         report.splits.append(
             SplitSummary(name, split_path(data_dir, name).name, len(memes), len(labelled), sum(m.label for m in labelled))
         )
-    official = [name for name in SPLITS if name in splits]
+    official = [name for name in OFFICIAL_SPLITS if name in splits]
     for i, first in enumerate(official):
         for second in official[i + 1:]:
             shared = {m.id for m in splits[first]} & {m.id for m in splits[second]}

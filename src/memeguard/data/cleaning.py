@@ -32,6 +32,19 @@ from memeguard.data.images import open_image_raw
 from memeguard.data.meme import Meme
 from memeguard.errors import DataError
 from memeguard.io import write_json_atomic
+from memeguard.names import (
+    CLEANING_REPORT_FILE,
+    DEV_SEEN,
+    DEV_UNSEEN,
+    HASH_CACHE_FILE,
+    IMAGE_DIR,
+    OFFICIAL_SPLITS,
+    PRETRAIN,
+    TRAIN,
+    TRAIN_CLEAN,
+    TRAINDEV,
+    split_file,
+)
 
 ISIS_DUPS: tuple[int, ...] = (
     35097, 97542, 91562, 71368, 29013, 85173, 15072, 1348, 70269, 36804, 68954, 91270, 64781, 96078, 97162, 34518,
@@ -39,7 +52,6 @@ ISIS_DUPS: tuple[int, ...] = (
 )
 ADD_DUPS: tuple[int, ...] = (54981, 71903, 69087)
 DIM_ERROR_IDS: tuple[int, ...] = (63805, 73026, 16845, 27058)
-HASH_CACHE_NAME = ".hash_cache.json"
 HASH_CACHE_VERSION = 1
 
 
@@ -185,19 +197,20 @@ def clean_dataset(
     out_dir = Path(out_dir)
     if out_dir.resolve() == data_dir.resolve():
         raise DataError(f"{out_dir}: the output folder must differ from the dataset folder (inputs are never overwritten)")
-    train = read_split(data_dir, "train")
-    dev_seen = read_split(data_dir, "dev_seen")
-    dev_unseen = read_split(data_dir, "dev_unseen") if split_path(data_dir, "dev_unseen").is_file() else []
+    train = read_split(data_dir, TRAIN)
+    dev_seen = read_split(data_dir, DEV_SEEN)
+    dev_unseen = read_split(data_dir, DEV_UNSEEN) if split_path(data_dir, DEV_UNSEEN).is_file() else []
     seen_ids = {meme.id for meme in dev_seen}
     dev_unseen_new = [meme for meme in dev_unseen if meme.id not in seen_ids]
-    for split_name, memes in (("train", train), ("dev_seen", dev_seen), ("dev_unseen", dev_unseen_new)):
+    for split_name, memes in ((TRAIN, train), (DEV_SEEN, dev_seen), (DEV_UNSEEN, dev_unseen_new)):
         unlabeled = [meme.id for meme in memes if meme.label is None]
         if unlabeled:
             raise DataError(f"{split_path(data_dir, split_name)}: ids without a label: {unlabeled[:10]}")
 
-    rows = [("train", m) for m in train] + [("dev_seen", m) for m in dev_seen] + [("dev_unseen", m) for m in dev_unseen_new]
+    sources = ((TRAIN, train), (DEV_SEEN, dev_seen), (DEV_UNSEEN, dev_unseen_new))
+    rows = [(split, meme) for split, memes in sources for meme in memes]
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = HashCache(out_dir / HASH_CACHE_NAME)
+    cache = HashCache(out_dir / HASH_CACHE_FILE)
     hashes: dict[tuple[str, int], ImageHashes] = {}
     if not remove_duplicates:
         rows = []
@@ -232,22 +245,23 @@ def clean_dataset(
     report: dict[str, object] = {
         "data_dir": str(data_dir),
         "counts": {
-            "train": len(train), "dev_seen": len(dev_seen), "dev_unseen": len(dev_unseen),
+            TRAIN: len(train), DEV_SEEN: len(dev_seen), DEV_UNSEEN: len(dev_unseen),
             "dev_unseen_new": len(dev_unseen_new), "removed": len(remove_ids),
-            "train_clean": len(train_clean), "traindev": len(traindev), "pretrain": len(pretrain),
+            TRAIN_CLEAN: len(train_clean), TRAINDEV: len(traindev), PRETRAIN: len(pretrain),
         },
         "removed": sorted(removed, key=lambda c: (str(c["rule"]), int(c["id"]))),
-        "added": [{"id": m.id, "rule": "dev_unseen_new", "to": ["train_clean", "traindev", "pretrain"]} for m in dev_unseen_new],
+        "added": [{"id": m.id, "rule": "dev_unseen_new", "to": [TRAIN_CLEAN, TRAINDEV, PRETRAIN]}
+                  for m in dev_unseen_new],
         "pretrain_excluded": excluded,
         "matched_outside_train": not_in_train,
         "conflicting_label_pairs": conflicts,
         "listed_ids_absent": sorted(int(c["id"]) for c in listed if c["id"] not in train_ids),
     }
     _link_dataset(data_dir, out_dir)
-    write_jsonl(out_dir / "train_clean.jsonl", train_clean)
-    write_jsonl(out_dir / "traindev.jsonl", traindev)
-    write_jsonl(out_dir / "pretrain.jsonl", pretrain)
-    write_json_atomic(out_dir / "cleaning_report.json", report)
+    write_jsonl(out_dir / split_file(TRAIN_CLEAN), train_clean)
+    write_jsonl(out_dir / split_file(TRAINDEV), traindev)
+    write_jsonl(out_dir / split_file(PRETRAIN), pretrain)
+    write_json_atomic(out_dir / CLEANING_REPORT_FILE, report)
     return CleaningResult(train_clean=train_clean, traindev=traindev, pretrain=pretrain, report=report)
 
 
@@ -256,18 +270,17 @@ def _link_dataset(data_dir: Path, out_dir: Path) -> None:
 
     Later stages then take one ``--data`` folder holding both official and cleaned splits.
     """
-    from memeguard.data.hm import SPLITS
     from memeguard.io import write_bytes_atomic
 
-    for split in SPLITS:
+    for split in OFFICIAL_SPLITS:
         source = split_path(data_dir, split)
         if source.is_file():
-            write_bytes_atomic(out_dir / f"{split}.jsonl", source.read_bytes())
-    link = out_dir / "img"
-    if not link.exists() and (data_dir / "img").is_dir():
+            write_bytes_atomic(out_dir / split_file(split), source.read_bytes())
+    link = out_dir / IMAGE_DIR
+    if not link.exists() and (data_dir / IMAGE_DIR).is_dir():
         if link.is_symlink():
             link.unlink()  # dangling link from a moved dataset
-        link.symlink_to((data_dir / "img").resolve(), target_is_directory=True)
+        link.symlink_to((data_dir / IMAGE_DIR).resolve(), target_is_directory=True)
 
 
 def _progress(items: list, description: str):

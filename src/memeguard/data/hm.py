@@ -13,10 +13,11 @@ from pathlib import Path
 
 from memeguard.data.meme import Meme
 from memeguard.errors import DataError
+from memeguard.names import OFFICIAL_SPLITS, PHASE1_ALIASES, PRETRAIN, TRAIN_CLEAN, TRAINDEV, split_file
 
-SPLITS: tuple[str, ...] = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
-DERIVED_SPLITS: tuple[str, ...] = ("train_clean", "traindev", "pretrain")
-PHASE1_ALIASES: dict[str, str] = {"dev_seen": "dev", "test_seen": "test"}
+# ``SPLITS`` is public (``memeguard.data.SPLITS``): kept as a name for ``names.OFFICIAL_SPLITS``.
+SPLITS: tuple[str, ...] = OFFICIAL_SPLITS
+DERIVED_SPLITS: tuple[str, ...] = (TRAIN_CLEAN, TRAINDEV, PRETRAIN)
 
 
 def _parse_id(value: object, where: str) -> int:
@@ -82,9 +83,9 @@ def load_jsonl(path: str | os.PathLike[str]) -> list[Meme]:
 def split_path(data_dir: str | os.PathLike[str], split: str) -> Path:
     """The jsonl file of ``split``, honouring the phase-1 names."""
     data_dir = Path(data_dir)
-    path = data_dir / f"{split}.jsonl"
+    path = data_dir / split_file(split)
     if not path.is_file() and split in PHASE1_ALIASES:
-        alias = data_dir / f"{PHASE1_ALIASES[split]}.jsonl"
+        alias = data_dir / split_file(PHASE1_ALIASES[split])
         if alias.is_file():
             return alias
     return path
@@ -107,7 +108,7 @@ def load_dataset(data_dir: str | os.PathLike[str], splits: tuple[str, ...] | Non
         raise DataError(f"{data_dir}: dataset directory not found")
     names = splits if splits is not None else tuple(s for s in SPLITS if split_path(data_dir, s).is_file())
     if not names:
-        raise DataError(f"{data_dir}: no split files found (expected {', '.join(f'{s}.jsonl' for s in SPLITS)})")
+        raise DataError(f"{data_dir}: no split files found (expected {', '.join(map(split_file, SPLITS))})")
     return {split: read_split(data_dir, split) for split in names}
 
 

@@ -50,11 +50,3 @@ def best_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[floa
     threshold = float(min(thresholds[best], np.nextafter(np.inf, 0)))
     return threshold, float(accuracies[best])
 
-
-def summarize(labels: Sequence[int], proba: Sequence[float]) -> dict[str, float]:
-    """AUROC, accuracy at 0.5, and the best threshold with its accuracy."""
-    y, s = _arrays(labels, proba)
-    out = {"n": float(len(y)), "auroc": auroc(y, s), "accuracy": accuracy(y, s)}
-    if 0 < y.sum() < len(y):
-        out["best_threshold"], out["best_accuracy"] = best_threshold(y, s)
-    return out

@@ -69,28 +69,40 @@ from PIL import Image, ImageDraw, ImageFont
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
 from memeguard.io import atomic_write, write_json_atomic
+from memeguard.names import (
+    DEV_SEEN,
+    DEV_UNSEEN,
+    IMAGE_DIR,
+    OFFICIAL_SPLITS,
+    SYNTH_META_FILE,
+    TEST_SEEN,
+    TEST_UNSEEN,
+    TRAIN,
+    split_file,
+)
 
-SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
+SPLITS = OFFICIAL_SPLITS
 
 # Real phase-2 sizes, broken into disjoint parts: "dev_seen_only" + "shared" = dev_seen (500),
 # "shared" + "dev_unseen_new" = dev_unseen (540). Sum = 12,140 unique ids.
 REAL_PARTS = {
-    "train": 8500,
+    TRAIN: 8500,
     "dev_seen_only": 100,
     "shared": 400,
     "dev_unseen_new": 140,
-    "test_seen": 1000,
-    "test_unseen": 2000,
+    TEST_SEEN: 1000,
+    TEST_UNSEEN: 2000,
 }
 HATEFUL_RATE = {
-    "train": 3019 / 8500,
-    "dev_seen": 247 / 500,
-    "dev_unseen": 200 / 540,
-    "test_seen": 490 / 1000,
-    "test_unseen": 750 / 2000,
+    TRAIN: 3019 / 8500,
+    DEV_SEEN: 247 / 500,
+    DEV_UNSEEN: 200 / 540,
+    TEST_SEEN: 490 / 1000,
+    TEST_UNSEEN: 750 / 2000,
 }
-# Ids vilio's clean_data removes or skips by list (ISIS_dups, ADD_dups, dim_error; vilio_spec §1.3): a
-# synthetic meme must never carry one, or cleaning would drop it for reasons the data does not show.
+# Ids vilio's clean_data removes or skips by list (ISIS_dups, ADD_dups, dim_error in vilio's
+# ``utils/pandas_scripts.py``): a synthetic meme must never carry one, or cleaning would drop it for reasons
+# the data does not show.
 VILIO_LISTED_IDS = frozenset(
     {
         35097,
@@ -294,7 +306,7 @@ def split_part_sizes(n: int) -> dict[str, int]:
     by_remainder = sorted(exact, key=lambda part: exact[part] - math.floor(exact[part]), reverse=True)
     for part in by_remainder[: max(0, n - sum(sizes.values()))]:
         sizes[part] += 1
-    sizes["train"] += n - sum(sizes.values())  # absorbs the "at least one" bumps
+    sizes[TRAIN] += n - sum(sizes.values())  # absorbs the "at least one" bumps
     return sizes
 
 
@@ -435,10 +447,10 @@ def plan_dataset(
     parts = split_part_sizes(n)
     counter = {"group": 0, "image": 0}
 
-    n_dup = max(1, round(DUPLICATE_RATE * parts["train"]))
-    train = _plan_split(rng, "train", parts["train"] - n_dup, HATEFUL_RATE["train"], counter, label_noise)
+    n_dup = max(1, round(DUPLICATE_RATE * parts[TRAIN]))
+    train = _plan_split(rng, TRAIN, parts[TRAIN] - n_dup, HATEFUL_RATE[TRAIN], counter, label_noise)
     dev_seen_size = parts["dev_seen_only"] + parts["shared"]
-    dev_seen = _plan_split(rng, "dev_seen", dev_seen_size, HATEFUL_RATE["dev_seen"], counter, label_noise)
+    dev_seen = _plan_split(rng, DEV_SEEN, dev_seen_size, HATEFUL_RATE[DEV_SEEN], counter, label_noise)
 
     # dev_unseen = some dev_seen memes (same ids) + new ones; pick the shared ones by label so the
     # whole split lands on its own hateful rate.
@@ -446,16 +458,18 @@ def plan_dataset(
     seen_hateful = [p for p in dev_seen if p.label == 1]
     seen_benign = [p for p in dev_seen if p.label == 0]
     shared_hateful = int(
-        np.clip(round(HATEFUL_RATE["dev_unseen"] * n_shared), n_shared - len(seen_benign), len(seen_hateful))
+        np.clip(round(HATEFUL_RATE[DEV_UNSEEN] * n_shared), n_shared - len(seen_benign), len(seen_hateful))
     )
-    target_unseen = round(HATEFUL_RATE["dev_unseen"] * (n_shared + n_new))
+    target_unseen = round(HATEFUL_RATE[DEV_UNSEEN] * (n_shared + n_new))
     new_rate = float(np.clip((target_unseen - shared_hateful) / n_new, 0.0, 1.0))
-    dev_unseen_new = _plan_split(rng, "dev_unseen", n_new, new_rate, counter, label_noise)
+    dev_unseen_new = _plan_split(rng, DEV_UNSEEN, n_new, new_rate, counter, label_noise)
     shared = [seen_hateful[i] for i in rng.choice(len(seen_hateful), shared_hateful, replace=False)]
     shared += [seen_benign[i] for i in rng.choice(len(seen_benign), n_shared - shared_hateful, replace=False)]
 
-    test_seen = _plan_split(rng, "test_seen", parts["test_seen"], HATEFUL_RATE["test_seen"], counter, label_noise)
-    test_unseen = _plan_split(rng, "test_unseen", parts["test_unseen"], HATEFUL_RATE["test_unseen"], counter, label_noise)
+    test_seen = _plan_split(rng, TEST_SEEN, parts[TEST_SEEN], HATEFUL_RATE[TEST_SEEN], counter, label_noise)
+    test_unseen = _plan_split(
+        rng, TEST_UNSEEN, parts[TEST_UNSEEN], HATEFUL_RATE[TEST_UNSEEN], counter, label_noise
+    )
 
     everything = train + dev_seen + dev_unseen_new + test_seen + test_unseen
     _fill_texts(rng, everything)
@@ -469,7 +483,7 @@ def plan_dataset(
         src = sources[index]
         duplicates.append(
             _MemePlan(
-                split="train",
+                split=TRAIN,
                 group=src.group,
                 role="duplicate",
                 label=src.label,
@@ -500,11 +514,11 @@ def plan_dataset(
     ]
 
     splits = {
-        "train": train,
-        "dev_seen": dev_seen,
-        "dev_unseen": shared + dev_unseen_new,
-        "test_seen": test_seen,
-        "test_unseen": test_unseen,
+        TRAIN: train,
+        DEV_SEEN: dev_seen,
+        DEV_UNSEEN: shared + dev_unseen_new,
+        TEST_SEEN: test_seen,
+        TEST_UNSEEN: test_unseen,
     }
     # Shuffle line order so twins and duplicates are not adjacent.
     return {name: [memes[i] for i in rng.permutation(len(memes))] for name, memes in splits.items()}, images
@@ -763,7 +777,6 @@ def _write_file(path: Path, data: bytes) -> None:
 # --- orchestration -------------------------------------------------------------------------------------
 
 MARKER = ".memeguard_synth"
-META_NAME = "synth_meta.json"
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -778,9 +791,9 @@ def _prepare_out_dir(out_dir: Path) -> None:
     (out_dir / MARKER).write_text("written by memeguard.data.synth\n", encoding="utf-8")
     # Remove the previous run's splits (and derived ones such as train_clean/traindev/pretrain) first, so
     # an interrupted rerun never looks complete; stale images are removed at the end.
-    for old in [*out_dir.glob("*.jsonl"), out_dir / META_NAME]:
+    for old in [*out_dir.glob("*.jsonl"), out_dir / SYNTH_META_FILE]:
         old.unlink(missing_ok=True)
-    (out_dir / "img").mkdir(exist_ok=True)
+    (out_dir / IMAGE_DIR).mkdir(exist_ok=True)
 
 
 def _progress(total: int, enabled: bool):  # noqa: ANN202 - rich objects, imported lazily
@@ -820,7 +833,7 @@ def generate_synthetic(
     unique = {id(p): p for p in originals}.values()  # dev_seen/dev_unseen share plan objects
     for plan in unique:
         by_image.setdefault(plan.image, []).append(plan)
-    duplicates = [p for p in splits["train"] if p.role == "duplicate"]
+    duplicates = [p for p in splits[TRAIN] if p.role == "duplicate"]
 
     jobs = [(image_plan, by_image.get(image_plan.key, []), font_path, out_dir) for image_plan in images]
     meta: dict[str, dict[str, object]] = {}
@@ -836,25 +849,25 @@ def generate_synthetic(
     for plan in duplicates:
         source = plan.duplicate_of
         assert source is not None
-        data = (out_dir / "img" / f"{source.meme_id:05d}.png").read_bytes()
-        _write_file(out_dir / "img" / f"{plan.meme_id:05d}.png", data)
+        data = (out_dir / IMAGE_DIR / f"{source.meme_id:05d}.png").read_bytes()
+        _write_file(out_dir / IMAGE_DIR / f"{plan.meme_id:05d}.png", data)
         record = dict(meta[str(source.meme_id)])
         record.update(role="duplicate", duplicate_of=source.meme_id)
         meta[str(plan.meme_id)] = record
 
     all_ids = {p.meme_id for memes in splits.values() for p in memes}
-    for stale in (out_dir / "img").glob("*.png"):
+    for stale in (out_dir / IMAGE_DIR).glob("*.png"):
         if not stale.stem.isdigit() or int(stale.stem) not in all_ids:
             stale.unlink()
 
     write_json_atomic(
-        out_dir / META_NAME,
+        out_dir / SYNTH_META_FILE,
         {"generator": "memeguard.data.synth", "version": 1, "n": n, "seed": seed, "label_noise": label_noise,
          "memes": meta},
         indent=None,
     )
     for name in SPLITS:
-        _write_split(out_dir / f"{name}.jsonl", splits[name])
+        _write_split(out_dir / split_file(name), splits[name])
 
     return _summary(out_dir, n, seed, splits, images, meta, font_path, time.perf_counter() - start)
 
@@ -867,7 +880,7 @@ def _render_image_job(job: tuple[_ImagePlan, list[_MemePlan], str, Path]) -> dic
     for plan in plans:
         captioned = picture.copy()
         boxes = draw_caption(captioned, plan.text, plan.caption_seed, font_path)
-        _write_file(out_dir / "img" / f"{plan.meme_id:05d}.png", _png_bytes(captioned))
+        _write_file(out_dir / IMAGE_DIR / f"{plan.meme_id:05d}.png", _png_bytes(captioned))
         records[str(plan.meme_id)] = _meta_record(plan, picture_info, boxes, captioned.size)
     return records
 
@@ -921,7 +934,8 @@ def _meta_record(
 def _write_split(path: Path, plans: Sequence[_MemePlan]) -> None:
     with atomic_write(path) as handle:
         for plan in plans:
-            meme = Meme(id=plan.meme_id, img=f"img/{plan.meme_id:05d}.png", text=plan.text, label=plan.label)
+            image = f"{IMAGE_DIR}/{plan.meme_id:05d}.png"
+            meme = Meme(id=plan.meme_id, img=image, text=plan.text, label=plan.label)
             handle.write(json.dumps(meme.to_json(), ensure_ascii=False) + "\n")
 
 
@@ -935,7 +949,7 @@ def _summary(
     font_path: str,
     seconds: float,
 ) -> SynthSummary:
-    seen_ids = {p.meme_id for p in splits["dev_seen"]}
+    seen_ids = {p.meme_id for p in splits[DEV_SEEN]}
     unique = {p.meme_id: p for memes in splits.values() for p in memes}.values()
     return SynthSummary(
         out_dir=out_dir,
@@ -943,9 +957,9 @@ def _summary(
         seed=seed,
         split_sizes={name: len(memes) for name, memes in splits.items()},
         hateful={name: sum(p.label for p in memes) for name, memes in splits.items()},
-        n_shared_dev=sum(p.meme_id in seen_ids for p in splits["dev_unseen"]),
+        n_shared_dev=sum(p.meme_id in seen_ids for p in splits[DEV_UNSEEN]),
         duplicate_pairs=[
-            (p.duplicate_of.meme_id, p.meme_id) for p in splits["train"] if p.duplicate_of is not None
+            (p.duplicate_of.meme_id, p.meme_id) for p in splits[TRAIN] if p.duplicate_of is not None
         ],
         n_image_twins=sum(p.role == "image_twin" for p in unique),
         n_text_twins=sum(p.role == "text_twin" for p in unique),

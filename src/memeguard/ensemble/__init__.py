@@ -1,4 +1,4 @@
-"""Ensembling: vilio's seed averaging, SA/PA/RA blends, simplex weight search and two-pass loop,
+"""Ensembling: vilio's seed averaging, mean/power/rank blends, simplex weight search and two-pass loop,
 as pure functions over id-aligned predictions, plus ``ensemble_folder`` for a folder of CSVs.
 
 Names are imported lazily: ``memeguard --help`` imports ``memeguard.ensemble.cli`` and should not pay
@@ -11,7 +11,10 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "METHODS": "folder",
+    "METHODS": "method_names",
+    "METHOD_ALIASES": "method_names",
+    "TEST_LABEL_RULES": "method_names",
+    "canonical_method": "method_names",
     "SPLITS": "folder",
     "EnsembleResult": "folder",
     "decision_threshold": "folder",

@@ -47,16 +47,42 @@ from sklearn.metrics import roc_curve
 
 from memeguard.data.metrics import accuracy, auroc, best_threshold
 from memeguard.data.predictions import Predictions, read_predictions, write_predictions
+from memeguard.ensemble.method_names import (
+    COORDINATE,
+    LOOP,
+    MEAN,
+    POWER,
+    RANK,
+    SIMPLEX,
+    TEST_LABEL_RULES,
+    canonical_method,
+)
 from memeguard.ensemble.table import ScoreTable, ground_truth_labels, stack_predictions
-from memeguard.ensemble.vilio_loop import DEV, blend, dev_aurocs, seed_average, vilio_loop
+from memeguard.ensemble.vilio_loop import blend, dev_aurocs, seed_average, vilio_loop
 from memeguard.errors import ConfigError, DataError
 from memeguard.io import write_json_atomic
+from memeguard.names import (
+    DEV_SEEN,
+    ENSEMBLE_WEIGHTS_FILE,
+    FAMILIES_FILE,
+    PREDICTED_SPLITS,
+    family_file,
+    fin_file,
+    prediction_file,
+)
 
-SPLITS: tuple[str, ...] = ("dev_seen", "test_seen", "test_unseen")
-METHODS: tuple[str, ...] = ("loop", "sa", "pa", "ra", "sx", "opt")
-TEST_LABEL_RULES: tuple[str, ...] = ("prior", "rate", "threshold")
-FAMILIES_FILE = "families.json"
+# ``memeguard.ensemble.SPLITS`` is public: kept as a name for ``names.PREDICTED_SPLITS``.
+SPLITS: tuple[str, ...] = PREDICTED_SPLITS
 FAMILY_SEPARATOR = "__"
+FAMILIES_DIR = "families"  # the per-family seed averages, beside FIN_<split>.csv
+# The one SX-style blend each single-blend method is, and the weight search it uses.
+_SINGLE_BLENDS: dict[str, tuple[str, str]] = {
+    MEAN: ("SA", SIMPLEX),
+    POWER: ("PA", SIMPLEX),
+    RANK: ("RA", SIMPLEX),
+    SIMPLEX: ("SX", SIMPLEX),
+    COORDINATE: ("SX", COORDINATE),
+}
 
 
 def scan_folder(
@@ -71,26 +97,26 @@ def scan_folder(
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder not found")
     known = tuple(splits) if splits is not None else SPLITS
-    if DEV not in known:
-        raise ConfigError(f"splits must include {DEV} (the ensemble is fitted on it), got {list(known)}")
+    if DEV_SEEN not in known:
+        raise ConfigError(f"splits must include {DEV_SEEN} (the ensemble is fitted on it), got {list(known)}")
     models: dict[str, dict[str, Path]] = {}
     ignored = []
     for path in sorted(pred_dir.iterdir()):
         if not path.is_file() or path.suffix != ".csv":
             continue
         for split in known:
-            suffix = f"_{split}.csv"
+            suffix = "_" + prediction_file(split)
             if path.name.endswith(suffix) and len(path.name) > len(suffix):
                 models.setdefault(path.name[: -len(suffix)], {})[split] = path
                 break
         else:
             ignored.append(path.name)
     if not models:
-        raise DataError(f"{pred_dir}: no prediction files named <model>_{DEV}.csv")
+        raise DataError(f"{pred_dir}: no prediction files named <model>_{DEV_SEEN}.csv")
     wanted = (
         known
         if splits is not None
-        else tuple(s for s in known if s == DEV or any(s in f for f in models.values()))
+        else tuple(s for s in known if s == DEV_SEEN or any(s in f for f in models.values()))
     )
     for model, files in models.items():
         for split in wanted:
@@ -225,7 +251,7 @@ def load_tables(models: Mapping[str, Mapping[str, Path]], splits: Sequence[str])
 def _final_scores(
     tables: Mapping[str, ScoreTable], y: np.ndarray, method: str, optimizer: str, passes: int, keep: int
 ) -> tuple[dict[str, np.ndarray], dict]:
-    if method == "loop":
+    if method == LOOP:
         loop = vilio_loop(tables, y, passes=passes, keep=keep, optimizer=optimizer)
         record = {
             "optimizer": optimizer,
@@ -233,8 +259,7 @@ def _final_scores(
             "final": {"blend": f"SX{len(loop.passes)}", "weights": loop.weights},
         }
         return loop.scores, record
-    name = {"sa": "SA", "pa": "PA", "ra": "RA", "sx": "SX", "opt": "SX"}[method]
-    chosen = "coordinate" if method == "opt" else "simplex"
+    name, chosen = _SINGLE_BLENDS[method]
     outcome = blend(tables, y, name, optimizer=chosen)
     record = {
         "optimizer": chosen if name == "SX" else None,
@@ -247,9 +272,9 @@ def ensemble_folder(
     pred_dir: str | os.PathLike[str],
     gt_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    method: str = "loop",
+    method: str = LOOP,
     families: str | Mapping[str, Sequence[str]] | None = "auto",
-    optimizer: str = "simplex",
+    optimizer: str = SIMPLEX,
     splits: Sequence[str] | None = None,
     passes: int = 2,
     keep: int = 5,
@@ -259,11 +284,11 @@ def ensemble_folder(
     """Seed-average per family, ensemble with ``method``, write ``FIN_<split>.csv`` and ``weights.json``.
 
     ``optimizer`` ("simplex" = vilio's tuner, or "coordinate") is the SX weight search inside the loop;
-    ``method="sx"``/``"opt"`` are one simplex / coordinate-weighted blend of the families.
+    ``method`` is one of ``METHODS`` or vilio's alias (``sa``, ``pa``, ``ra``, ``sx``; ``opt`` for
+    ``coordinate``); ``"simplex"``/``"coordinate"`` are one weighted blend of the families.
     ``splits=None``: dev_seen and whichever of test_seen/test_unseen the models predicted.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown ensemble method {method!r}; choose from {', '.join(METHODS)}")
+    method = canonical_method(method)
     if test_labels not in TEST_LABEL_RULES:
         raise ConfigError(f"unknown test label rule {test_labels!r}; choose from {', '.join(TEST_LABEL_RULES)}")
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
@@ -275,20 +300,21 @@ def ensemble_folder(
     splits = list(next(iter(models.values())))
     groups = resolve_families(list(models), families, pred_dir)
     runs = load_tables(models, splits)
-    y, gt_size = ground_truth_labels(str(gt_path), runs[DEV].ids, source=str(models[runs[DEV].names[0]][DEV]))
+    first_dev_file = str(models[runs[DEV_SEEN].names[0]][DEV_SEEN])
+    y, gt_size = ground_truth_labels(str(gt_path), runs[DEV_SEEN].ids, source=first_dev_file)
     tables = seed_average(runs, groups)
 
     scores, record = _final_scores(tables, y, method, optimizer, passes, keep)
     scores = {split: np.clip(values, 0.0, 1.0) for split, values in scores.items()}
-    threshold, promised = decision_threshold(y, scores[DEV], class_counts)
+    threshold, promised = decision_threshold(y, scores[DEV_SEEN], class_counts)
 
-    dev_share = float(np.mean(scores[DEV] >= threshold))
+    dev_share = float(np.mean(scores[DEV_SEEN] >= threshold))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files, final, hateful_share = {}, {}, {}
     for split in splits:
         table = tables[split]
-        if split == DEV or test_labels == "threshold":
+        if split == DEV_SEEN or test_labels == "threshold":
             labels = (scores[split] >= threshold).astype(np.int64)
         elif test_labels == "rate":
             labels = top_share_labels(scores[split], table.ids, dev_share)
@@ -296,21 +322,21 @@ def ensemble_folder(
             labels = top_share_labels(scores[split], table.ids, float(table.scores.mean()))
         final[split] = Predictions(table.ids.copy(), scores[split], labels)
         hateful_share[split] = float(labels.mean()) if len(labels) else 0.0
-        files[split] = write_predictions(out_dir / f"FIN_{split}.csv", final[split])
+        files[split] = write_predictions(out_dir / fin_file(split), final[split])
     for family, members in groups.items():  # vilio's per-family SA files, for inspection
         if len(members) > 1:
             for split in splits:
                 write_predictions(
-                    out_dir / "families" / f"{family}_{split}.csv", table_column(tables[split], family)
+                    out_dir / FAMILIES_DIR / family_file(family, split), table_column(tables[split], family)
                 )
 
-    dev_auroc = auroc(y, scores[DEV])
-    dev_acc = accuracy(y, scores[DEV], threshold)
+    dev_auroc = auroc(y, scores[DEV_SEEN])
+    dev_acc = accuracy(y, scores[DEV_SEEN], threshold)
     record = {
         "method": method,
         "families": groups,
-        "family_dev_auroc": dev_aurocs(tables[DEV], y),
-        "run_dev_auroc": dev_aurocs(runs[DEV], y),
+        "family_dev_auroc": dev_aurocs(tables[DEV_SEEN], y),
+        "run_dev_auroc": dev_aurocs(runs[DEV_SEEN], y),
         "splits": splits,
         "dev_coverage": {"predicted": int(len(y)), "ground_truth": gt_size},
         "ignored_files": ignored,
@@ -331,7 +357,7 @@ def ensemble_folder(
             "note": "fixed counts (vilio: 250/250)",
         },
     )
-    weights_path = out_dir / "weights.json"
+    weights_path = out_dir / ENSEMBLE_WEIGHTS_FILE
     write_json_atomic(weights_path, record)
     return EnsembleResult(method, files, weights_path, final, dev_auroc, threshold, dev_acc, groups, record)
 

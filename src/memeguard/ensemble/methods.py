@@ -120,9 +120,3 @@ def spearman_matrix(scores: np.ndarray) -> np.ndarray:
         return np.array([[1.0, float(rho)], [float(rho), 1.0]])
     return rho
 
-
-BLENDS = {
-    "SA": mean_average,
-    "PA": power_average,
-    "RA": rank_average,
-}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memeguard.ensemble.method_names import COORDINATE, SIMPLEX
 from memeguard.ensemble.methods import (
     fast_auroc,
     mean_average,
@@ -36,10 +37,10 @@ from memeguard.ensemble.optimize import optimize_weights
 from memeguard.ensemble.simplex import WeightSearch, simplex_weights
 from memeguard.ensemble.table import ScoreTable
 from memeguard.errors import ConfigError
+from memeguard.names import DEV_SEEN
 
-DEV = "dev_seen"
 Optimizer = Callable[[np.ndarray, np.ndarray], WeightSearch]
-OPTIMIZERS: dict[str, Optimizer] = {"simplex": simplex_weights, "coordinate": optimize_weights}
+OPTIMIZERS: dict[str, Optimizer] = {SIMPLEX: simplex_weights, COORDINATE: optimize_weights}
 
 
 def get_optimizer(name: str) -> Optimizer:
@@ -64,14 +65,14 @@ def seed_average(
 
 
 def _check_splits(tables: Mapping[str, ScoreTable], dev_labels: np.ndarray) -> None:
-    if DEV not in tables:
-        raise ConfigError(f"the ensemble needs {DEV} predictions to fit on")
-    if len(dev_labels) != len(tables[DEV].ids):
-        raise ConfigError(f"{len(dev_labels)} dev labels for {len(tables[DEV].ids)} dev predictions")
-    names = tables[DEV].names
+    if DEV_SEEN not in tables:
+        raise ConfigError(f"the ensemble needs {DEV_SEEN} predictions to fit on")
+    if len(dev_labels) != len(tables[DEV_SEEN].ids):
+        raise ConfigError(f"{len(dev_labels)} dev labels for {len(tables[DEV_SEEN].ids)} dev predictions")
+    names = tables[DEV_SEEN].names
     for split, table in tables.items():
         if table.names != names:
-            raise ConfigError(f"{split} has models {table.names}, {DEV} has {names}")
+            raise ConfigError(f"{split} has models {table.names}, {DEV_SEEN} has {names}")
 
 
 def dev_aurocs(table: ScoreTable, dev_labels: np.ndarray) -> dict[str, float]:
@@ -88,7 +89,7 @@ class BlendOutcome:
 
 
 def blend(
-    tables: Mapping[str, ScoreTable], dev_labels: np.ndarray, method: str, optimizer: str = "simplex"
+    tables: Mapping[str, ScoreTable], dev_labels: np.ndarray, method: str, optimizer: str = SIMPLEX
 ) -> BlendOutcome:
     """Apply one of vilio's methods (``SA``, ``PA``, ``RA``, ``SX``) to every split.
 
@@ -105,12 +106,12 @@ def blend(
     elif method == "RA":
         scores = {split: rank_average(t.scores) for split, t in tables.items()}
     elif method == "SX":
-        search = get_optimizer(optimizer)(tables[DEV].scores, dev_labels)
-        weights = dict(zip(tables[DEV].names, map(float, search.weights), strict=True))
+        search = get_optimizer(optimizer)(tables[DEV_SEEN].scores, dev_labels)
+        weights = dict(zip(tables[DEV_SEEN].names, map(float, search.weights), strict=True))
         scores = {split: weighted_average(t.scores, search.weights) for split, t in tables.items()}
     else:
         raise ConfigError(f"unknown blend {method!r}; choose SA, PA, RA or SX")
-    return BlendOutcome(scores, weights, fast_auroc(dev_labels, scores[DEV]))
+    return BlendOutcome(scores, weights, fast_auroc(dev_labels, scores[DEV_SEEN]))
 
 
 @dataclass
@@ -153,7 +154,7 @@ def vilio_loop(
     passes: int = 2,
     keep: int = 5,
     tolerance: float = 1e-4,
-    optimizer: str = "simplex",
+    optimizer: str = SIMPLEX,
 ) -> LoopResult:
     """Vilio's loop over family columns (see the module docstring); ``tables`` maps split -> table."""
     _check_splits(tables, dev_labels)
@@ -165,9 +166,11 @@ def vilio_loop(
     last, delta = 0.0, float("inf")
     result: LoopResult | None = None
     for index in range(1, passes + 1):
-        aurocs = dev_aurocs(current[DEV], dev_labels)
+        aurocs = dev_aurocs(current[DEV_SEEN], dev_labels)
         kept, dropped = (
-            (list(current[DEV].names), []) if index == 1 else prune_to_best(current[DEV].names, aurocs, keep)
+            (list(current[DEV_SEEN].names), [])
+            if index == 1
+            else prune_to_best(current[DEV_SEEN].names, aurocs, keep)
         )
         current = {split: t.select(kept) for split, t in current.items()}
         outcomes = {m: blend(current, dev_labels, m, optimizer) for m in ("SA", "PA", "RA", "SX")}
@@ -180,7 +183,7 @@ def vilio_loop(
                 kept=kept,
                 blends={m: o.dev_auroc for m, o in outcomes.items()},
                 sx_weights=dict(sx.weights or {}),
-                spearman=spearman_matrix(current[DEV].scores).round(6).tolist(),
+                spearman=spearman_matrix(current[DEV_SEEN].scores).round(6).tolist(),
             )
         )
         result = LoopResult(sx.scores, dict(sx.weights or {}), sx.dev_auroc, records)

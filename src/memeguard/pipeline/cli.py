@@ -7,13 +7,16 @@ from pathlib import Path
 
 import typer
 
+from memeguard.names import PREDICTED_SPLITS, REPORT_FILE, TEST_UNSEEN, fin_file, split_file
+
 app = typer.Typer()
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+SHIPPED_RECIPES: tuple[str, ...] = tuple(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
 
 
 def resolve_recipe(recipe: str) -> Path:
-    """A path, or the name of a shipped recipe (``demo``, ``vilio``)."""
+    """A path, or the name of a shipped recipe (``SHIPPED_RECIPES``: ``demo``, ``vilio``, ...)."""
     path = Path(recipe)
     if path.is_file():
         return path
@@ -32,7 +35,7 @@ def print_summary(report) -> None:  # noqa: ANN001 - RunReport, imported lazily
     from memeguard.pipeline.stages import split_labels
 
     labels = split_labels(report.data_dir)
-    splits = [s for s in ("dev_seen", "test_seen", "test_unseen") if s in labels]
+    splits = [s for s in PREDICTED_SPLITS if s in labels]
     table = Table(title="AUROC / accuracy")
     table.add_column("model")
     for split in splits:
@@ -53,7 +56,14 @@ def print_summary(report) -> None:  # noqa: ANN001 - RunReport, imported lazily
 
 @app.command("run")
 def run(
-    recipe: str = typer.Argument(..., help="Recipe YAML file (or a shipped recipe name: demo, vilio)."),
+    recipe: str = typer.Argument(
+        ..., help=f"Recipe YAML file, or a shipped recipe: {', '.join(SHIPPED_RECIPES)}."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="KEY.PATH=VALUE",
+        help="Recipe fields to override, values in YAML: models.0.train.epochs=3, models.V.train.lr=1e-4, "
+        "ensemble.method=rank.",
+    ),
     data: Path = typer.Option(..., "--data", help="Dataset folder in the Hateful Memes layout."),
     out: Path = typer.Option(..., "--out", help="Output folder (stages are cached here)."),
     inference_only: bool = typer.Option(False, "--inference-only", help="Predict with the runs' fine-tuned checkpoints."),
@@ -65,9 +75,9 @@ def run(
     from memeguard.pipeline.runner import run_recipe
 
     report = run_recipe(resolve_recipe(recipe), data, out, inference_only=inference_only, device=device, limit=limit,
-                        workers=workers)
+                        workers=workers, overrides=overrides or ())
     print_summary(report)
-    typer.echo(f"FIN files and report.html in {out}")
+    typer.echo(f"{fin_file('*')} and {REPORT_FILE} in {out}")
 
 
 @app.command("demo")
@@ -86,7 +96,7 @@ def demo(
 
     start = time.perf_counter()
     data_dir = out / "synthetic"
-    if not (data_dir / "test_unseen.jsonl").is_file():
+    if not (data_dir / split_file(TEST_UNSEEN)).is_file():  # synth writes the split files last, this one last
         typer.echo(f"generating {n} synthetic memes in {data_dir} ...")
         generate_synthetic(data_dir, n=n, seed=seed)
     report = check_dataset(data_dir)
@@ -95,4 +105,5 @@ def demo(
         raise DataError("; ".join(report.errors[:5]))
     result = run_recipe(RECIPES_DIR / "demo.yaml", data_dir, out, workers=workers)
     print_summary(result)
-    typer.echo(f"demo finished in {time.perf_counter() - start:.0f}s: {out}/FIN_*.csv, {out}/report.html")
+    seconds = time.perf_counter() - start
+    typer.echo(f"demo finished in {seconds:.0f}s: {out}/{fin_file('*')}, {out}/{REPORT_FILE}")

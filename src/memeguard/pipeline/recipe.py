@@ -15,30 +15,38 @@ Shape::
       lmdb: {import_lmdb: features/detectron.lmdb}
     models:                          # one entry per family; its runs are seed-averaged
       - name: V
-        architecture: visualbert-base
+        model: visualbert-base       # a registered model name (``architecture:``, its old name, still works)
         init: weights/model.pth      # original checkpoint or our model dir (optional)
         pretrain: {epochs: 8, lr: 0.5e-5, itm: false}   # task pretraining per run (optional)
         train: {lr: 1e-5, epochs: 5, swa: torch, head_lr_mult: 500}
         runs:                        # or the shorthand `seeds: [...]` + `features: name`
           - {seed: 45, features: lmdb}
           - {seed: 90, features: lmdb, checkpoints: {train: LASTtrain.pth, traindev: LASTtraindev.pth}}
-    ensemble: {method: loop}
+    ensemble: {method: loop}         # or mean, power, rank, simplex, coordinate (vilio's sa, pa, ra, sx)
 
-Relative paths are resolved against the recipe's folder, then the working directory.
+Relative paths are resolved against the recipe's folder, then the working directory. Any field can be
+overridden from the command line (``memeguard run RECIPE models.V.train.lr=1e-4``): see
+:func:`apply_overrides`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from memeguard.ensemble.method_names import LOOP, METHODS, canonical_method
 from memeguard.errors import ConfigError
 
-ENSEMBLE_METHODS = ("loop", "sa", "pa", "ra", "sx", "opt")
+# ``ENSEMBLE_METHODS`` (0.1's name) lists the readable names; vilio's aliases are accepted too.
+ENSEMBLE_METHODS = METHODS
+DEPRECATED_MODEL_KEY = "architecture"  # ``models[].model``'s name in memeguard 0.1
 
 
 class _Strict(BaseModel):
@@ -117,7 +125,7 @@ class RunSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
-    architecture: str
+    model: str  # a registered model name (``memeguard.models.list_models()``)
     features: str | None = None
     seeds: list[int] | None = None
     runs: list[RunSpec] | None = None
@@ -126,6 +134,21 @@ class ModelSpec(_Strict):
     pretrain: dict[str, Any] | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True  # vilio's "additional models not used" (D, X) ship disabled
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_key(cls, data: Any) -> Any:
+        """``architecture:`` is accepted as the deprecated name of ``model:`` (recipes written for 0.1)."""
+        if isinstance(data, dict) and DEPRECATED_MODEL_KEY in data:
+            if "model" in data:
+                raise ValueError(f"give model or {DEPRECATED_MODEL_KEY} (its deprecated name), not both")
+            data = {("model" if key == DEPRECATED_MODEL_KEY else key): value for key, value in data.items()}
+        return data
+
+    @property
+    def architecture(self) -> str:
+        """Deprecated name of :attr:`model`, kept for code written against memeguard 0.1."""
+        return self.model
 
     @model_validator(mode="after")
     def _runs(self) -> ModelSpec:
@@ -147,8 +170,16 @@ class ModelSpec(_Strict):
 
 
 class EnsembleSpec(_Strict):
-    method: Literal["loop", "sa", "pa", "ra", "sx", "opt"] = "loop"
+    method: str = LOOP  # one of ``ENSEMBLE_METHODS``; vilio's sa, pa, ra, sx and 0.1's opt are aliases
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _readable_name(cls, method: str) -> str:
+        try:
+            return canonical_method(method)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class Recipe(_Strict):
@@ -158,6 +189,7 @@ class Recipe(_Strict):
     models: list[ModelSpec]
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     source: str | None = None  # filled by load_recipe
+    command_line: list[str] = Field(default_factory=list)  # filled by load_recipe: the key=value overrides
 
     @model_validator(mode="after")
     def _references(self) -> Recipe:
@@ -262,10 +294,11 @@ def _check_model_names(recipe: Recipe, document: yaml.Node, where: str) -> None:
 
     known = set(list_models())
     for index, model in enumerate(recipe.models):
-        if model.architecture not in known:
-            line = _line_of(document, ("models", index, "architecture"))
+        if model.model not in known:
+            key = "model" if _key_line(document, ("models", index, "model")) else DEPRECATED_MODEL_KEY
+            line = _line_of(document, ("models", index, key))
             raise ConfigError(
-                f"{where}:{line}: unknown architecture {model.architecture!r} "
+                f"{where}:{line}: unknown architecture {model.model!r} in models[{index}].{key} "
                 f"(known: {', '.join(sorted(known))})"
             )
 
@@ -286,9 +319,83 @@ def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None
                     raise ConfigError(f"{where}:{line}: models[{index}].{section}: unknown key {key!r}")
 
 
-def load_recipe(path: str | os.PathLike[str], *, inference_only: bool = False, check_models: bool = True) -> Recipe:
-    """Parse and validate a recipe file; every error names the file and line."""
-    path = Path(path)
+# -- command-line overrides ---------------------------------------------------------------------------
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """``"models.V.train.lr=1e-4"`` -> (``["models", "V", "train", "lr"]``, ``1e-4``): the value is YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(
+            f"command line: {item!r}: an override is key.path=value, e.g. models.0.train.epochs=3"
+        )
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({problem})") from None
+    if isinstance(value, str) and value == text.strip() and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # PyYAML reads YAML 1.1, where 1e-4 (no dot) is a string; YAML 1.2 a number
+    return key.strip().split("."), value
+
+
+def _child(node: Any, part: str, key: str) -> tuple[Any, Any]:
+    """The container ``node`` and the index in it that ``part`` names (a list entry by position or name)."""
+    if isinstance(node, dict):
+        return node, part
+    if isinstance(node, list):
+        if re.fullmatch(r"-?\d+", part):
+            if not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"command line: {key}: index {part} out of range ({len(node)} entries)")
+            return node, int(part)
+        names = [entry.get("name") for entry in node if isinstance(entry, dict)]
+        if part not in names:
+            known = ", ".join(map(str, names))
+            raise ConfigError(f"command line: {key}: no entry named {part!r} (names: {known})")
+        return node, names.index(part)
+    raise ConfigError(f"command line: {key}: {part!r} is inside a value that is not a mapping or a list")
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the parsed recipe ``data`` with each ``key.path=value`` set (torchtune's overrides).
+
+    Parts are mapping keys, list positions (``models.0``) or, in a list of named entries, a name
+    (``models.V``); missing mappings on the way are created (``ensemble.params.test_labels=rate``).
+    ``models.<m>.architecture`` sets ``model``, its new name. The result is validated like the file.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        key = ".".join(parts)
+        if len(parts) == 3 and parts[0] == "models" and parts[2] == DEPRECATED_MODEL_KEY:
+            parts[2] = "model"
+        node: Any = data
+        for depth, part in enumerate(parts):
+            container, index = _child(node, part, key)
+            if depth == len(parts) - 1:
+                container[index] = value
+            else:
+                if isinstance(container, dict) and container.get(index) is None:
+                    container[index] = {}
+                node = container[index]
+    return data
+
+
+def _rename_deprecated_keys(data: dict[str, Any], document: yaml.Node, where: str) -> None:
+    """``architecture:`` -> ``model:`` in every model entry; both in one entry is an error at its line."""
+    for index, entry in enumerate(data.get("models") or []):
+        if isinstance(entry, dict) and DEPRECATED_MODEL_KEY in entry:
+            if "model" in entry:
+                line = _key_line(document, ("models", index, DEPRECATED_MODEL_KEY))
+                raise ConfigError(
+                    f"{where}:{line}: models[{index}]: give model or {DEPRECATED_MODEL_KEY} "
+                    f"(its deprecated name), not both"
+                )
+            entry["model"] = entry.pop(DEPRECATED_MODEL_KEY)
+
+
+def _read_recipe_file(path: Path) -> tuple[yaml.Node, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe not found")
     text = path.read_text(encoding="utf-8")
@@ -301,6 +408,12 @@ def load_recipe(path: str | os.PathLike[str], *, inference_only: bool = False, c
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    return document, data
+
+
+def _validate(data: dict[str, Any], document: yaml.Node, path: Path, *, inference_only: bool,
+              check_models: bool) -> Recipe:
+    """Build the recipe from parsed ``data``; every error names the file and the line in ``document``."""
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -314,4 +427,33 @@ def load_recipe(path: str | os.PathLike[str], *, inference_only: bool = False, c
         _check_model_names(recipe, document, str(path))
         _check_stage_params(recipe, document, str(path))
     _check_paths(recipe, path.parent.resolve(), inference_only, str(path))
+    return recipe
+
+
+def load_recipe(
+    path: str | os.PathLike[str],
+    *,
+    inference_only: bool = False,
+    check_models: bool = True,
+    overrides: Sequence[str] = (),
+) -> Recipe:
+    """Parse and validate a recipe file, with ``key.path=value`` ``overrides`` (see ``apply_overrides``).
+
+    Every error names the file and line; an error that only the overrides cause says so instead (the
+    file's line numbers would point at a value that is no longer used).
+    """
+    path = Path(path)
+    document, data = _read_recipe_file(path)
+    _rename_deprecated_keys(data, document, str(path))
+    options = {"inference_only": inference_only, "check_models": check_models}
+    if not overrides:
+        return _validate(data, document, path, **options)
+    try:
+        recipe = _validate(apply_overrides(data, overrides), document, path, **options)
+    except ConfigError as exc:
+        _validate(data, document, path, **options)  # the file's own error, with its line, comes first
+        detail = re.sub(rf"^{re.escape(str(path))}(:(\d+|None))?: ", "", str(exc))
+        given = " ".join(overrides)
+        raise ConfigError(f"{path}, overridden from the command line by {given}: {detail}") from None
+    recipe.command_line = list(overrides)
     return recipe

@@ -25,9 +25,9 @@ import numpy as np
 from memeguard.data.predictions import Predictions
 from memeguard.errors import DataError
 from memeguard.io import write_bytes_atomic, write_text_atomic
+from memeguard.names import REPORT_FILE, REPORT_SPLITS
 
 ENSEMBLE = "ENSEMBLE"
-SPLIT_ORDER = ("dev_seen", "dev_unseen", "test_seen", "test_unseen")
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto;
@@ -46,7 +46,7 @@ figcaption { color: #59636e; font-size: .85rem; }
 
 
 def _split_key(split: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+    return (REPORT_SPLITS.index(split) if split in REPORT_SPLITS else len(REPORT_SPLITS), split)
 
 
 def _model_order(names: list[str]) -> list[str]:
@@ -351,6 +351,6 @@ def write_report(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    path = out / "report.html"
+    path = out / REPORT_FILE
     write_text_atomic(path, page)
     return path

@@ -18,20 +18,31 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from memeguard import __version__
 from memeguard.errors import ConfigError, DataError
 from memeguard.io import write_json_atomic
+from memeguard.names import (
+    DONE_FILE,
+    IMAGE_DIR,
+    PREDICTIONS_DIR,
+    RUN_A,
+    RUN_B,
+    STAGE_RECORD_FILE,
+    STAGES_DIR,
+    TIMINGS_FILE,
+    prediction_file,
+)
 from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
 
-DONE = "DONE"
-TRAIN_RUN = ("train_clean", ("dev_seen",))
-TRAINDEV_RUN = ("traindev", ("test_seen", "test_unseen"))
+# vilio's two fine-tunes of every run, by the label their stages carry: (a) and (b).
+FINETUNES: tuple[tuple[str, tuple[str, tuple[str, ...]]], ...] = (("train", RUN_A), ("traindev", RUN_B))
 
 
 def fingerprint(obj: Any) -> str:
@@ -57,7 +68,7 @@ def dataset_fingerprint(data_dir: Path) -> str:
     for jsonl in sorted(data_dir.glob("*.jsonl")):
         digest.update(jsonl.name.encode())
         digest.update(hashlib.sha256(jsonl.read_bytes()).digest())
-    image_dir = data_dir / "img"
+    image_dir = data_dir / IMAGE_DIR
     if image_dir.is_dir():
         for entry in sorted(os.scandir(image_dir), key=lambda e: e.name):
             stat = entry.stat()
@@ -76,12 +87,14 @@ class Stage:
     directory: Path = field(default_factory=Path)
 
     def finalize(self, root: Path) -> None:
-        self.key = fingerprint({"kind": self.kind, "config": self.config, "deps": [d.key for d in self.deps]})
-        self.directory = root / "stages" / self.kind / f"{self.label}-{self.key[:12]}"
+        # The package version is part of the key: a new release may compute a stage differently.
+        self.key = fingerprint({"kind": self.kind, "config": self.config, "deps": [d.key for d in self.deps],
+                                "version": __version__})
+        self.directory = root / STAGES_DIR / self.kind / f"{self.label}-{self.key[:12]}"
 
     @property
     def done(self) -> bool:
-        return (self.directory / DONE).is_file()
+        return (self.directory / DONE_FILE).is_file()
 
 
 @dataclass
@@ -196,17 +209,17 @@ class RecipeRunner:
         feature_stage, _ = self.feature_stages[run.features]  # type: ignore[index]
         deps = [self.clean_stage, feature_stage]
         store_key = f"{feature_stage.key}:{self.feature_stages[run.features][1]}"  # type: ignore[index]
-        base = {"architecture": model.architecture, "overrides": model.overrides, "seed": run.seed,
+        base = {"model": model.model, "overrides": model.overrides, "seed": run.seed,
                 "store": store_key, "limit": self.limit}
         outputs: dict[str, Path] = {}
         if self.inference_only:
             assert run.checkpoints is not None
-            for which, (_, splits) in (("train", TRAIN_RUN), ("traindev", TRAINDEV_RUN)):
+            for which, (_, splits) in FINETUNES:
                 checkpoint = getattr(run.checkpoints, which)
                 config = {**base, "checkpoint": file_fingerprint(Path(checkpoint)), "splits": list(splits)}
                 stage = self._add(Stage("predict", f"{run.name}-{which}", config, deps,
                                         self._predict_action(model, run, checkpoint, splits)))
-                outputs.update({split: stage.directory / f"{split}.csv" for split in splits})
+                outputs.update({split: stage.directory / prediction_file(split) for split in splits})
         else:
             init = model.init
             init_deps = list(deps)
@@ -217,12 +230,12 @@ class RecipeRunner:
                                             self._pretrain_action(model, run)))
                 init_deps.append(pre_stage)
                 init_key = pre_stage.key
-            for which, (train_split, splits) in (("train", TRAIN_RUN), ("traindev", TRAINDEV_RUN)):
+            for which, (train_split, splits) in FINETUNES:
                 config = {**base, "init": init_key, "train": model.train, "train_split": train_split,
                           "splits": list(splits)}
                 stage = self._add(Stage("finetune", f"{run.name}-{which}", config, init_deps,
                                         self._finetune_action(model, run, train_split, splits, init_deps)))
-                outputs.update({split: stage.directory / f"{split}.csv" for split in splits})
+                outputs.update({split: stage.directory / prediction_file(split) for split in splits})
         self.run_predictions[model.name][run.name or str(run.seed)] = outputs
 
     # -- stage actions ----------------------------------------------------------------------------
@@ -287,7 +300,7 @@ class RecipeRunner:
     def _announce_cached(self, stage: Stage, number: int, timings: dict[str, dict[str, Any]]) -> None:
         name = f"{stage.kind} {stage.label}"
         self.console.print(f"[{number}/{len(self.stages)}] {name}: cached")
-        previous = json.loads((stage.directory / DONE).read_text() or "{}")
+        previous = json.loads((stage.directory / DONE_FILE).read_text() or "{}")
         timings[name] = {"seconds": previous.get("seconds", 0.0), "cached": True}
 
     def _execute_sequential(self, timings: dict[str, dict[str, Any]]) -> None:
@@ -320,9 +333,9 @@ class RecipeRunner:
             else:
                 pending.append(stage)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        spec = {"recipe": self.recipe.source, "data": str(self.data_dir), "out": str(self.out_dir),
-                "inference_only": self.inference_only, "device": self.device, "limit": self.limit,
-                "threads": threads}
+        spec = {"recipe": self.recipe.source, "overrides": self.recipe.command_line,
+                "data": str(self.data_dir), "out": str(self.out_dir), "inference_only": self.inference_only,
+                "device": self.device, "limit": self.limit, "threads": threads}
         running: dict[futures.Future[float], Stage] = {}
         finished: set[str] = {stage.key for stage in self.stages if stage.done}
         context = multiprocessing.get_context("spawn")
@@ -356,13 +369,14 @@ class RecipeRunner:
 
         from memeguard.pipeline.stages import average_seeds, run_ensemble, write_run_report
 
+        pred_dir = self.out_dir / PREDICTIONS_DIR
         start = time.perf_counter()
-        family_files = average_seeds(self.run_predictions, self.out_dir / "predictions")
+        family_files = average_seeds(self.run_predictions, pred_dir)
         timings["seed average"] = {"seconds": time.perf_counter() - start, "cached": False}
         start = time.perf_counter()
-        fin_files = run_ensemble(self.out_dir / "predictions", self.clean_dir, self.out_dir, self.recipe.ensemble)
+        fin_files = run_ensemble(pred_dir, self.clean_dir, self.out_dir, self.recipe.ensemble)
         timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
-        write_json_atomic(self.out_dir / "timings.json", timings)
+        write_json_atomic(self.out_dir / TIMINGS_FILE, timings)
         write_run_report(self.out_dir, family_files, fin_files, self.clean_dir, timings, self.recipe.name)
         return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir)
 
@@ -370,12 +384,12 @@ class RecipeRunner:
 def run_stage(stage: Stage) -> float:
     """Run one stage in its folder; ``DONE`` (with the time taken) is written only after it succeeds."""
     stage.directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stage.directory / "stage.json", {"kind": stage.kind, "label": stage.label,
-                                                       "key": stage.key, "config": stage.config})
+    write_json_atomic(stage.directory / STAGE_RECORD_FILE, {"kind": stage.kind, "label": stage.label,
+                                                            "key": stage.key, "config": stage.config})
     start = time.perf_counter()
     stage.action(stage.directory)
     seconds = time.perf_counter() - start
-    write_json_atomic(stage.directory / DONE, {"seconds": seconds})
+    write_json_atomic(stage.directory / DONE_FILE, {"seconds": seconds})
     return seconds
 
 
@@ -387,7 +401,7 @@ def _run_stage_in_child(spec: dict[str, Any], key: str) -> float:
 
     torch.set_num_threads(int(spec["threads"]))
     os.environ["MEMEGUARD_NO_PROGRESS"] = "1"  # several workers' progress bars would garble the terminal
-    recipe = load_recipe(spec["recipe"], inference_only=spec["inference_only"])
+    recipe = load_recipe(spec["recipe"], inference_only=spec["inference_only"], overrides=spec["overrides"])
     runner = RecipeRunner(recipe, spec["data"], spec["out"], inference_only=spec["inference_only"],
                           device=spec["device"], limit=spec["limit"], console=Console(quiet=True))
     runner.build()
@@ -407,11 +421,12 @@ def run_recipe(
     limit: int | None = None,
     console: Console | None = None,
     workers: int = 1,
+    overrides: Sequence[str] = (),
 ) -> RunReport:
-    """Load, validate and run a recipe (the ``memeguard run`` command)."""
+    """Load, validate and run a recipe (the ``memeguard run`` command); ``overrides`` are key.path=value."""
     from memeguard.pipeline.recipe import load_recipe
 
-    recipe = load_recipe(recipe_path, inference_only=inference_only)
+    recipe = load_recipe(recipe_path, inference_only=inference_only, overrides=overrides)
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ConfigError("--out must differ from --data (inputs are never overwritten)")
     runner = RecipeRunner(recipe, data_dir, out_dir, inference_only=inference_only, device=device, limit=limit,

@@ -11,14 +11,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memeguard.data.hm import read_split, split_path
-from memeguard.data.predictions import Predictions, align_predictions, read_predictions, write_predictions
+from memeguard.data.predictions import Predictions, read_predictions, write_predictions
 from memeguard.errors import ConfigError
+from memeguard.names import (
+    DEV_SEEN,
+    ENSEMBLE_WEIGHTS_FILE,
+    MODEL_DIR,
+    PREDICTED_SPLITS,
+    family_file,
+    fin_file,
+    prediction_file,
+)
 from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
-
-PREDICTED_SPLITS = ("dev_seen", "test_seen", "test_unseen")
 
 
 def show_progress() -> bool:
@@ -63,7 +68,7 @@ def run_pretrain(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, ou
                  device: str, limit: int | None) -> Path:
     from memeguard.training import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
+    cfg = PretrainConfig(model=model.model, features=str(store), data_dir=str(data_dir), out_dir=str(out),
                          seed=run.seed, init=model.init, model_overrides=dict(model.overrides),
                          device=device, limit=limit, progress=show_progress(), **(model.pretrain or {}))
     return pretrain(cfg)
@@ -74,7 +79,7 @@ def run_finetune(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, ou
     from memeguard.training import TrainConfig, finetune
 
     params = {"eval_split": "dev_seen", **model.train}
-    cfg = TrainConfig(model=model.architecture, features=str(store), data_dir=str(data_dir), out_dir=str(out),
+    cfg = TrainConfig(model=model.model, features=str(store), data_dir=str(data_dir), out_dir=str(out),
                       train_split=train_split, predict_splits=tuple(splits), seed=run.seed, init=init,
                       model_overrides=dict(model.overrides), device=device, limit=limit,
                       progress=show_progress(), **params)
@@ -89,31 +94,42 @@ def predict_from_checkpoint(model: ModelSpec, checkpoint: str, store: Path, data
     from memeguard.training.build import build_model
 
     feature_dim = FeatureStore.open(store).feature_dim
-    built = build_model(model.architecture, feature_dim=feature_dim, init=checkpoint, overrides=dict(model.overrides))
-    model_dir = out / "model"
+    built = build_model(model.model, feature_dim=feature_dim, init=checkpoint,
+                        overrides=dict(model.overrides))
+    model_dir = out / MODEL_DIR
     built.save_pretrained(model_dir)
     for split in splits:
-        predict(model_dir, store, data_dir, split, out / f"{split}.csv", device=device, limit=limit)
+        predict(model_dir, store, data_dir, split, out / prediction_file(split), device=device, limit=limit)
 
 
-def average_seeds(run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]], out_dir: Path) -> dict[str, dict[str, Path]]:
+def average_seeds(
+    run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]], out_dir: Path
+) -> dict[str, dict[str, Path]]:
     """Per family and split: the mean probability over its runs, matched by id (vilio's ``--enstype sa``).
 
+    The ensemble's own seed averaging (:func:`memeguard.ensemble.seed_average`) does the work, so the
+    pipeline's ``predictions/<family>_<split>.csv`` and ``memeguard ensemble`` on the runs' CSVs agree.
     vilio averaged log-probabilities (PyTorch) or logits (ERNIE); we average probabilities.
     """
+    from memeguard.ensemble.table import stack_predictions
+    from memeguard.ensemble.vilio_loop import seed_average
+
     out_dir.mkdir(parents=True, exist_ok=True)
     family_files: dict[str, dict[str, Path]] = {}
     for family, runs in run_predictions.items():
         family_files[family] = {}
         for split in PREDICTED_SPLITS:
-            files = [outputs[split] for outputs in runs.values() if split in outputs]
+            files = {run: outputs[split] for run, outputs in runs.items() if split in outputs}
             if not files:
                 continue
-            first = read_predictions(files[0])
-            stacked = [first.proba] + [align_predictions(read_predictions(f), first.ids, str(f)).proba for f in files[1:]]
-            mean = np.mean(np.stack(stacked), axis=0)
-            path = out_dir / f"{family}_{split}.csv"
-            write_predictions(path, first.ids, mean)
+            # Runs aligned to the first run's ids and row order: (memes, runs) -> (memes, 1 family).
+            runs_table = stack_predictions(
+                split, {run: read_predictions(path) for run, path in files.items()},
+                {run: str(path) for run, path in files.items()},
+            )
+            averaged = seed_average({split: runs_table}, {family: list(files)})[split]
+            path = out_dir / family_file(family, split)
+            write_predictions(path, averaged.ids, averaged.column(family))
             family_files[family][split] = path
     return family_files
 
@@ -122,11 +138,12 @@ def run_ensemble(pred_dir: Path, data_dir: Path, out_dir: Path, spec: EnsembleSp
     """FIN_<split>.csv from the family CSVs (a single family works too: its blend is itself)."""
     from memeguard.ensemble import ensemble_folder
 
-    if not any(pred_dir.glob("*_dev_seen.csv")):
-        raise ConfigError(f"{pred_dir}: no <model>_dev_seen.csv predictions to ensemble")
-    gt = split_path(data_dir, "dev_seen")
+    if not any(pred_dir.glob(family_file("*", DEV_SEEN))):
+        raise ConfigError(f"{pred_dir}: no {family_file('<model>', DEV_SEEN)} predictions to ensemble")
+    gt = split_path(data_dir, DEV_SEEN)
     ensemble_folder(pred_dir, gt, out_dir, method=spec.method, **spec.params)
-    return {split: out_dir / f"FIN_{split}.csv" for split in PREDICTED_SPLITS if (out_dir / f"FIN_{split}.csv").is_file()}
+    written = {split: out_dir / fin_file(split) for split in PREDICTED_SPLITS}
+    return {split: path for split, path in written.items() if path.is_file()}
 
 
 def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
@@ -148,7 +165,7 @@ def write_run_report(out_dir: Path, family_files: Mapping[str, Mapping[str, Path
         family: {split: read_predictions(path) for split, path in files.items()} for family, files in family_files.items()
     }
     predictions["ENSEMBLE"] = {split: read_predictions(path) for split, path in fin_files.items()}
-    weights_path = out_dir / "weights.json"
+    weights_path = out_dir / ENSEMBLE_WEIGHTS_FILE
     weights = json.loads(weights_path.read_text()) if weights_path.is_file() else None
     stage_times = {name: float(entry["seconds"]) for name, entry in timings.items()}
     return write_report(out_dir, predictions, split_labels(data_dir), weights=weights, stage_times=stage_times,
