@@ -82,7 +82,8 @@ def main() -> None:
     }
     rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in searches}
     loop_rows: dict[str, list[tuple[float, float, float]]] = {
-        f"loop + {SIMPLEX}": [], f"loop + {COORDINATE}": []
+        f"loop + {SIMPLEX}": [],
+        f"loop + {COORDINATE}": [],
     }
     for case in range(args.cases):
         labels, scores, names = synthetic_case(case)
@@ -107,8 +108,10 @@ def main() -> None:
         f"weight search over 15 prediction sets, dev 500 / test 1000 / 2000, {args.cases} cases "
         f"(mean; best of {args.repeats} for time)"
     )
-    header = (f"{'method':44s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} "
-              f"{'test_unseen':>11s}")
+    header = (
+        f"{'method':44s} {'seconds':>8s} {'speed-up':>8s} {'dev AUROC':>10s} {'test_seen':>10s} "
+        f"{'test_unseen':>11s}"
+    )
     print(header)
     print("-" * len(header))
     base = statistics.mean(r[0] for r in rows["simplex, sklearn AUROC (vilio)"])

@@ -79,19 +79,30 @@ def forward_table(device: torch.device, batch_size: int, boxes: int, names: list
             if reference is None:
                 reference, base_seconds = proba, seconds
             diff = float((proba - reference).abs().max())
-            row = {"model": name, "precision": precision, "ms": seconds * 1e3, "memes_per_s": batch_size / seconds,
-                   "speedup": base_seconds / seconds, "max_abs_dprob": diff, "finite": bool(torch.isfinite(proba).all())}
+            row = {
+                "model": name,
+                "precision": precision,
+                "ms": seconds * 1e3,
+                "memes_per_s": batch_size / seconds,
+                "speedup": base_seconds / seconds,
+                "max_abs_dprob": diff,
+                "finite": bool(torch.isfinite(proba).all()),
+            }
             rows.append(row)
-            print(f"{name:<18}{precision:>10}{row['ms']:>10.1f}{row['memes_per_s']:>10.0f}{row['speedup']:>8.2f}"
-                  f"{diff:>10.1e}", flush=True)
+            print(
+                f"{name:<18}{precision:>10}{row['ms']:>10.1f}{row['memes_per_s']:>10.0f}{row['speedup']:>8.2f}"
+                f"{diff:>10.1e}",
+                flush=True,
+            )
         del model, batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
 
 
-def finetune_table(device: torch.device, data: Path, features: Path, work: Path, models: list[str],
-                   epochs: int) -> list[dict]:
+def finetune_table(
+    device: torch.device, data: Path, features: Path, work: Path, models: list[str], epochs: int
+) -> list[dict]:
     from memeguard.training import TINY_DEFAULTS, TrainConfig, finetune
 
     rows = []
@@ -101,18 +112,38 @@ def finetune_table(device: torch.device, data: Path, features: Path, work: Path,
         for precision in precisions_for(device):
             out = work / f"ft-{model}-{precision}"
             settings = {**TINY_DEFAULTS, "epochs": epochs, "eval_every": 200}
-            cfg = TrainConfig(model=model, features=features, data_dir=data, out_dir=out, train_split="train",
-                              predict_splits=("dev_seen",), seed=0, device=str(device), precision=precision,
-                              progress=False, **settings)
+            cfg = TrainConfig(
+                model=model,
+                features=features,
+                data_dir=data,
+                out_dir=out,
+                train_split="train",
+                predict_splits=("dev_seen",),
+                seed=0,
+                device=str(device),
+                precision=precision,
+                progress=False,
+                **settings,
+            )
             start = time.perf_counter()
             result = finetune(cfg)
             seconds = time.perf_counter() - start
-            losses = [json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
+            losses = [
+                json.loads(line).get("train_loss")
+                for line in (out / "metrics.jsonl").read_text().splitlines()
+            ]
             finite = all(math.isfinite(x) for x in losses if x is not None)
-            row = {"model": model, "precision": precision, "auroc": result.metrics["auroc"], "finite": finite,
-                   "seconds": seconds}
+            row = {
+                "model": model,
+                "precision": precision,
+                "auroc": result.metrics["auroc"],
+                "finite": finite,
+                "seconds": seconds,
+            }
             rows.append(row)
-            print(f"{model:<18}{precision:>10}{row['auroc']:>10.4f}{str(finite):>15}{seconds:>9.1f}", flush=True)
+            print(
+                f"{model:<18}{precision:>10}{row['auroc']:>10.4f}{str(finite):>15}{seconds:>9.1f}", flush=True
+            )
     return rows
 
 
@@ -124,15 +155,32 @@ def pretrain_table(device: torch.device, data: Path, features: Path, work: Path,
     print(f"{'precision':>10}{'final loss':>12}{'seconds':>9}")
     for precision in precisions_for(device):
         out = work / f"pt-{model}-{precision}"
-        cfg = PretrainConfig(model=model, features=features, data_dir=data, out_dir=out, split="train", epochs=1,
-                             lr=1e-4, device=str(device), precision=precision, progress=False)
+        cfg = PretrainConfig(
+            model=model,
+            features=features,
+            data_dir=data,
+            out_dir=out,
+            split="train",
+            epochs=1,
+            lr=1e-4,
+            device=str(device),
+            precision=precision,
+            progress=False,
+        )
         start = time.perf_counter()
         run_dir = pretrain(cfg)
         seconds = time.perf_counter() - start
         last = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1]
         loss = float(json.loads(last).get("loss", float("nan")))
-        rows.append({"model": model, "precision": precision, "loss": loss, "finite": math.isfinite(loss),
-                     "seconds": seconds})
+        rows.append(
+            {
+                "model": model,
+                "precision": precision,
+                "loss": loss,
+                "finite": math.isfinite(loss),
+                "seconds": seconds,
+            }
+        )
         print(f"{precision:>10}{loss:>12.4f}{seconds:>9.1f}", flush=True)
     return rows
 
@@ -143,16 +191,25 @@ def butd_table(image_size: int, n_images: int, batch_size: int) -> list[dict]:
     from memeguard.features.butd import ButdExtractor
 
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
-              for _ in range(n_images)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
+        for _ in range(n_images)
+    ]
     rows = []
-    print(f"\n## BUTD ResNet-101 C4, random weights, {n_images} images of {image_size} px, batch {batch_size}, "
-          "variants 36/50/72/100 from one pass")
+    print(
+        f"\n## BUTD ResNet-101 C4, random weights, {n_images} images of {image_size} px, batch {batch_size}, "
+        "variants 36/50/72/100 from one pass"
+    )
     print(f"{'precision':>10}{'images/s':>10}{'x fp32':>8}")
     base = None
     for fp16 in (False, True):
-        extractor = ButdExtractor(weights=None, box_variants=("36", "50", "72", "100"), device="cuda", fp16=fp16,
-                                  batch_size=batch_size)
+        extractor = ButdExtractor(
+            weights=None,
+            box_variants=("36", "50", "72", "100"),
+            device="cuda",
+            fp16=fp16,
+            batch_size=batch_size,
+        )
         extractor.extract(images[:batch_size], list(range(batch_size)), [""] * batch_size)  # warm-up
         seconds = timed(lambda e=extractor: e.extract(images, list(range(n_images)), [""] * n_images), 0, 1)
         rate = n_images / seconds
@@ -165,13 +222,17 @@ def butd_table(image_size: int, n_images: int, batch_size: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path)
     parser.add_argument("--features", type=Path)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--boxes", type=int, default=50)
-    parser.add_argument("--names", default="", help="comma-separated models for the forward table (default *-base)")
+    parser.add_argument(
+        "--names", default="", help="comma-separated models for the forward table (default *-base)"
+    )
     parser.add_argument("--train-models", default="visualbert-tiny,lxmert-tiny")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--skip-butd", action="store_true")
@@ -188,7 +249,9 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     report: dict[str, list[dict]] = {}
-    report["forward"] = forward_table(device, args.batch_size, args.boxes, [n for n in args.names.split(",") if n])
+    report["forward"] = forward_table(
+        device, args.batch_size, args.boxes, [n for n in args.names.split(",") if n]
+    )
     data, features = (args.data, args.features) if args.data else prepare(work, 1000, 0, 0.0)
     train_models = [m for m in args.train_models.split(",") if m]
     report["finetune"] = finetune_table(device, data, features, work, train_models, args.epochs)

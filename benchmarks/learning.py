@@ -51,17 +51,28 @@ def prepare(work: Path, n: int, seed: int, label_noise: float) -> tuple[Path, Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/memeguard-learning"))
     parser.add_argument("--n", type=int, default=2000, help="synthetic memes (train is 70%%)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--label-noise", type=float, default=0.0,
-                        help="synthetic label noise (default 0; the usual set has 0.03, see above)")
-    parser.add_argument("--train-seeds", type=int, nargs="+",
-                        help="training seeds, one run pair each (default: --seed); every seed must pass")
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="synthetic label noise (default 0; the usual set has 0.03, see above)",
+    )
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        nargs="+",
+        help="training seeds, one run pair each (default: --seed); every seed must pass",
+    )
     parser.add_argument("--models", nargs="+", default=["visualbert-tiny", "lxmert-tiny"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest for tiny models on shared cores)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models on shared cores)"
+    )
     parser.add_argument("--train-split", default="train")
     args = parser.parse_args()
 
@@ -80,14 +91,32 @@ def main() -> None:
             for zero_visual in (False, True):
                 out = args.work / "runs" / f"{model}{'-textonly' if zero_visual else ''}-seed{seed}"
                 shutil.rmtree(out, ignore_errors=True)
-                cfg = TrainConfig(model=model, features=store, data_dir=data, out_dir=out,
-                                  train_split=args.train_split, predict_splits=("dev_seen",), seed=seed,
-                                  device="cpu", progress=False, zero_visual=zero_visual, **TINY_DEFAULTS)
+                cfg = TrainConfig(
+                    model=model,
+                    features=store,
+                    data_dir=data,
+                    out_dir=out,
+                    train_split=args.train_split,
+                    predict_splits=("dev_seen",),
+                    seed=seed,
+                    device="cpu",
+                    progress=False,
+                    zero_visual=zero_visual,
+                    **TINY_DEFAULTS,
+                )
                 start = time.perf_counter()
                 result = finetune(cfg)
                 seconds = time.perf_counter() - start
-                rows.append((model, seed, "text only" if zero_visual else "image+text", result.metrics["auroc"],
-                             result.metrics["accuracy"], seconds))
+                rows.append(
+                    (
+                        model,
+                        seed,
+                        "text only" if zero_visual else "image+text",
+                        result.metrics["auroc"],
+                        result.metrics["accuracy"],
+                        seconds,
+                    )
+                )
     print()
     print(f"{'model':<18}{'seed':>5}  {'input':<12}{'dev AUROC':>10}{'dev acc':>9}{'time s':>8}  target")
     ok = True
@@ -98,10 +127,16 @@ def main() -> None:
             passed = auroc >= TARGET_AUROC and seconds <= TIME_BUDGET_S
             target = f">= {TARGET_AUROC} in {TIME_BUDGET_S:.0f} s"
         ok &= passed
-        print(f"{model:<18}{seed:>5}  {kind:<12}{auroc:>10.4f}{acc:>9.4f}{seconds:>8.1f}  {target} "
-              f"{'ok' if passed else 'FAIL'}")
+        print(
+            f"{model:<18}{seed:>5}  {kind:<12}{auroc:>10.4f}{acc:>9.4f}{seconds:>8.1f}  {target} "
+            f"{'ok' if passed else 'FAIL'}"
+        )
     for model in args.models:
-        hits = sum(1 for m, _, kind, auroc, _, _ in rows if m == model and kind == "image+text" and auroc >= TARGET_AUROC)
+        hits = sum(
+            1
+            for m, _, kind, auroc, _, _ in rows
+            if m == model and kind == "image+text" and auroc >= TARGET_AUROC
+        )
         print(f"{model}: image+text reached {TARGET_AUROC} with {hits} of {len(seeds)} training seeds")
     print(f"\nsettings: TINY_DEFAULTS = {TINY_DEFAULTS}, torch threads {args.threads}")
     raise SystemExit(0 if ok else 1)

@@ -41,7 +41,9 @@ def tokenizer_for(config):
     except ConfigError:
         from transformers import BertTokenizer
 
-        vocab = {t: i for t, i in read_wordpiece_vocab(default_uncased_vocab()).items() if i < config.vocab_size}
+        vocab = {
+            t: i for t, i in read_wordpiece_vocab(default_uncased_vocab()).items() if i < config.vocab_size
+        }
         return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
@@ -55,7 +57,9 @@ def synthetic_inputs(batch_size: int, boxes: int, feature_dim: int) -> tuple[lis
             RegionRecord(
                 meme_id=index,
                 features=np.abs(rng.normal(size=(boxes, feature_dim))).astype(np.float32),
-                boxes=np.concatenate([xy, xy + rng.uniform(20, 200, size=(boxes, 2))], axis=1).astype(np.float32),
+                boxes=np.concatenate([xy, xy + rng.uniform(20, 200, size=(boxes, 2))], axis=1).astype(
+                    np.float32
+                ),
                 image_size=(600, 800),
             )
         )
@@ -81,8 +85,14 @@ class Baseline:
     def __init__(self) -> None:
         torch.manual_seed(0)
         self.encoder = BertEncoder(
-            12, hidden_size=768, num_heads=12, intermediate_size=3072, act="gelu",
-            attention_dropout=0.1, hidden_dropout=0.1, eps=1e-12,
+            12,
+            hidden_size=768,
+            num_heads=12,
+            intermediate_size=3072,
+            act="gelu",
+            attention_dropout=0.1,
+            hidden_dropout=0.1,
+            eps=1e-12,
         ).eval()
         self.params = sum(p.numel() for p in self.encoder.parameters()) / 1e6
 
@@ -106,10 +116,14 @@ def main() -> None:
 
     names = [n for n in args.names.split(",") if n] or [n for n in list_models() if n.endswith("-base")]
     baseline = Baseline()
-    print(f"CPU forward, fp32, batch {args.batch_size}, {args.boxes} boxes, torch threads {torch.get_num_threads()}, "
-          f"{args.repeats} timed calls each, model and baseline alternating (medians; ratio = median of ratios)")
-    header = (f"{'model':<18}{'params (M)':>11}{'text':>6}{'regions':>9}{'ms/batch':>10}{'memes/s':>9}"
-              f"{'baseline ms':>13}{'x baseline':>12}")
+    print(
+        f"CPU forward, fp32, batch {args.batch_size}, {args.boxes} boxes, torch threads {torch.get_num_threads()}, "
+        f"{args.repeats} timed calls each, model and baseline alternating (medians; ratio = median of ratios)"
+    )
+    header = (
+        f"{'model':<18}{'params (M)':>11}{'text':>6}{'regions':>9}{'ms/batch':>10}{'memes/s':>9}"
+        f"{'baseline ms':>13}{'x baseline':>12}"
+    )
     print(header)
     print("-" * len(header))
     for name in names:
@@ -129,11 +143,16 @@ def main() -> None:
         seconds, base = statistics.median(model_times), statistics.median(base_times)
         ratio = statistics.median(m / b for m, b in zip(model_times, base_times, strict=True))
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<18}{params:>11.1f}{text:>6}{boxes:>9}{seconds * 1e3:>10.0f}"
-              f"{args.batch_size / seconds:>9.1f}{base * 1e3:>13.0f}{ratio:>12.2f}", flush=True)
+        print(
+            f"{name:<18}{params:>11.1f}{text:>6}{boxes:>9}{seconds * 1e3:>10.0f}"
+            f"{args.batch_size / seconds:>9.1f}{base * 1e3:>13.0f}{ratio:>12.2f}",
+            flush=True,
+        )
         del model, batch, run_model
         gc.collect()
-    print(f"baseline: BERT-base encoder, {baseline.params:.1f} M parameters, over text + {args.boxes} positions")
+    print(
+        f"baseline: BERT-base encoder, {baseline.params:.1f} M parameters, over text + {args.boxes} positions"
+    )
 
 
 if __name__ == "__main__":

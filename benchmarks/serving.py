@@ -39,7 +39,9 @@ def make_images(folder: Path, n: int) -> list[Path]:
         image = Image.fromarray(pixels, "RGB")
         draw = ImageDraw.Draw(image)
         x, y = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-        draw.ellipse((x, y, x + width // 3, y + height // 3), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw.ellipse(
+            (x, y, x + width // 3, y + height // 3), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
+        )
         path = folder / f"{k:05d}.png"
         image.save(path)
         paths.append(path)
@@ -84,8 +86,14 @@ def row(name: str, per_call: list[float], memes_per_call: int) -> tuple[str, ...
     total = sum(per_call)
     p50 = statistics.median(per_call) * 1000
     p95 = float(np.percentile(per_call, 95)) * 1000
-    return (name, str(memes_per_call), f"{memes_per_call * len(per_call) / total:8.1f}", f"{p50:8.1f}",
-            f"{p95:8.1f}", f"{p50 / memes_per_call:8.1f}")
+    return (
+        name,
+        str(memes_per_call),
+        f"{memes_per_call * len(per_call) / total:8.1f}",
+        f"{p50:8.1f}",
+        f"{p95:8.1f}",
+        f"{p50 / memes_per_call:8.1f}",
+    )
 
 
 def main() -> None:
@@ -144,10 +152,18 @@ def main() -> None:
     header = ("case", "batch", "memes/s", "p50 ms", "p95 ms", "ms/meme")
     widths = [max(len(r[i].strip()) for r in [header, *rows]) + 2 for i in range(len(header))]
     print(f"device={args.device} threads={args.threads} memes={len(paths)} model=visualbert-tiny grid 41x42")
-    print("".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))))
+    print(
+        "".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
     for r in rows:
-        print("".join(c.strip().ljust(w) if i == 0 and not c.startswith("  ") else c.rjust(w) if i else c.ljust(w)
-                      for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "".join(
+                c.strip().ljust(w) if i == 0 and not c.startswith("  ") else c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     speedup = (sum(single) / len(single)) / (sum(batched) / (len(batched) * size))
     print(f"score_batch({size}) vs score: {speedup:.2f}x memes/s")
 

@@ -65,10 +65,15 @@ def test_strict_loading_accounts_for_every_key():
     with pytest.raises(CheckpointError, match=r"missing \['head.bias', 'head.weight'\].*'pretraining.bias'"):
         load_mapped_state_dict(model, state, source="src")
     missing, unexpected = load_mapped_state_dict(
-        model, state, source="src", allowed_missing=lambda key: key.startswith("head."),
+        model,
+        state,
+        source="src",
+        allowed_missing=lambda key: key.startswith("head."),
         allowed_unexpected={"pretraining.bias"},
     )
     assert (missing, unexpected) == (["head.bias", "head.weight"], ["pretraining.bias"])
     assert torch.equal(model.layer.weight.detach(), STATE["layer.weight"])
-    with pytest.raises(CheckpointError, match=r"src: shape mismatch: layer.bias: checkpoint \(3,\) vs model \(2,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"src: shape mismatch: layer.bias: checkpoint \(3,\) vs model \(2,\)"
+    ):
         load_mapped_state_dict(model, {**STATE, "layer.bias": torch.zeros(3)}, source="src")

@@ -87,12 +87,20 @@ def build(root: Path) -> None:
         return json.dumps(record)
 
     train = [
-        row(11, "same text", 1), row(12, "same text", 1),
-        row(13, "text a", 0), row(14, "text b", 0),
-        row(15, "near dup", 1), row(16, "near dup", 1),
-        row(17, "conflict", 0), row(18, "conflict", 1),
-        row(19, "triple", 0), row(20, "triple", 0), row(21, "triple", 0),
-        row(35097, "listed", 1), row(63805, "dim error", 0), row(22, "cross split", 1),
+        row(11, "same text", 1),
+        row(12, "same text", 1),
+        row(13, "text a", 0),
+        row(14, "text b", 0),
+        row(15, "near dup", 1),
+        row(16, "near dup", 1),
+        row(17, "conflict", 0),
+        row(18, "conflict", 1),
+        row(19, "triple", 0),
+        row(20, "triple", 0),
+        row(21, "triple", 0),
+        row(35097, "listed", 1),
+        row(63805, "dim error", 0),
+        row(22, "cross split", 1),
     ]
     (root / "train.jsonl").write_text("\n".join(train) + "\n")
     (root / "dev_seen.jsonl").write_text(row(301, "cross split", 1) + "\n" + row(302, "seen", 0) + "\n")

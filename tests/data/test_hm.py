@@ -28,7 +28,9 @@ def make_dataset(root: Path, n: int = 6) -> Path:
     for split, ids in splits.items():
         lines = []
         for meme_id in ids:
-            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / "img" / f"{meme_id:05d}.png")
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+                root / "img" / f"{meme_id:05d}.png"
+            )
             record = {"id": meme_id, "img": f"img/{meme_id:05d}.png", "text": f"meme {meme_id}"}
             if split != "test_unseen":
                 record["label"] = meme_id % 2
@@ -61,7 +63,7 @@ def test_phase1_names_are_accepted(tmp_path: Path) -> None:
         ('{"id": 5, "text": "x", "label": 0}', "missing field 'img'"),
         ('{"id": 5, "img": "img/00005.png", "text": "x", "label": 2}', "'label' must be 0 or 1"),
         ('{"id": "abc", "img": "img/00005.png", "text": "x"}', "'id' must be an integer"),
-        ('[1, 2]', "expected a JSON object"),
+        ("[1, 2]", "expected a JSON object"),
     ],
 )
 def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, expected: str) -> None:
@@ -99,7 +101,9 @@ def test_missing_truncated_and_bomb_images_are_errors(tmp_path: Path) -> None:
 
 def test_check_summary_counts_and_overlaps(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "hm")
-    write_lines(root / "dev_unseen.jsonl", [json.dumps({"id": 101, "img": "img/00101.png", "text": "a", "label": 1})])
+    write_lines(
+        root / "dev_unseen.jsonl", [json.dumps({"id": 101, "img": "img/00101.png", "text": "a", "label": 1})]
+    )
     report = check_dataset(root)
     assert report.ok, report.errors
     by_name = {s.name: s for s in report.splits}
@@ -109,7 +113,9 @@ def test_check_summary_counts_and_overlaps(tmp_path: Path) -> None:
     assert report.image_stats()["height_max"] == 20 and report.image_stats()["width_min"] == 30
 
 
-def test_cli_check_exits_nonzero_with_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_exits_nonzero_with_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = make_dataset(tmp_path / "hm")
     write_lines(root / "dev_seen.jsonl", ['{"id": 1, "img": "img/00001.png", "text": "x", "label": "yes"}'])
     with pytest.raises(SystemExit) as info:

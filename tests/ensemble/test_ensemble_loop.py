@@ -247,7 +247,9 @@ def test_test_labels_carry_the_dev_share_over_when_run_b_scores_are_shifted(make
             write_predictions(folder.pred_dir / f"{name}_{split}.csv", folder.ids[split], proba)
     outcome = {}
     for rule in ("threshold", "rate"):
-        result = ensemble_folder(folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule)
+        result = ensemble_folder(
+            folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule
+        )
         assert result.dev_accuracy == 1.0 and result.record["final"]["test_labels"] == rule
         outcome[rule] = {}
         for split in ("test_seen", "test_unseen"):
@@ -282,9 +284,14 @@ def test_unknown_test_label_rule_is_refused(make_folder) -> None:
 def test_prior_rule_labels_as_many_test_memes_as_the_models_expect(make_folder) -> None:
     folder = make_folder(seed=4)
     rng = np.random.default_rng(1)
-    for split in ("test_seen", "test_unseen"):  # test_unseen is less hateful than dev, as in HM (37 % vs 50 %)
+    for split in (
+        "test_seen",
+        "test_unseen",
+    ):  # test_unseen is less hateful than dev, as in HM (37 % vs 50 %)
         share = 0.5 if split == "test_seen" else 0.3
-        folder.labels[split] = rng.permutation((np.arange(folder.sizes[split]) < share * folder.sizes[split]) * 1)
+        folder.labels[split] = rng.permutation(
+            (np.arange(folder.sizes[split]) < share * folder.sizes[split]) * 1
+        )
     # Run (a) squeezes dev into [0.0001, 0.0016]; run (b)'s test probabilities are calibrated (near 0 or 1).
     for name in ("A", "B"):
         for split, y in folder.labels.items():
@@ -293,11 +300,17 @@ def test_prior_rule_labels_as_many_test_memes_as_the_models_expect(make_folder) 
             write_predictions(folder.pred_dir / f"{name}_{split}.csv", folder.ids[split], proba)
     accuracy_by_rule = {}
     for rule in ("threshold", "rate", "prior"):
-        result = ensemble_folder(folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule)
+        result = ensemble_folder(
+            folder.pred_dir, folder.gt_path, folder.root / rule, method="sx", test_labels=rule
+        )
         final = read_predictions(result.files["test_unseen"])
-        truth = dict(zip(folder.ids["test_unseen"].tolist(), folder.labels["test_unseen"].tolist(), strict=True))
+        truth = dict(
+            zip(folder.ids["test_unseen"].tolist(), folder.labels["test_unseen"].tolist(), strict=True)
+        )
         accuracy_by_rule[rule] = accuracy_score([truth[int(i)] for i in final.ids], final.label)
     n = folder.sizes["test_unseen"]
-    assert accuracy_by_rule["threshold"] == pytest.approx(0.3, abs=1 / n)  # every meme above the dev threshold
+    assert accuracy_by_rule["threshold"] == pytest.approx(
+        0.3, abs=1 / n
+    )  # every meme above the dev threshold
     assert accuracy_by_rule["rate"] == pytest.approx(0.8, abs=1 / n)  # dev's 50 % where 30 % are hateful
     assert accuracy_by_rule["prior"] >= 1 - 2 / n  # the models' mean probability finds the 30 %

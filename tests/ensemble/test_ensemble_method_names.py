@@ -25,8 +25,10 @@ def test_an_unknown_method_is_one_line_that_lists_the_choices() -> None:
         canonical_method("avg")
 
 
-@pytest.mark.parametrize(("new", "old"), [("mean", "sa"), ("power", "pa"), ("rank", "ra"), ("simplex", "sx"),
-                                          ("coordinate", "opt")])
+@pytest.mark.parametrize(
+    ("new", "old"),
+    [("mean", "sa"), ("power", "pa"), ("rank", "ra"), ("simplex", "sx"), ("coordinate", "opt")],
+)
 def test_a_readable_name_and_its_alias_write_the_same_bytes(make_folder, new: str, old: str) -> None:
     folder = make_folder(seed=4)
     folder.noisy("A__1", 2.0)
@@ -61,6 +63,9 @@ def test_the_cli_takes_an_alias_lists_the_readable_names_and_rejects_others(make
     assert bad.exit_code == 2 and "'median' is not one of loop, mean, power, rank" in bad.output
     assert not (folder.root / "bad").exists()
     shown = runner.invoke(app, ["ensemble", "--help"]).output
-    for choices in ("[loop|mean|power|rank|simplex|coordinate]", "[simplex|coordinate]",
-                    "[prior|rate|threshold]"):
+    for choices in (
+        "[loop|mean|power|rank|simplex|coordinate]",
+        "[simplex|coordinate]",
+        "[prior|rate|threshold]",
+    ):
         assert choices in shown

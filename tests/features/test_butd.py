@@ -34,7 +34,9 @@ def d2_layout(blocks, stem, bottleneck, res2, rpn_hidden, classes, attrs) -> dic
 
     conv_bn("backbone.stem.conv1", stem, 3, 7)
     in_ch, bott, out_ch = stem, bottleneck, res2
-    for stage, n in zip(("backbone.res2", "backbone.res3", "backbone.res4", "roi_heads.res5"), blocks, strict=True):
+    for stage, n in zip(
+        ("backbone.res2", "backbone.res3", "backbone.res4", "roi_heads.res5"), blocks, strict=True
+    ):
         for b in range(n):
             block_in = in_ch if b == 0 else out_ch
             if b == 0:
@@ -46,15 +48,24 @@ def d2_layout(blocks, stem, bottleneck, res2, rpn_hidden, classes, attrs) -> dic
     res4, res5 = res2 * 4, res2 * 8
     rpn = "proposal_generator.rpn_head"
     shapes[f"{rpn}.conv.weight"], shapes[f"{rpn}.conv.bias"] = (rpn_hidden, res4, 3, 3), (rpn_hidden,)
-    shapes[f"{rpn}.objectness_logits.weight"], shapes[f"{rpn}.objectness_logits.bias"] = (12, rpn_hidden, 1, 1), (12,)
+    shapes[f"{rpn}.objectness_logits.weight"], shapes[f"{rpn}.objectness_logits.bias"] = (
+        (12, rpn_hidden, 1, 1),
+        (12,),
+    )
     shapes[f"{rpn}.anchor_deltas.weight"], shapes[f"{rpn}.anchor_deltas.bias"] = (48, rpn_hidden, 1, 1), (48,)
     bp = "roi_heads.box_predictor"
     shapes[f"{bp}.cls_score.weight"], shapes[f"{bp}.cls_score.bias"] = (classes + 1, res5), (classes + 1,)
     shapes[f"{bp}.bbox_pred.weight"], shapes[f"{bp}.bbox_pred.bias"] = (classes * 4, res5), (classes * 4,)
     if attrs:
         shapes[f"{bp}.cls_embedding.weight"] = (classes + 1, res5 // 8)
-        shapes[f"{bp}.fc_attr.weight"], shapes[f"{bp}.fc_attr.bias"] = (res5 // 4, res5 + res5 // 8), (res5 // 4,)
-        shapes[f"{bp}.attr_score.weight"], shapes[f"{bp}.attr_score.bias"] = (attrs + 1, res5 // 4), (attrs + 1,)
+        shapes[f"{bp}.fc_attr.weight"], shapes[f"{bp}.fc_attr.bias"] = (
+            (res5 // 4, res5 + res5 // 8),
+            (res5 // 4,),
+        )
+        shapes[f"{bp}.attr_score.weight"], shapes[f"{bp}.attr_score.bias"] = (
+            (attrs + 1, res5 // 4),
+            (attrs + 1,),
+        )
     return shapes
 
 
@@ -69,7 +80,7 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str,
             state[key] = np.zeros(shape, np.float32)
         else:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            state[key] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in)))
+            state[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
     return state
 
 
@@ -96,17 +107,27 @@ def hf_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def tiny_config(**kw) -> ButdConfig:
-    base = dict(stage_blocks=TINY["blocks"], stem_channels=TINY["stem"], bottleneck_channels=TINY["bottleneck"],
-                res2_channels=TINY["res2"], rpn_hidden_channels=TINY["rpn_hidden"], num_classes=TINY["classes"],
-                num_attrs=TINY["attrs"], min_size=96, max_size=160)
+    base = dict(
+        stage_blocks=TINY["blocks"],
+        stem_channels=TINY["stem"],
+        bottleneck_channels=TINY["bottleneck"],
+        res2_channels=TINY["res2"],
+        rpn_hidden_channels=TINY["rpn_hidden"],
+        num_classes=TINY["classes"],
+        num_attrs=TINY["attrs"],
+        min_size=96,
+        max_size=160,
+    )
     base.update(kw)
     return ButdConfig(**base)
 
 
 def images(seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)),
-            Image.fromarray(rng.integers(0, 256, (110, 80, 3), dtype=np.uint8))]
+    return [
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (110, 80, 3), dtype=np.uint8)),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,8 +153,11 @@ def test_vgattr_pkl_loads_and_runs_at_full_size(tmp_path, real_attr_state):
     config = ButdConfig(min_size=64, max_size=100, rpn_post_nms_topk=4)
     extractor = ButdExtractor(weights=path, box_variants=("3", "2-4"), config=config)
     model_state = extractor.model.state_dict()
-    for key in ("backbone.res4.22.conv2.weight", "roi_heads.box_predictor.attr_score.weight",
-                "backbone.stem.conv1.norm.running_var"):
+    for key in (
+        "backbone.res4.22.conv2.weight",
+        "roi_heads.box_predictor.attr_score.weight",
+        "backbone.stem.conv1.norm.running_var",
+    ):
         np.testing.assert_array_equal(model_state[key].numpy(), real_attr_state[key])
     assert extractor.config.stage_blocks == (3, 4, 23, 3) and extractor.config.num_attrs == 400
     out = extractor.extract([images()[0]], [7], ["text"])
@@ -142,13 +166,25 @@ def test_vgattr_pkl_loads_and_runs_at_full_size(tmp_path, real_attr_state):
     assert np.isfinite(rec.features).all()
     assert rec.object_ids.max() < 1600 and rec.attr_ids.max() < 400
     meta = extractor.meta()
-    assert meta["layout"] == "detectron2-pkl" and meta["attributes"] is True and len(meta["weights_sha256"]) == 64
+    assert (
+        meta["layout"] == "detectron2-pkl"
+        and meta["attributes"] is True
+        and len(meta["weights_sha256"]) == 64
+    )
 
 
 def test_vg_pkl_without_attribute_head_loads(tmp_path, real_attr_state):
-    state = {k: v for k, v in real_attr_state.items()
-             if not k.startswith(("roi_heads.box_predictor.cls_embedding", "roi_heads.box_predictor.fc_attr",
-                                  "roi_heads.box_predictor.attr_score"))}
+    state = {
+        k: v
+        for k, v in real_attr_state.items()
+        if not k.startswith(
+            (
+                "roi_heads.box_predictor.cls_embedding",
+                "roi_heads.box_predictor.fc_attr",
+                "roi_heads.box_predictor.attr_score",
+            )
+        )
+    }
     assert set(state) == set(d2_layout(**{**REAL, "attrs": 0}))
     path = tmp_path / "faster_rcnn_from_caffe.pkl"
     write_d2_pkl(path, state)
@@ -163,8 +199,10 @@ def test_hf_frcnn_bin_loads(tmp_path, real_attr_state):
     torch.save(hf_state(real_attr_state), folder / "pytorch_model.bin")
     extractor = ButdExtractor(weights=folder)
     assert extractor.meta()["layout"] == "hf-frcnn"
-    np.testing.assert_array_equal(extractor.model.state_dict()["roi_heads.res5.2.conv3.weight"].numpy(),
-                                  real_attr_state["roi_heads.res5.2.conv3.weight"])
+    np.testing.assert_array_equal(
+        extractor.model.state_dict()["roi_heads.res5.2.conv3.weight"].numpy(),
+        real_attr_state["roi_heads.res5.2.conv3.weight"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +321,9 @@ def test_preprocess_is_bgr_minus_caffe_mean():
     image = Image.new("RGB", (120, 90), (10, 20, 30))
     batch, sizes = extractor.model.preprocess([image])
     assert sizes == [(96, 128)]
-    np.testing.assert_allclose(batch[0, :, 5, 5].numpy(), [30 - 102.9801, 20 - 115.9465, 10 - 122.7717], rtol=1e-6)
+    np.testing.assert_allclose(
+        batch[0, :, 5, 5].numpy(), [30 - 102.9801, 20 - 115.9465, 10 - 122.7717], rtol=1e-6
+    )
 
 
 def test_outputs_shapes_dtypes_and_one_pass(monkeypatch):
@@ -291,7 +331,9 @@ def test_outputs_shapes_dtypes_and_one_pass(monkeypatch):
     assert isinstance(extractor, Extractor)
     calls = []
     detect = extractor.model.detect
-    monkeypatch.setattr(extractor.model, "detect", lambda imgs, fp16=False: calls.append(len(imgs)) or detect(imgs, fp16))
+    monkeypatch.setattr(
+        extractor.model, "detect", lambda imgs, fp16=False: calls.append(len(imgs)) or detect(imgs, fp16)
+    )
     imgs = images()
     out = extractor.extract(imgs, [11, 12], ["a", "b"])
     assert calls == [2]  # one detector pass for three variants
@@ -314,7 +356,9 @@ def test_outputs_shapes_dtypes_and_one_pass(monkeypatch):
 
 def test_shared_pass_equals_separate_runs_and_is_deterministic():
     imgs = images(3)
-    together = ButdExtractor(config=tiny_config(), box_variants=("36", "10-100")).extract(imgs, [1, 2], ["", ""])
+    together = ButdExtractor(config=tiny_config(), box_variants=("36", "10-100")).extract(
+        imgs, [1, 2], ["", ""]
+    )
     alone = ButdExtractor(config=tiny_config(), box_variants=("10-100",)).extract(imgs, [1, 2], ["", ""])
     again = ButdExtractor(config=tiny_config(), box_variants=("36", "10-100")).extract(imgs, [1, 2], ["", ""])
     for a, b, c in zip(together["10-100"], alone["10-100"], again["10-100"], strict=True):

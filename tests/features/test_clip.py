@@ -29,25 +29,43 @@ def clip_dir(tmp_path_factory):
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
 
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=24, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=24,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=24,
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        path
+    )
     return path
 
 
 def meme_images():
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-            for shape in ((64, 128, 3), (90, 60, 3), (32, 32, 3))]
+    return [
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        for shape in ((64, 128, 3), (90, 60, 3), (32, 32, 3))
+    ]
 
 
 def test_crop_geometry_matches_the_processor(clip_dir):
@@ -58,7 +76,9 @@ def test_crop_geometry_matches_the_processor(clip_dir):
     mean, std = np.array(proc.image_mean)[:, None, None], np.array(proc.image_std)[:, None, None]
     for height, width in ((64, 128), (96, 40), (32, 32)):
         ys, xs = np.mgrid[0:height, 0:width]
-        img = np.stack([xs * 255 // (width - 1), ys * 255 // (height - 1), np.zeros_like(xs)], -1).astype(np.uint8)
+        img = np.stack([xs * 255 // (width - 1), ys * 255 // (height - 1), np.zeros_like(xs)], -1).astype(
+            np.uint8
+        )
         pixels = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"][0]
         values = (pixels * std + mean) * 255
         scale_x, scale_y, left, top = extractor.geometry(height, width)
@@ -106,17 +126,24 @@ def test_embeddings_equal_clipmodel_forward(clip_dir):
     tokenizer = AutoTokenizer.from_pretrained(clip_dir)
     imgs, texts = meme_images()[:2], ["hate that", "the cat"]
     with torch.no_grad():
-        ref = model(input_ids=tokenizer(texts, padding=True, return_tensors="pt")["input_ids"],
-                    attention_mask=tokenizer(texts, padding=True, return_tensors="pt")["attention_mask"],
-                    pixel_values=processor(images=imgs, return_tensors="pt")["pixel_values"],
-                    output_hidden_states=True)
+        ref = model(
+            input_ids=tokenizer(texts, padding=True, return_tensors="pt")["input_ids"],
+            attention_mask=tokenizer(texts, padding=True, return_tensors="pt")["attention_mask"],
+            pixel_values=processor(images=imgs, return_tensors="pt")["pixel_values"],
+            output_hidden_states=True,
+        )
     recs = ClipExtractor(clip_dir, batch_size=1).extract(imgs, [1, 2], texts)["default"]
     for i, rec in enumerate(recs):
         np.testing.assert_allclose(rec.extras["image_embeds"], ref.image_embeds[i].numpy(), atol=1e-5)
         np.testing.assert_allclose(rec.extras["text_embeds"], ref.text_embeds[i].numpy(), atol=1e-5)
         last = ref.vision_model_output.hidden_states[-1][i, 1:]
-        expected = torch.nn.functional.layer_norm(last, (48,), model.vision_model.post_layernorm.weight,
-                                                  model.vision_model.post_layernorm.bias, eps=1e-5)
+        expected = torch.nn.functional.layer_norm(
+            last,
+            (48,),
+            model.vision_model.post_layernorm.weight,
+            model.vision_model.post_layernorm.bias,
+            eps=1e-5,
+        )
         np.testing.assert_allclose(rec.features, expected.detach().numpy(), atol=1e-4)
 
 

@@ -59,8 +59,13 @@ class ToyExtractor(BaseExtractor):
         return items
 
     @classmethod
-    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
-               params: ExtractorParams) -> ToyExtractor:
+    def create(
+        cls,
+        weights: str | None,
+        variants: tuple[str, ...] | None,
+        device: str | None,
+        params: ExtractorParams,
+    ) -> ToyExtractor:
         assert isinstance(params, ToyParams)
         return cls(variants or (cls.default_variant,), params.scale)
 
@@ -71,8 +76,9 @@ class ToyExtractor(BaseExtractor):
     def variants(self) -> list[str]:
         return list(self.sides)
 
-    def extract(self, images: Sequence[Image.Image], meme_ids: Sequence[int],
-                texts: Sequence[str]) -> dict[str, list[RegionRecord]]:
+    def extract(
+        self, images: Sequence[Image.Image], meme_ids: Sequence[int], texts: Sequence[str]
+    ) -> dict[str, list[RegionRecord]]:
         ToyExtractor.passes += 1
         out = {}
         for side, grid in self.grids.items():
@@ -83,8 +89,12 @@ class ToyExtractor(BaseExtractor):
         return out
 
     def meta(self) -> dict[str, Any]:
-        return {"extractor": self.name, "parameters": {"scale": self.scale}, "feature_dim": 42,
-                "weights_sha256": None}
+        return {
+            "extractor": self.name,
+            "parameters": {"scale": self.scale},
+            "feature_dim": 42,
+            "weights_sha256": None,
+        }
 
 
 @pytest.fixture
@@ -97,7 +107,9 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> type[ToyExtractor]:
 def test_builtin_extractors_are_registered_under_their_own_names() -> None:
     assert extractor_names()[:3] == ("grid", "butd", "clip")
     assert [extractor_class(name) for name in ("grid", "butd", "clip")] == [
-        GridExtractor, ButdExtractor, ClipExtractor
+        GridExtractor,
+        ButdExtractor,
+        ClipExtractor,
     ]
     with pytest.raises(ConfigError, match="unknown extractor 'resnet'; choose one of grid, butd, clip"):
         extractor_class("resnet")
@@ -177,8 +189,9 @@ models:
 """
 
 
-def test_runner_gives_variants_that_share_a_pass_one_stage(toy: type[ToyExtractor], hm_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_runner_gives_variants_that_share_a_pass_one_stage(
+    toy: type[ToyExtractor], hm_dir: Path, tmp_path: Path
+) -> None:
     from memeguard.pipeline.recipe import load_recipe
     from memeguard.pipeline.runner import RecipeRunner
 
@@ -198,10 +211,12 @@ def test_runner_gives_variants_that_share_a_pass_one_stage(toy: type[ToyExtracto
         assert store.num_boxes(100) == side * side and store.meta["parameters"] == {"scale": 2.0}
 
 
-def test_scorer_rebuilds_a_registered_extractor_from_its_store(toy: type[ToyExtractor], hm_dir: Path,
-                                                                tmp_path: Path) -> None:
-    paths = extract_features(hm_dir, tmp_path / "toy", make_extractor("toy", boxes="1,2", scale=3.0),
-                             progress=False)
+def test_scorer_rebuilds_a_registered_extractor_from_its_store(
+    toy: type[ToyExtractor], hm_dir: Path, tmp_path: Path
+) -> None:
+    paths = extract_features(
+        hm_dir, tmp_path / "toy", make_extractor("toy", boxes="1,2", scale=3.0), progress=False
+    )
     store = FeatureStore.open(paths["2"])
     spec = spec_from_meta(store.meta, "toy/2/meta.json", "cpu")
     assert (spec.extractor, spec.kwargs, spec.variant, spec.dtype) == ("toy", {"scale": 3.0}, "2", "float16")

@@ -32,13 +32,22 @@ class TiedVisualBert(VisualBertModel):
 
     def __init__(self, config: TiedConfig) -> None:
         super().__init__(config)
-        self.bert.embeddings.position_embeddings_visual.weight = self.bert.embeddings.position_embeddings.weight
+        self.bert.embeddings.position_embeddings_visual.weight = (
+            self.bert.embeddings.position_embeddings.weight
+        )
 
 
 def tiny_tied() -> TiedVisualBert:
     torch.manual_seed(0)
-    return TiedVisualBert(TiedConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, visual_feat_dim=8)).eval()
+    return TiedVisualBert(
+        TiedConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            visual_feat_dim=8,
+        )
+    ).eval()
 
 
 def test_tied_model_is_saved_once_and_round_trips(tmp_path):
@@ -61,7 +70,9 @@ def test_untied_file_is_the_plain_safetensors_file(tmp_path):
     model.save_pretrained(tmp_path / "ours")
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     save_file(state, str(tmp_path / "plain.safetensors"), metadata={"format": "pt"})
-    assert (tmp_path / "ours" / MODEL_WEIGHTS_FILE).read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+    assert (tmp_path / "ours" / MODEL_WEIGHTS_FILE).read_bytes() == (
+        tmp_path / "plain.safetensors"
+    ).read_bytes()
 
 
 def test_model_without_original_layouts_says_so(tmp_path):

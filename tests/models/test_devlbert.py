@@ -17,10 +17,21 @@ from memeguard.models.registry import create_model, get_config
 
 # Distinct widths so that a transposed or misplaced tensor cannot have the right shape.
 ODD_SIZES = dict(
-    vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=56,
-    max_position_embeddings=40, v_hidden_size=48, v_num_hidden_layers=2, v_num_attention_heads=4,
-    v_intermediate_size=72, bi_hidden_size=40, bi_num_attention_heads=2,
-    v_biattention_id=[0, 1], t_biattention_id=[1, 2], visual_feat_dim=24,
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=56,
+    max_position_embeddings=40,
+    v_hidden_size=48,
+    v_num_hidden_layers=2,
+    v_num_attention_heads=4,
+    v_intermediate_size=72,
+    bi_hidden_size=40,
+    bi_num_attention_heads=2,
+    v_biattention_id=[0, 1],
+    t_biattention_id=[1, 2],
+    visual_feat_dim=24,
 )
 
 # Names as they appear in DeVLBERT's pytorch_model_11.bin / vilio's LASTtrain.pth (written out by hand).
@@ -113,6 +124,7 @@ def reference_forward(
     sd: dict[str, torch.Tensor], cfg: DevlbertConfig, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(text states, fused pooled vector, hateful logit) of vilio's BertD in eval mode."""
+
     def lin(x, p):
         return x @ sd[p + ".weight"].T + sd[p + ".bias"]
 
@@ -136,21 +148,44 @@ def reference_forward(
         return (probs @ split(v)).permute(0, 2, 1, 3).reshape(b, lq, width)
 
     def layer(x, p, mask, heads):
-        a = attend(lin(x, p + ".attention.self.query"), lin(x, p + ".attention.self.key"),
-                   lin(x, p + ".attention.self.value"), mask, heads)
+        a = attend(
+            lin(x, p + ".attention.self.query"),
+            lin(x, p + ".attention.self.key"),
+            lin(x, p + ".attention.self.value"),
+            mask,
+            heads,
+        )
         a = ln(lin(a, p + ".attention.output.dense") + x, p + ".attention.output.LayerNorm")
-        return ln(lin(gelu(lin(a, p + ".intermediate.dense")), p + ".output.dense") + a, p + ".output.LayerNorm")
+        return ln(
+            lin(gelu(lin(a, p + ".intermediate.dense")), p + ".output.dense") + a, p + ".output.LayerNorm"
+        )
 
     def co_layer(vis, vmask, txt, tmask, p):
         b = p + ".biattention"
-        ctx1 = attend(lin(txt, b + ".query2"), lin(vis, b + ".key1"), lin(vis, b + ".value1"), vmask,
-                      cfg.bi_num_attention_heads)  # text-length
-        ctx2 = attend(lin(vis, b + ".query1"), lin(txt, b + ".key2"), lin(txt, b + ".value2"), tmask,
-                      cfg.bi_num_attention_heads)  # vision-length
+        ctx1 = attend(
+            lin(txt, b + ".query2"),
+            lin(vis, b + ".key1"),
+            lin(vis, b + ".value1"),
+            vmask,
+            cfg.bi_num_attention_heads,
+        )  # text-length
+        ctx2 = attend(
+            lin(vis, b + ".query1"),
+            lin(txt, b + ".key2"),
+            lin(txt, b + ".value2"),
+            tmask,
+            cfg.bi_num_attention_heads,
+        )  # vision-length
         vis = ln(lin(ctx2, p + ".biOutput.dense1") + vis, p + ".biOutput.LayerNorm1")
         txt = ln(lin(ctx1, p + ".biOutput.dense2") + txt, p + ".biOutput.LayerNorm2")
-        vis = ln(lin(gelu(lin(vis, p + ".v_intermediate.dense")), p + ".v_output.dense") + vis, p + ".v_output.LayerNorm")
-        txt = ln(lin(gelu(lin(txt, p + ".t_intermediate.dense")), p + ".t_output.dense") + txt, p + ".t_output.LayerNorm")
+        vis = ln(
+            lin(gelu(lin(vis, p + ".v_intermediate.dense")), p + ".v_output.dense") + vis,
+            p + ".v_output.LayerNorm",
+        )
+        txt = ln(
+            lin(gelu(lin(txt, p + ".t_intermediate.dense")), p + ".t_output.dense") + txt,
+            p + ".t_output.LayerNorm",
+        )
         return vis, txt
 
     def wn_lin(x, p):
@@ -162,13 +197,19 @@ def reference_forward(
     vmask = (1.0 - batch["visual_mask"][:, None, None, :].float()) * -10000.0
     pos = torch.arange(ids.shape[1])[None].expand_as(ids)
     e = "bert.embeddings."
-    txt = sd[e + "word_embeddings.weight"][ids] + sd[e + "position_embeddings.weight"][pos] \
+    txt = (
+        sd[e + "word_embeddings.weight"][ids]
+        + sd[e + "position_embeddings.weight"][pos]
         + sd[e + "token_type_embeddings.weight"][batch["token_type_ids"]]
+    )
     txt = ln(txt, e + "LayerNorm")
     ve = "bert.v_embeddings."
     loc_w = sd[ve + "image_location_embeddings.weight"][:, : cfg.num_locations]  # vilio's slice
-    vis = lin(batch["visual_feats"], ve + "image_embeddings") + batch["visual_boxes"] @ loc_w.T \
+    vis = (
+        lin(batch["visual_feats"], ve + "image_embeddings")
+        + batch["visual_boxes"] @ loc_w.T
         + sd[ve + "image_location_embeddings.bias"]
+    )
     vis = ln(vis, ve + "LayerNorm")
     v_start = t_start = 0
     for k, (v_end, t_end) in enumerate(zip(cfg.v_biattention_id, cfg.t_biattention_id, strict=True)):
@@ -182,7 +223,9 @@ def reference_forward(
         vis = layer(vis, f"bert.encoder.v_layer.{i}", vmask, cfg.v_num_attention_heads)
     for i in range(t_start, cfg.num_hidden_layers):
         txt = layer(txt, f"bert.encoder.layer.{i}", tmask, cfg.num_attention_heads)
-    pooled = torch.relu(lin(txt[:, 0], "bert.t_pooler.dense")) * torch.relu(lin(vis[:, 0], "bert.v_pooler.dense"))
+    pooled = torch.relu(lin(txt[:, 0], "bert.t_pooler.dense")) * torch.relu(
+        lin(vis[:, 0], "bert.v_pooler.dense")
+    )
     hidden = torch.relu(wn_lin(pooled, "vil_prediction.main.0"))
     logits = wn_lin(hidden, "vil_prediction.main.3")
     return txt, pooled, logits[:, 1] - logits[:, 0]
@@ -236,9 +279,12 @@ def test_vilio_finetuned_checkpoint_loads_and_matches_reference(tmp_path) -> Non
     location = "bert.v_embeddings.image_location_embeddings.weight"
     state[location] = state[location][:, :4].contiguous()  # vilio saved the sliced model
     unused = {
-        "classifier.0.weight": torch.zeros(64, 32), "classifier.0.bias": torch.zeros(64),
-        "classifier.2.weight": torch.ones(64), "classifier.2.bias": torch.zeros(64),
-        "classifier.3.weight": torch.zeros(2, 64), "classifier.3.bias": torch.zeros(2),
+        "classifier.0.weight": torch.zeros(64, 32),
+        "classifier.0.bias": torch.zeros(64),
+        "classifier.2.weight": torch.ones(64),
+        "classifier.2.bias": torch.zeros(64),
+        "classifier.3.weight": torch.zeros(2, 64),
+        "classifier.3.bias": torch.zeros(2),
     }
     path = tmp_path / "LASTtrain.pth"
     torch.save({"model." + k: v for k, v in state.items()} | unused, path)
@@ -308,18 +354,28 @@ def test_processor_batch_scores_with_tiny_model() -> None:
     rng = np.random.default_rng(0)
     memes = [Meme(1, "img/00001.png", "a   cat  on a mat", 1), Meme(2, "img/00002.png", "hello", 0)]
     regions = [
-        RegionRecord(1, rng.normal(size=(4, 32)).astype(np.float32),
-                     np.array([[0, 0, 50, 40], [10, 10, 100, 80], [5, 5, 20, 20], [0, 0, 200, 100]], np.float32),
-                     (100, 200)),
-        RegionRecord(2, rng.normal(size=(2, 32)).astype(np.float32),
-                     np.array([[0, 0, 10, 10], [20, 30, 40, 50]], np.float32), (50, 60)),
+        RegionRecord(
+            1,
+            rng.normal(size=(4, 32)).astype(np.float32),
+            np.array([[0, 0, 50, 40], [10, 10, 100, 80], [5, 5, 20, 20], [0, 0, 200, 100]], np.float32),
+            (100, 200),
+        ),
+        RegionRecord(
+            2,
+            rng.normal(size=(2, 32)).astype(np.float32),
+            np.array([[0, 0, 10, 10], [20, 30, 40, 50]], np.float32),
+            (50, 60),
+        ),
     ]
     batch = processor(memes, regions)
     assert batch["visual_feats"].shape == (2, 4, 32)
     assert batch["visual_boxes"].shape == (2, 4, 4)
     assert torch.allclose(batch["visual_boxes"][0, 1], torch.tensor([0.05, 0.1, 0.5, 0.8]))
     assert batch["visual_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert batch["input_ids"][0, 0].item() == 101 and (batch["input_ids"][1, :3] == torch.tensor([101, 7592, 102])).all()
+    assert (
+        batch["input_ids"][0, 0].item() == 101
+        and (batch["input_ids"][1, :3] == torch.tensor([101, 7592, 102])).all()
+    )
     logits = model(batch)
     assert logits.shape == (2,) and torch.isfinite(logits).all()
     # Padding regions must not change a meme's score: score meme 2 alone.
@@ -338,7 +394,12 @@ def test_five_location_columns_use_area() -> None:
 
 def test_registered_sizes_and_roundtrip(tmp_path) -> None:
     base = get_config("devlbert-base")
-    assert (base.hidden_size, base.num_hidden_layers, base.v_hidden_size, base.v_num_hidden_layers) == (768, 12, 1024, 6)
+    assert (base.hidden_size, base.num_hidden_layers, base.v_hidden_size, base.v_num_hidden_layers) == (
+        768,
+        12,
+        1024,
+        6,
+    )
     assert (base.bi_hidden_size, base.bi_num_attention_heads, base.v_intermediate_size) == (1024, 8, 1024)
     assert base.t_biattention_id == [6, 7, 8, 9, 10, 11] and base.num_locations == 4
     model = create_model("devlbert-tiny", visual_feat_dim=16).eval()

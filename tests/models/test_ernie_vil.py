@@ -24,10 +24,21 @@ from memeguard.models.registry import create_model, get_config
 
 # Distinct widths (d=32, v=48, c=40, F_t=56, F_v=72, feature 24) so that transposes cannot pass.
 ODD_SIZES = dict(
-    vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=56,
-    max_position_embeddings=30, v_hidden_size=48, v_num_hidden_layers=2, v_num_attention_heads=4,
-    v_intermediate_size=72, co_hidden_size=40, co_num_attention_heads=2,
-    v_biattention_id=[0, 1], t_biattention_id=[1, 2], visual_feat_dim=24,
+    vocab_size=60,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=56,
+    max_position_embeddings=30,
+    v_hidden_size=48,
+    v_num_hidden_layers=2,
+    v_num_attention_heads=4,
+    v_intermediate_size=72,
+    co_hidden_size=40,
+    co_num_attention_heads=2,
+    v_biattention_id=[0, 1],
+    t_biattention_id=[1, 2],
+    visual_feat_dim=24,
 )
 
 # Paddle variable names and [in, out] shapes as the ERNIE-ViL code names them (written by hand).
@@ -70,8 +81,13 @@ LITERAL_PADDLE_SHAPES = {
 # An independent writer of Paddle's LoDTensor files
 # ---------------------------------------------------------------------------------------------
 
-DTYPE_CODES = {np.dtype("float32"): 5, np.dtype("int64"): 3, np.dtype("float16"): 4, np.dtype("float64"): 6,
-               np.dtype("int32"): 2}
+DTYPE_CODES = {
+    np.dtype("float32"): 5,
+    np.dtype("int64"): 3,
+    np.dtype("float16"): 4,
+    np.dtype("float64"): 6,
+    np.dtype("int32"): 2,
+}
 
 
 def varint(value: int) -> bytes:
@@ -155,7 +171,7 @@ def reference_forward(p: dict[str, np.ndarray], cfg: ErnieVilConfig, batch: dict
         def split(t):
             return t.reshape(b, t.shape[1], heads, d).permute(0, 2, 1, 3)
 
-        product = (split(q) * d ** -0.5) @ split(k).transpose(-1, -2) + bias[:, None]
+        product = (split(q) * d**-0.5) @ split(k).transpose(-1, -2) + bias[:, None]
         out = torch.softmax(product, -1) @ split(v)
         return fc(out.permute(0, 2, 1, 3).reshape(b, lq, width), name + "_output_fc")
 
@@ -170,8 +186,9 @@ def reference_forward(p: dict[str, np.ndarray], cfg: ErnieVilConfig, batch: dict
         att = layer_norm(txt + att, name + "_post_att")
         vl_att = layer_norm(img + vl_att, name + "_vl_post_att")
         out = layer_norm(att + fc(gelu(fc(att, name + "_ffn_fc_0")), name + "_ffn_fc_1"), name + "_post_ffn")
-        vl_out = layer_norm(vl_att + fc(gelu(fc(vl_att, name + "_vl_ffn_fc_0")), name + "_vl_ffn_fc_1"),
-                            name + "_vl_post_ffn")
+        vl_out = layer_norm(
+            vl_att + fc(gelu(fc(vl_att, name + "_vl_ffn_fc_0")), name + "_vl_ffn_fc_1"), name + "_vl_post_ffn"
+        )
         return out, vl_out
 
     ids = batch["input_ids"]
@@ -223,16 +240,19 @@ def random_batch(cfg: ErnieVilConfig, seed: int = 2) -> dict[str, torch.Tensor]:
 def test_reader_parses_hand_written_bytes(tmp_path) -> None:
     # float32 [2, 3], no LoD, dims not packed: 08 05 | 10 02 | 10 03
     data = np.arange(6, dtype="<f4")
-    raw = (bytes.fromhex("00000000" "0000000000000000" "00000000" "06000000" "080510021003")
-           + data.tobytes())
+    raw = bytes.fromhex("0000000000000000000000000000000006000000080510021003") + data.tobytes()
     (tmp_path / "w").write_bytes(raw)
     out = read_paddle_tensor(tmp_path / "w")
     assert out.dtype == np.float32 and out.shape == (2, 3)
     assert out.tolist() == [[0, 1, 2], [3, 4, 5]]
     # int64 [4] with packed dims and one LoD level [0, 2, 4]: 08 03 | 12 01 04
     lod = np.array([0, 2, 4], dtype="<u8").tobytes()
-    raw = (bytes.fromhex("00000000" "0100000000000000" "1800000000000000") + lod
-           + bytes.fromhex("00000000" "05000000" "0803120104") + np.array([7, -1, 3, 9], "<i8").tobytes())
+    raw = (
+        bytes.fromhex("0000000001000000000000001800000000000000")
+        + lod
+        + bytes.fromhex("00000000050000000803120104")
+        + np.array([7, -1, 3, 9], "<i8").tobytes()
+    )
     (tmp_path / "ids").write_bytes(raw)
     assert read_paddle_tensor(tmp_path / "ids").tolist() == [7, -1, 3, 9]
 
@@ -240,7 +260,9 @@ def test_reader_parses_hand_written_bytes(tmp_path) -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int64", "int32"])
 @pytest.mark.parametrize("packed", [False, True])
 def test_reader_roundtrips_independent_writer(tmp_path, dtype, packed) -> None:
-    array = (np.random.default_rng(0).normal(size=(3, 200, 2)) * 50).astype(dtype)  # dims > 127: 2-byte varints
+    array = (np.random.default_rng(0).normal(size=(3, 200, 2)) * 50).astype(
+        dtype
+    )  # dims > 127: 2-byte varints
     (tmp_path / "x").write_bytes(paddle_bytes(array, lod=[[0, 1, 3]], packed=packed))
     out = read_paddle_tensor(tmp_path / "x")
     assert out.dtype == np.dtype(dtype) and np.array_equal(out, array)
@@ -260,7 +282,9 @@ def test_reader_rejects_truncated_and_bad_files(tmp_path) -> None:
 
 
 def test_read_params_skips_optimizer_state(tmp_path) -> None:
-    write_params_folder(tmp_path, {"a.w_0": np.ones((2, 2), np.float32), "@LR_DECAY_COUNTER@": np.ones(1, np.int64)})
+    write_params_folder(
+        tmp_path, {"a.w_0": np.ones((2, 2), np.float32), "@LR_DECAY_COUNTER@": np.ones(1, np.int64)}
+    )
     (tmp_path / "a.w_0_moment1_0").write_bytes(b"not a tensor")  # never parsed
     (tmp_path / "learning_rate_0").write_bytes(b"")
     out = read_paddle_params(tmp_path)
@@ -288,7 +312,10 @@ def test_literal_paddle_names_and_shapes() -> None:
 def test_pretrained_params_folder_loads_every_tensor(tmp_path) -> None:
     model = odd_model()
     arrays = random_paddle_params(model, head=False)
-    extras = {"mask_lm_trans_fc.w_0": np.zeros((32, 32), np.float32), "mask_lm_out_fc.b_0": np.zeros(60, np.float32)}
+    extras = {
+        "mask_lm_trans_fc.w_0": np.zeros((32, 32), np.float32),
+        "mask_lm_out_fc.b_0": np.zeros(60, np.float32),
+    }
     write_params_folder(tmp_path / "params", arrays | extras)
 
     missing, unexpected = model.load_original(tmp_path / "params")
@@ -368,7 +395,10 @@ def test_processor_builds_ernie_layout_and_scores() -> None:
     features = np.array([[1, 2, 3, 4], [3, 2, 1, 0], [5, 5, 5, 5]], np.float32)
     boxes = np.array([[0, 0, 100, 50], [50, 25, 100, 100], [10, 10, 20, 20]], np.float32)
     memes = [Meme(7, "img/00007.png", "its  a trap", 1), Meme(8, "img/00008.png", "ok", 1)]
-    regions = [RegionRecord(7, features, boxes, (100, 200)), RegionRecord(8, features[:1], boxes[:1], (50, 100))]
+    regions = [
+        RegionRecord(7, features, boxes, (100, 200)),
+        RegionRecord(8, features[:1], boxes[:1], (50, 100)),
+    ]
     batch = processor(memes, regions)
     assert batch["visual_feats"].shape == (2, 4, 4)
     assert torch.allclose(batch["visual_feats"][0, 0], torch.tensor([3.0, 3.0, 3.0, 3.0]))  # mean token first
@@ -398,12 +428,18 @@ def test_gt_mixing_follows_vilio() -> None:
 def test_processor_gt_regions_option() -> None:
     model = create_model("ernie-vil-tiny", visual_feat_dim=2).eval()
     processor = model.build_processor()
-    main = RegionRecord(1, np.array([[2.0, 0.0], [4.0, 0.0]], np.float32),
-                        np.array([[0, 0, 10, 10], [0, 0, 5, 5]], np.float32), (10, 10))
+    main = RegionRecord(
+        1,
+        np.array([[2.0, 0.0], [4.0, 0.0]], np.float32),
+        np.array([[0, 0, 10, 10], [0, 0, 5, 5]], np.float32),
+        (10, 10),
+    )
     gt = RegionRecord(1, np.array([[0.0, 6.0]], np.float32), np.array([[0, 0, 10, 5]], np.float32), (10, 10))
     batch = processor([Meme(1, "img/00001.png", "x")], [main], gt_regions=[gt])
     # main global [3, 0] (3 rows), gt global [0, 6] (2 rows): (3*[3,0] + 2*[0,6]) / 5
-    assert torch.allclose(batch["visual_feats"][0], torch.tensor([[1.8, 2.4], [2.0, 0.0], [4.0, 0.0], [0.0, 6.0]]))
+    assert torch.allclose(
+        batch["visual_feats"][0], torch.tensor([[1.8, 2.4], [2.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
+    )
     assert torch.allclose(batch["visual_boxes"][0, 3], torch.tensor([0.0, 0.0, 1.0, 0.5, 0.5]))
     assert torch.isfinite(model(batch)).all()
     other = RegionRecord(2, gt.features, gt.boxes, gt.image_size)
@@ -414,11 +450,19 @@ def test_processor_gt_regions_option() -> None:
 def test_registered_sizes() -> None:
     base, large = get_config("ernie-vil-base"), get_config("ernie-vil-large")
     assert (base.hidden_size, base.num_hidden_layers, base.intermediate_size, base.v_num_attention_heads) == (
-        768, 12, 3072, 8)
+        768,
+        12,
+        3072,
+        8,
+    )
     assert base.t_biattention_id == [6, 7, 8, 9, 10, 11] and base.layer_norm_eps == 1e-5
     assert base.type_vocab_size == 4
     assert (large.hidden_size, large.num_hidden_layers, large.intermediate_size) == (1024, 24, 4096)
-    assert (large.v_num_attention_heads, large.v_intermediate_size, large.co_num_attention_heads) == (16, 4096, 16)
+    assert (large.v_num_attention_heads, large.v_intermediate_size, large.co_num_attention_heads) == (
+        16,
+        4096,
+        16,
+    )
     assert large.t_biattention_id == [18, 19, 20, 21, 22, 23]
     with pytest.raises(ConfigError):
         ErnieVilConfig(num_hidden_layers=13)

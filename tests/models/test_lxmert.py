@@ -20,8 +20,14 @@ HIDDEN = 64
 def tiny(**overrides) -> LxmertModel:
     torch.manual_seed(0)
     # lxmert-tiny has cross layers only; the tests want every stack, so they ask for 2/2/2.
-    kwargs = dict(visual_feat_dim=FEAT_DIM, vocab_size=VOCAB, max_position_embeddings=64,
-                  num_hidden_layers=2, r_layers=2, x_layers=2)
+    kwargs = dict(
+        visual_feat_dim=FEAT_DIM,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        num_hidden_layers=2,
+        r_layers=2,
+        x_layers=2,
+    )
     return create_model("lxmert-tiny", **{**kwargs, **overrides}).eval()
 
 
@@ -34,7 +40,9 @@ def randomize(module: torch.nn.Module, seed: int = 1) -> None:
             param.copy_(noise + 1.0 if is_norm and param.dim() == 1 else noise)
 
 
-def random_batch(batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2) -> dict[str, torch.Tensor]:
+def random_batch(
+    batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     attention_mask = torch.ones(batch_size, text_len, dtype=torch.long)
     attention_mask[1, 5:] = 0
@@ -124,13 +132,22 @@ def test_head_is_vilio_mlp_on_pooled_output():
     batch = random_batch()
     c = model.classifier
     assert [name for name, _ in c.named_parameters()] == [
-        "0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "3.weight",
+        "3.bias",
     ]
     assert c[0].weight.shape == (2 * HIDDEN, HIDDEN) and c[3].weight.shape == (2, 2 * HIDDEN)
     with torch.no_grad():
         pooled = model.encode(batch).pooled
         hidden = torch.nn.functional.layer_norm(
-            torch.nn.functional.gelu(pooled @ c[0].weight.T + c[0].bias), (2 * HIDDEN,), c[2].weight, c[2].bias, 1e-12
+            torch.nn.functional.gelu(pooled @ c[0].weight.T + c[0].bias),
+            (2 * HIDDEN,),
+            c[2].weight,
+            c[2].bias,
+            1e-12,
         )
         logits = hidden @ c[3].weight.T + c[3].bias
         torch.testing.assert_close(model(batch), logits[:, 1] - logits[:, 0], atol=1e-5, rtol=0)
@@ -186,7 +203,11 @@ def test_load_epoch18_with_depth_differences(tmp_path):
     """Checkpoint L=2/R=3/X=2 into a model with L=3/R=1/X=2: like Epoch18 (9/5/5) into vilio's 12/2/5."""
     state = epoch18_state(l_layers=2, r_layers=3, x_layers=2)
     assert set(EPOCH18_LITERAL) <= set(state)
-    for prefix in ("module.cls.predictions.", "module.obj_predict_head.decoder_dict.obj.", "module.answer_head."):
+    for prefix in (
+        "module.cls.predictions.",
+        "module.obj_predict_head.decoder_dict.obj.",
+        "module.answer_head.",
+    ):
         assert any(key.startswith(prefix) for key in state), prefix
     path = tmp_path / "Epoch18_LXRT.pth"
     torch.save(state, path)
@@ -199,8 +220,10 @@ def test_load_epoch18_with_depth_differences(tmp_path):
     assert {key for key in missing if key.startswith("bert.")} == {
         key for key in model.state_dict() if key.startswith("bert.encoder.layer.2.")
     }
-    assert all(key.startswith(("bert.encoder.r_layers.1.", "bert.encoder.r_layers.2.", "cls.", "obj_predict_head."))
-               for key in unexpected)
+    assert all(
+        key.startswith(("bert.encoder.r_layers.1.", "bert.encoder.r_layers.2.", "cls.", "obj_predict_head."))
+        for key in unexpected
+    )
     assert any(key.startswith("bert.encoder.r_layers.2.") for key in unexpected)
     assert any(key.startswith("obj_predict_head.") for key in unexpected)
     assert not any("answer" in key for key in unexpected)
@@ -230,7 +253,9 @@ def bert_checkpoint(model: LxmertModel, layers: int) -> dict[str, torch.Tensor]:
         if key.startswith(("bert.embeddings.", "bert.pooler.")) or (
             key.startswith("bert.encoder.layer.") and int(key.split(".")[3]) < layers
         ):
-            original = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+            original = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta"
+            )
             state[original] = torch.randn(value.shape, generator=gen)
     state["cls.predictions.bias"] = torch.randn(VOCAB, generator=gen)
     state["cls.seq_relationship.weight"] = torch.randn(2, HIDDEN, generator=gen)
@@ -260,8 +285,11 @@ def test_bert_then_epoch18_fills_the_layers_the_checkpoint_lacks(tmp_path):
     torch.save(epoch18, tmp_path / "Epoch18_LXRT.pth")
     model.load_original(tmp_path / "Epoch18_LXRT.pth")
     assert_landed(model, epoch18, EPOCH18_LITERAL)
-    assert_landed(model, bert, {"bert.encoder.layer.2.intermediate.dense.weight":
-                                "bert.encoder.layer.2.intermediate.dense.weight"})
+    assert_landed(
+        model,
+        bert,
+        {"bert.encoder.layer.2.intermediate.dense.weight": "bert.encoder.layer.2.intermediate.dense.weight"},
+    )
 
 
 def vilio_finetuned_state(model: LxmertModel) -> dict[str, torch.Tensor]:
@@ -293,8 +321,11 @@ def test_load_vilio_finetuned_swa_strictly(tmp_path):
     missing, unexpected = model.load_original(tmp_path / "LASTtrain.pth")
     assert missing == [] and unexpected == ["bert.embeddings.position_ids"]
     assert_landed(model, state, literal)
-    assert_landed(model, state, {f"module.model.{k}" if k.startswith("bert.") else f"module.{k}": k
-                                 for k in model.state_dict()})
+    assert_landed(
+        model,
+        state,
+        {f"module.model.{k}" if k.startswith("bert.") else f"module.{k}": k for k in model.state_dict()},
+    )
 
 
 def test_unexplained_key_fails_listing_it(tmp_path):
@@ -312,7 +343,9 @@ def test_load_huggingface_folder_matches_hf_outputs(tmp_path):
     model = tiny()
     missing, unexpected = model.load_original(tmp_path)
     assert all(key.startswith("classifier.") for key in missing)
-    assert unexpected and all(key.startswith(("cls.", "obj_predict_head.", "answer_head.")) for key in unexpected)
+    assert unexpected and all(
+        key.startswith(("cls.", "obj_predict_head.", "answer_head.")) for key in unexpected
+    )
     batch = random_batch()
     with torch.no_grad():
         expected = hf_forward(hf.lxmert, batch)

@@ -33,8 +33,11 @@ def tokenizer_for(config):
     except ConfigError:
         from transformers import BertTokenizer
 
-        vocab = {token: index for token, index in read_wordpiece_vocab(default_uncased_vocab()).items()
-                 if index < config.vocab_size}
+        vocab = {
+            token: index
+            for token, index in read_wordpiece_vocab(default_uncased_vocab()).items()
+            if index < config.vocab_size
+        }
         return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
@@ -50,7 +53,9 @@ def memes_and_regions(feature_dim: int, box_counts=(3, 5)) -> tuple[list[Meme], 
             RegionRecord(
                 meme_id=meme_id,
                 features=rng.normal(size=(boxes, feature_dim)).astype(np.float32),
-                boxes=np.concatenate([xy, xy + rng.uniform(10, 100, size=(boxes, 2))], axis=1).astype(np.float32),
+                boxes=np.concatenate([xy, xy + rng.uniform(10, 100, size=(boxes, 2))], axis=1).astype(
+                    np.float32
+                ),
                 image_size=(320, 400),
             )
         )
@@ -78,7 +83,9 @@ def test_every_name_builds(name):
     params = dict(model.named_parameters())
     assert head and set(head) <= set(params)
     if name.endswith("-tiny"):
-        assert config.hidden_size == 64 and config.num_attention_heads == 2 and config.intermediate_size == 128
+        assert (
+            config.hidden_size == 64 and config.num_attention_heads == 2 and config.intermediate_size == 128
+        )
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -152,4 +159,4 @@ def test_feature_standardisation_is_applied_by_every_processor() -> None:
         batch = processor([Meme(1, "img/00001.png", "a dog", 1)], [record])
         expected = (features - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         got = batch["visual_feats"][0].numpy()
-        assert any(np.allclose(got[k:k + 5], expected, atol=1e-6) for k in range(got.shape[0] - 4)), name
+        assert any(np.allclose(got[k : k + 5], expected, atol=1e-6) for k in range(got.shape[0] - 4)), name

@@ -24,7 +24,7 @@ UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c
 TEXTS = [
     "when you finally get the joke",
     "Café naïve RÉSUMÉ, Ångström über façade",
-    "don't!!! (really?) #hashtag @user $5.99 -- 50% off... \"quoted\" [brackets] {braces}",
+    'don\'t!!! (really?) #hashtag @user $5.99 -- 50% off... "quoted" [brackets] {braces}',
     "emoji 😀🔥 and symbols ™ © ° ½ → ∞",
     "中文字符 and 日本語 mixed with latin",
     "Ελληνικά кириллица עברית العربية",

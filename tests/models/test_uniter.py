@@ -393,7 +393,9 @@ def test_vilio_finetuned_file_sets_the_number_of_box_features(tmp_path, pos_dim)
     for i, record in enumerate(records):
         t = int(batch["attention_mask"][i].sum())
         feats = batch["visual_feats"][i, : record.num_boxes]
-        _, logit = reference_uniter(original, batch["input_ids"][i, :t], feats, boxes_by_hand(record, pos_dim))
+        _, logit = reference_uniter(
+            original, batch["input_ids"][i, :t], feats, boxes_by_hand(record, pos_dim)
+        )
         assert abs(float(logits[i]) - float(logit)) <= 1e-5
 
 

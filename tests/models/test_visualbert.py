@@ -31,7 +31,9 @@ def randomize(module: torch.nn.Module, seed: int = 1) -> None:
             param.copy_(noise + 1.0 if name.endswith("LayerNorm.weight") else noise)
 
 
-def random_batch(batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2) -> dict[str, torch.Tensor]:
+def random_batch(
+    batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     attention_mask = torch.ones(batch_size, text_len, dtype=torch.long)
     attention_mask[1, 6:] = 0
@@ -94,8 +96,12 @@ def test_matches_huggingface_visualbert_model():
     for ours_state, hf_state in zip(states, expected.hidden_states, strict=True):
         torch.testing.assert_close(ours_state, hf_state, atol=1e-5, rtol=0)
     text_len = batch["input_ids"].shape[1]
-    torch.testing.assert_close(encoded.text_hidden, expected.last_hidden_state[:, :text_len], atol=1e-5, rtol=0)
-    torch.testing.assert_close(encoded.visual_hidden, expected.last_hidden_state[:, text_len:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        encoded.text_hidden, expected.last_hidden_state[:, :text_len], atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        encoded.visual_hidden, expected.last_hidden_state[:, text_len:], atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(ours.bert.pooler(states[-1]), expected.pooler_output, atol=1e-5, rtol=0)
 
 
@@ -109,14 +115,18 @@ def test_layer_average_head_matches_independent_computation():
         ours.classifier.bias.normal_()
     batch = random_batch()
     with torch.no_grad():
-        cls = torch.stack([state[:, 0] for state in hf_forward(hf, batch).hidden_states], dim=0)  # [L+1, B, H]
+        cls = torch.stack(
+            [state[:, 0] for state in hf_forward(hf, batch).hidden_states], dim=0
+        )  # [L+1, B, H]
         weights = torch.exp(ours.layer_weights) / torch.exp(ours.layer_weights).sum()
         pooled = (weights[:, None, None] * cls).sum(0)
         logits = pooled @ ours.classifier.weight.T + ours.classifier.bias
         expected = logits[:, 1] - logits[:, 0]
         torch.testing.assert_close(ours(batch), expected, atol=1e-5, rtol=0)
         # sigmoid of our logit is the original head's softmax[:, 1]
-        torch.testing.assert_close(ours.predict_proba(batch), torch.softmax(logits, -1)[:, 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            ours.predict_proba(batch), torch.softmax(logits, -1)[:, 1], atol=1e-6, rtol=0
+        )
 
 
 def test_layer_weights_init_and_dropout_only_in_training():
@@ -143,7 +153,11 @@ def test_mlp_head_reads_pooled_output():
         pooled = hf_forward(hf, batch).pooler_output
         c = model.classifier
         hidden = torch.nn.functional.layer_norm(
-            torch.nn.functional.gelu(pooled @ c[0].weight.T + c[0].bias), (128,), c[2].weight, c[2].bias, 1e-12
+            torch.nn.functional.gelu(pooled @ c[0].weight.T + c[0].bias),
+            (128,),
+            c[2].weight,
+            c[2].bias,
+            1e-12,
         )
         logits = hidden @ c[3].weight.T + c[3].bias
         torch.testing.assert_close(model(batch), logits[:, 1] - logits[:, 0], atol=1e-5, rtol=0)
@@ -155,7 +169,7 @@ def test_mlp_head_reads_pooled_output():
 def backbone_key_to_original(ours: str, prefix: str) -> str:
     """Inverse of the MMF / vilio converters for backbone keys (``bert.x`` -> ``<prefix>x``)."""
     assert ours.startswith("bert.")
-    return prefix + ours[len("bert."):]
+    return prefix + ours[len("bert.") :]
 
 
 def random_like_model(model: VisualBertModel, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -163,7 +177,9 @@ def random_like_model(model: VisualBertModel, seed: int = 3) -> dict[str, torch.
     return {k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
 
 
-def assert_landed(model: VisualBertModel, file_state: dict[str, torch.Tensor], mapping: dict[str, str]) -> None:
+def assert_landed(
+    model: VisualBertModel, file_state: dict[str, torch.Tensor], mapping: dict[str, str]
+) -> None:
     own = model.state_dict()
     for original, ours in mapping.items():
         assert torch.equal(own[ours], file_state[original]), f"{original} did not land in {ours}"
@@ -187,7 +203,9 @@ MMF_LITERAL = {
 def test_load_mmf_coco_pretrained(tmp_path, wrapped):
     model = tiny()
     source = random_like_model(model)
-    state = {backbone_key_to_original(k, "model.bert."): v for k, v in source.items() if k.startswith("bert.")}
+    state = {
+        backbone_key_to_original(k, "model.bert."): v for k, v in source.items() if k.startswith("bert.")
+    }
     hidden = 64
     state.update(
         {
@@ -213,7 +231,9 @@ def test_load_mmf_coco_pretrained(tmp_path, wrapped):
         ["bert.embeddings.position_ids"] + [k for k in state if k.startswith("model.cls.")]
     )
     assert_landed(model, state, MMF_LITERAL)
-    assert_landed(model, state, {backbone_key_to_original(k, "model.bert."): k for k in source if k.startswith("bert.")})
+    assert_landed(
+        model, state, {backbone_key_to_original(k, "model.bert."): k for k in source if k.startswith("bert.")}
+    )
     assert torch.equal(model.classifier.weight, head_before)
 
 
@@ -246,7 +266,10 @@ def test_load_vilio_finetuned_swa_strictly(tmp_path):
         "module.model.encoder.layer.0.attention.self.value.weight": "bert.encoder.layer.0.attention.self.value.weight",
     }
     assert set(literal) <= set(state)
-    assert state["module.model.layer_weights"].shape == (3,) and state["module.classifier.weight"].shape == (2, 64)
+    assert state["module.model.layer_weights"].shape == (3,) and state["module.classifier.weight"].shape == (
+        2,
+        64,
+    )
     torch.save(state, tmp_path / "LASTtrain.pth")
     missing, unexpected = model.load_original(tmp_path / "LASTtrain.pth")
     assert missing == [] and unexpected == ["bert.embeddings.position_ids"]
@@ -327,7 +350,10 @@ def region_record(meme_id: int, boxes: int, seed: int) -> RegionRecord:
 def test_processor_batch_scores_and_padding_does_not_change_scores():
     model = tiny(vocab_size=30522)
     processor = model.build_processor()
-    memes = [Meme(1, "img/00001.png", "a  cat   meme", 0), Meme(2, "img/00002.png", "when you  go to the store", 1)]
+    memes = [
+        Meme(1, "img/00001.png", "a  cat   meme", 0),
+        Meme(2, "img/00002.png", "when you  go to the store", 1),
+    ]
     regions = [region_record(1, 3, 0), region_record(2, 5, 1)]
     batch = processor(memes, regions)
     assert batch["visual_feats"].shape == (2, 5, FEAT_DIM)

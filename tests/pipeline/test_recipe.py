@@ -41,12 +41,26 @@ def test_good_recipe_expands_seeds_into_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (GOOD.replace("    seeds: [1, 2]\n", "    seeds: [1, 2]\n    colour: blue\n"), r"r.yaml:10: models.0.colour: Extra inputs"),
+        (
+            GOOD.replace("    seeds: [1, 2]\n", "    seeds: [1, 2]\n    colour: blue\n"),
+            r"r.yaml:10: models.0.colour: Extra inputs",
+        ),
         (GOOD.replace("extractor: grid", "extractor: sift"), r"r.yaml:4: features.grid.extractor"),
         (GOOD.replace("features: grid", "features: butd36"), r"feature set 'butd36' is not defined"),
-        (GOOD.replace("visualbert-tiny", "visualbert-huge"), r"r.yaml:7: unknown architecture 'visualbert-huge'"),
-        (GOOD.replace("{lr: 0.001, epochs: 1}", "{lr: 0.001, epoch: 1}"), r"r.yaml:10: models\[0\].train: unknown key 'epoch'"),
-        (GOOD.replace("  grid:\n    extractor: grid", "  grid:\n    extractor: grid\n    import_tsv: x.tsv"), r"exactly one of"),
+        (
+            GOOD.replace("visualbert-tiny", "visualbert-huge"),
+            r"r.yaml:7: unknown architecture 'visualbert-huge'",
+        ),
+        (
+            GOOD.replace("{lr: 0.001, epochs: 1}", "{lr: 0.001, epoch: 1}"),
+            r"r.yaml:10: models\[0\].train: unknown key 'epoch'",
+        ),
+        (
+            GOOD.replace(
+                "  grid:\n    extractor: grid", "  grid:\n    extractor: grid\n    import_tsv: x.tsv"
+            ),
+            r"exactly one of",
+        ),
         (GOOD + "  - {name: V, model: visualbert-tiny, features: grid}\n", r"model names must be unique"),
         (GOOD.replace("features:\n  grid", "features:\n grid:\n  - ]"), r"invalid YAML"),
     ],
@@ -60,7 +74,10 @@ def test_missing_files_are_reported(tmp_path: Path) -> None:
     text = GOOD.replace("    extractor: grid", "    import_tsv: features/hm_vgattr3636.tsv").replace(
         "    seeds: [1, 2]", "    seeds: [1, 2]\n    init: weights/model.pth"
     )
-    with pytest.raises(ConfigError, match=r"features.grid.import_tsv: features/hm_vgattr3636.tsv does not exist.*init: weights/model.pth"):
+    with pytest.raises(
+        ConfigError,
+        match=r"features.grid.import_tsv: features/hm_vgattr3636.tsv does not exist.*init: weights/model.pth",
+    ):
         load_recipe(write(tmp_path, text))
 
 
@@ -86,7 +103,12 @@ def test_shipped_vilio_recipe_is_complete_but_needs_the_weights() -> None:
     with pytest.raises(ConfigError) as info:
         load_recipe(RECIPES / "vilio.yaml")
     message = str(info.value)
-    for needed in ("faster_rcnn_from_caffe_attr.pkl", "uniter-large.pt", "visual_bert/model.pth", "ernielarge/params"):
+    for needed in (
+        "faster_rcnn_from_caffe_attr.pkl",
+        "uniter-large.pt",
+        "visual_bert/model.pth",
+        "ernielarge/params",
+    ):
         assert needed in message
 
 
@@ -95,8 +117,27 @@ def test_shipped_inference_recipe_lists_every_released_run() -> None:
 
     data = yaml.safe_load((RECIPES / "vilio_inference.yaml").read_text())
     names = [run["name"] for model in data["models"] for run in model["runs"]]
-    assert names == ["O36", "O50", "OV50", "U36", "U50", "U72", "V45", "V90", "V135",
-                     "ES36", "ESVCR36", "ESV50", "ES72", "ESVCR72", "EL36", "ELVCR36", "ELV50", "EL72", "ELVCR72"]
+    assert names == [
+        "O36",
+        "O50",
+        "OV50",
+        "U36",
+        "U50",
+        "U72",
+        "V45",
+        "V90",
+        "V135",
+        "ES36",
+        "ESVCR36",
+        "ESV50",
+        "ES72",
+        "ESVCR72",
+        "EL36",
+        "ELVCR36",
+        "ELV50",
+        "EL72",
+        "ELVCR72",
+    ]
     with pytest.raises(ConfigError) as info:
         load_recipe(RECIPES / "vilio_inference.yaml", inference_only=True)
     message = str(info.value)

@@ -58,8 +58,18 @@ def test_an_unknown_model_name_points_at_the_key_the_file_uses(tmp_path: Path) -
         load_recipe(write(tmp_path, text))
 
 
-@pytest.mark.parametrize(("old", "new"), [("sa", "mean"), ("pa", "power"), ("ra", "rank"), ("sx", "simplex"),
-                                          ("opt", "coordinate"), ("rank", "rank"), ("loop", "loop")])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("sa", "mean"),
+        ("pa", "power"),
+        ("ra", "rank"),
+        ("sx", "simplex"),
+        ("opt", "coordinate"),
+        ("rank", "rank"),
+        ("loop", "loop"),
+    ],
+)
 def test_ensemble_methods_are_stored_by_their_readable_name(tmp_path: Path, old: str, new: str) -> None:
     recipe = load_recipe(write(tmp_path, TWO_MODELS.replace("method: loop", f"method: {old}")))
     assert recipe.ensemble.method == new
@@ -72,10 +82,18 @@ def test_an_unknown_ensemble_method_names_its_line(tmp_path: Path) -> None:
 
 def test_overrides_address_entries_by_position_or_name_and_parse_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, TWO_MODELS)
-    recipe = load_recipe(path, overrides=[
-        "models.0.train.epochs=3", "models.U.train.lr=1e-4", "ensemble.method=ra", "models.V.seeds=[7]",
-        "ensemble.params.test_labels=rate", "models.U.architecture=oscar-tiny", "clean=false",
-    ])
+    recipe = load_recipe(
+        path,
+        overrides=[
+            "models.0.train.epochs=3",
+            "models.U.train.lr=1e-4",
+            "ensemble.method=ra",
+            "models.V.seeds=[7]",
+            "ensemble.params.test_labels=rate",
+            "models.U.architecture=oscar-tiny",
+            "clean=false",
+        ],
+    )
     v, u = recipe.models
     assert v.train == {"lr": 0.001, "epochs": 3}
     assert u.train == {"epochs": 1, "lr": 1e-4} and isinstance(u.train["lr"], float)

@@ -52,8 +52,11 @@ def test_run_writes_outputs_then_caches_everything(synthetic: Path, tmp_path: Pa
         family = read_predictions(out / "predictions" / f"V_{split}.csv")
         assert sorted(fin.ids.tolist()) == sorted(family.ids.tolist())
     assert (out / "report.html").is_file()
-    assert not any(entry["cached"] for name, entry in report.timings.items() if name.split()[0] in
-                   ("clean", "features", "finetune"))
+    assert not any(
+        entry["cached"]
+        for name, entry in report.timings.items()
+        if name.split()[0] in ("clean", "features", "finetune")
+    )
 
     fin_before = (out / "FIN_test_unseen.csv").read_bytes()
     second = make_runner(tmp_path, synthetic, out)
@@ -61,8 +64,11 @@ def test_run_writes_outputs_then_caches_everything(synthetic: Path, tmp_path: Pa
     for stage in second.stages:
         stage.action = lambda directory, s=stage: pytest.fail(f"stage {s.kind} {s.label} ran again")
     again = second.execute()
-    assert all(entry["cached"] for name, entry in again.timings.items() if name.split()[0] in
-               ("clean", "features", "finetune"))
+    assert all(
+        entry["cached"]
+        for name, entry in again.timings.items()
+        if name.split()[0] in ("clean", "features", "finetune")
+    )
     assert (out / "FIN_test_unseen.csv").read_bytes() == fin_before
 
 
@@ -130,13 +136,16 @@ def test_inference_only_reproduces_the_trained_runs(synthetic: Path, tmp_path: P
     text = RECIPE
     for family, seed in (("V", 1), ("X", 2)):
         run = f"{family}{seed}"
-        entry = (f"    runs:\n      - {{seed: {seed}, checkpoints: {{train: {finetunes[run + '-train'] / 'model'}, "
-                 f"traindev: {finetunes[run + '-traindev'] / 'model'}}}}}\n")
+        entry = (
+            f"    runs:\n      - {{seed: {seed}, checkpoints: {{train: {finetunes[run + '-train'] / 'model'}, "
+            f"traindev: {finetunes[run + '-traindev'] / 'model'}}}}}\n"
+        )
         text = text.replace(f"    seeds: [{seed}]\n", entry)
     path = tmp_path / "inference.yaml"
     path.write_text(text)
-    inferred = RecipeRunner(load_recipe(path, inference_only=True), synthetic, tmp_path / "inferred",
-                            inference_only=True)
+    inferred = RecipeRunner(
+        load_recipe(path, inference_only=True), synthetic, tmp_path / "inferred", inference_only=True
+    )
     inferred.execute()
     assert {s.kind for s in inferred.stages} == {"clean", "features", "predict"}
     for family in ("V", "X"):

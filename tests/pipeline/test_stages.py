@@ -39,8 +39,10 @@ def test_average_seeds_is_the_mean_by_id_in_the_first_runs_order(tmp_path: Path)
         write_predictions(tmp_path / f"{name}.csv", ids[order], proba[order])
         files[name] = {"dev_seen": tmp_path / f"{name}.csv"}
     written = average_seeds({"F": files, "G": {"a": files["a"]}}, tmp_path / "out")
-    assert written == {"F": {"dev_seen": tmp_path / "out" / "F_dev_seen.csv"},
-                       "G": {"dev_seen": tmp_path / "out" / "G_dev_seen.csv"}}
+    assert written == {
+        "F": {"dev_seen": tmp_path / "out" / "F_dev_seen.csv"},
+        "G": {"dev_seen": tmp_path / "out" / "G_dev_seen.csv"},
+    }
     # The reference: runs summed in order (a + b) + c, then divided, written by the project's CSV writer.
     write_predictions(tmp_path / "expected.csv", ids, (runs["a"] + runs["b"] + runs["c"]) / 3)
     assert written["F"]["dev_seen"].read_bytes() == (tmp_path / "expected.csv").read_bytes()
@@ -75,9 +77,16 @@ def test_overrides_reach_the_parallel_workers(tmp_path: Path, monkeypatch: pytes
     ran: list[str] = []
     monkeypatch.setattr(runner_module, "run_stage", lambda s: ran.append(s.key) or 0.0)
     monkeypatch.setenv("MEMEGUARD_NO_PROGRESS", "0")  # restored after the test; the worker sets it
-    spec = {"recipe": runner.recipe.source, "overrides": runner.recipe.command_line,
-            "data": str(runner.data_dir), "out": str(runner.out_dir), "inference_only": False,
-            "device": "cpu", "limit": None, "threads": 1}
+    spec = {
+        "recipe": runner.recipe.source,
+        "overrides": runner.recipe.command_line,
+        "data": str(runner.data_dir),
+        "out": str(runner.out_dir),
+        "inference_only": False,
+        "device": "cpu",
+        "limit": None,
+        "threads": 1,
+    }
     import torch
 
     threads = torch.get_num_threads()

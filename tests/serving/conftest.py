@@ -22,7 +22,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> ServingFixture:
     lines = []
     for k, (meme_id, text) in enumerate(zip(ids, TEXTS, strict=True)):
         synthetic_image(k, sizes[k]).save(data / "img" / f"{meme_id:05d}.png")
-        lines.append(json.dumps({"id": meme_id, "img": f"img/{meme_id:05d}.png", "label": k % 2, "text": text}))
+        lines.append(
+            json.dumps({"id": meme_id, "img": f"img/{meme_id:05d}.png", "label": k % 2, "text": text})
+        )
     (data / "dev_seen.jsonl").write_text("\n".join(lines) + "\n")
     store = root / "grid_store"
     extractor = GridExtractor(levels=GRID_LEVELS, cell_px=GRID_CELL_PX)

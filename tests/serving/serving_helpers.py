@@ -61,7 +61,13 @@ def save_run(run_dir: Path, store: Path, seed: int, feature_dim: int, **config: 
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.15)
     model.save_pretrained(run_dir / "model")
-    record = {"model": "visualbert-tiny", "features": str(store), "data_dir": "unused", "seed": seed, **config}
+    record = {
+        "model": "visualbert-tiny",
+        "features": str(store),
+        "data_dir": "unused",
+        "seed": seed,
+        **config,
+    }
     (run_dir / "train_config.json").write_text(json.dumps(record))
     return run_dir
 

@@ -34,15 +34,34 @@ def test_score_one_meme_prints_the_scorer_result(served, scorer):
 def test_score_jsonl_writes_a_submission(served, scorer, tmp_path):
     out = tmp_path / "sub" / "test.csv"
     result = run_cli(
-        "score", "--jsonl", served.data_dir / "dev_seen.jsonl", "--out", out, "--threshold", "0.45",
-        "--batch-size", "4", "--device", "cpu", "-m", served.runs[0], "-m", served.runs[1],
+        "score",
+        "--jsonl",
+        served.data_dir / "dev_seen.jsonl",
+        "--out",
+        out,
+        "--threshold",
+        "0.45",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "-m",
+        served.runs[0],
+        "-m",
+        served.runs[1],
     )
     assert result.exit_code == 0, result.output
     assert "scored 6 memes" in result.output
     preds = read_predictions(out)
     assert preds.ids.tolist() == served.ids
-    expected = np.array([s.proba for s in scorer.score_batch(
-        [(served.image(i), t) for i, t in zip(served.ids, served.texts, strict=True)])])
+    expected = np.array(
+        [
+            s.proba
+            for s in scorer.score_batch(
+                [(served.image(i), t) for i, t in zip(served.ids, served.texts, strict=True)]
+            )
+        ]
+    )
     np.testing.assert_allclose(preds.proba, expected, atol=1e-6)
     assert preds.label.tolist() == (expected >= 0.45).astype(int).tolist()
 
@@ -56,8 +75,12 @@ def test_cli_errors(served, tmp_path):
     assert isinstance(result.exception, DataError) and "nope.png" in str(result.exception)
     lines = tmp_path / "split.jsonl"
     lines.write_text(json.dumps({"id": 7, "img": "img/00007.png", "text": "gone"}) + "\n")
-    result = run_cli("score", "--jsonl", lines, "--out", tmp_path / "o.csv", "-m", served.runs[0], "--device", "cpu")
+    result = run_cli(
+        "score", "--jsonl", lines, "--out", tmp_path / "o.csv", "-m", served.runs[0], "--device", "cpu"
+    )
     assert isinstance(result.exception, DataError) and "(id 7)" in str(result.exception)
     assert not (tmp_path / "o.csv").exists()
-    result = run_cli("score", served.image(served.ids[0]), "--text", "x", "-m", served.runs[0], "--boxes", "36")
+    result = run_cli(
+        "score", served.image(served.ids[0]), "--text", "x", "-m", served.runs[0], "--boxes", "36"
+    )
     assert isinstance(result.exception, ConfigError) and "--extractor" in str(result.exception)

@@ -48,9 +48,11 @@ def test_single_and_batch_match_the_scorer(client, served, scorer):
     assert body["per_model"] == pytest.approx(expected[0].per_model, abs=1e-6)
     assert body["latency_ms"] > 0
     data_url = "data:image/png;base64," + b64(paths[1].read_bytes())
-    items = [{"image_b64": b64(paths[0].read_bytes()), "text": texts[0]},
-             {"image_b64": data_url, "text": texts[1]},
-             {"image_b64": b64(paths[2].read_bytes()), "text": texts[2]}]
+    items = [
+        {"image_b64": b64(paths[0].read_bytes()), "text": texts[0]},
+        {"image_b64": data_url, "text": texts[1]},
+        {"image_b64": b64(paths[2].read_bytes()), "text": texts[2]},
+    ]
     batch = client.post("/score", json={"items": items})
     assert batch.status_code == 200, batch.text
     results = batch.json()["results"]
@@ -66,11 +68,23 @@ def test_single_and_batch_match_the_scorer(client, served, scorer):
         ({"image_b64": b64(png_bytes(synthetic_image(1, (40, 40)))[:200]), "text": "x"}, 422, "truncated"),
         ({"image_b64": b64(png_bytes(synthetic_image(1, (40, 40))))}, 400, "missing 'text'"),
         ({"text": "x"}, 400, "missing 'image_b64'"),
-        ({"image_b64": b64(png_bytes(synthetic_image(1, (40, 40)))), "text": 3}, 400, "'text' must be a string"),
+        (
+            {"image_b64": b64(png_bytes(synthetic_image(1, (40, 40)))), "text": 3},
+            400,
+            "'text' must be a string",
+        ),
         ({"items": []}, 400, "non-empty list"),
         ({"items": [{"text": "x"}] * 5}, 400, "over the batch limit of 4"),
-        ({"items": [{"image_b64": b64(png_bytes(synthetic_image(1, (40, 40)))), "text": "a"}, {"text": "b"}]},
-         400, "items[1]: missing 'image_b64'"),
+        (
+            {
+                "items": [
+                    {"image_b64": b64(png_bytes(synthetic_image(1, (40, 40)))), "text": "a"},
+                    {"text": "b"},
+                ]
+            },
+            400,
+            "items[1]: missing 'image_b64'",
+        ),
         ([1, 2], 400, "JSON object"),
     ],
 )
@@ -103,9 +117,26 @@ def test_serve_command_builds_the_app_once(served, scorer, monkeypatch):
 
     captured = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app, **kw))
-    result = CliRunner().invoke(cli_app, ["serve", "-m", str(served.runs[0]), "-m", str(served.runs[1]),
-                                          "--port", "8765", "--max-image-mb", "0.5", "--max-batch", "2",
-                                          "--device", "cpu", "--threshold", "0.3"])
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "serve",
+            "-m",
+            str(served.runs[0]),
+            "-m",
+            str(served.runs[1]),
+            "--port",
+            "8765",
+            "--max-image-mb",
+            "0.5",
+            "--max-batch",
+            "2",
+            "--device",
+            "cpu",
+            "--threshold",
+            "0.3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert captured["host"] == "127.0.0.1" and captured["port"] == 8765 and captured["workers"] == 1
     served_app = captured["app"]

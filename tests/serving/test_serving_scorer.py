@@ -58,7 +58,9 @@ def test_scores_equal_predict_proba_on_stored_records(served, scorer):
     model = load_model_dir(served.runs[0]).eval()
     memes = [Meme(id=i, img="", text=t) for i, t in zip(served.ids, served.texts, strict=True)]
     images = [load_image(served.image(i)) for i in served.ids]
-    wrong = model.predict_proba(model.build_processor()(memes, default.extract(images, served.ids)["default"]))
+    wrong = model.predict_proba(
+        model.build_processor()(memes, default.extract(images, served.ids)["default"])
+    )
     assert np.abs(wrong.numpy() - np.array([r.per_model[served.runs[0].name] for r in results])).max() > 1e-3
 
 
@@ -136,7 +138,9 @@ def test_imported_store_needs_an_explicit_extractor(served, tmp_path):
     run = _copy_run(served.runs[0], tmp_path / "run_tsv", features=str(imported))
     with pytest.raises(ConfigError, match=r"'import-tsv'.*pass the matching extractor"):
         MemeScorer.from_runs([run], device="cpu")
-    explicit = MemeScorer.from_runs([run], device="cpu", extractor=GridExtractor(levels=GRID_LEVELS, cell_px=GRID_CELL_PX))
+    explicit = MemeScorer.from_runs(
+        [run], device="cpu", extractor=GridExtractor(levels=GRID_LEVELS, cell_px=GRID_CELL_PX)
+    )
     reference = MemeScorer.from_runs([served.runs[0]], device="cpu")
     path, text = served.image(served.ids[0]), served.texts[0]
     # Same features rounded to the same store dtype: the same probability.
@@ -163,7 +167,9 @@ def test_missing_store_and_bare_model_dir(served, tmp_path):
     assert snapshot.score(path, text).proba == pytest.approx(reference.score(path, text).proba, abs=1e-12)
     relative = _copy_run(served.runs[0], served.store.parent / "run_relative", features=served.store.name)
     try:  # a relative store path is found beside the run (here: in the run dir's parent)
-        assert MemeScorer.from_runs([relative], device="cpu").members[0].spec.source == str(served.store / "meta.json")
+        assert MemeScorer.from_runs([relative], device="cpu").members[0].spec.source == str(
+            served.store / "meta.json"
+        )
     finally:
         shutil.rmtree(relative)
     with pytest.raises(ConfigError, match="no train_config.json"):
@@ -173,15 +179,22 @@ def test_missing_store_and_bare_model_dir(served, tmp_path):
 
 
 def test_zero_visual_run_ignores_the_image(served, tmp_path):
-    run = save_run(tmp_path / "text_only", served.store, seed=5, feature_dim=GRID_FEATURE_DIM, zero_visual=True)
+    run = save_run(
+        tmp_path / "text_only", served.store, seed=5, feature_dim=GRID_FEATURE_DIM, zero_visual=True
+    )
     text_only = MemeScorer.from_runs([run], device="cpu")
     a = text_only.score(served.image(served.ids[0]), "same text")
     b = text_only.score(served.image(served.ids[3]), "same text")
     assert a.proba == pytest.approx(b.proba, abs=1e-7)
     normal = save_run(tmp_path / "with_vision", served.store, seed=5, feature_dim=GRID_FEATURE_DIM)
     visual = MemeScorer.from_runs([normal], device="cpu")
-    assert abs(visual.score(served.image(served.ids[0]), "same text").proba
-               - visual.score(served.image(served.ids[3]), "same text").proba) > 1e-4
+    assert (
+        abs(
+            visual.score(served.image(served.ids[0]), "same text").proba
+            - visual.score(served.image(served.ids[3]), "same text").proba
+        )
+        > 1e-4
+    )
 
 
 def test_runs_on_one_feature_setting_share_one_extractor(served, scorer, tmp_path):
@@ -239,7 +252,9 @@ def test_butd_runs_share_one_detector_pass_and_weights_are_checked(served, tmp_p
     import memeguard.features.factory as factory
 
     real = factory.make_extractor
-    monkeypatch.setattr(factory, "make_extractor", lambda name, **kw: StubButd(**kw) if name == "butd" else real(name, **kw))
+    monkeypatch.setattr(
+        factory, "make_extractor", lambda name, **kw: StubButd(**kw) if name == "butd" else real(name, **kw)
+    )
     StubButd.builds.clear()
     runs = [_as_butd_run(served, tmp_path, "36"), _as_butd_run(served, tmp_path, "50")]
     both = MemeScorer.from_runs(runs, device="cpu")
@@ -250,7 +265,9 @@ def test_butd_runs_share_one_detector_pass_and_weights_are_checked(served, tmp_p
     assert build["weights"].endswith("faster_rcnn_from_caffe_attr.pkl")
     assert [m.variant for m in both.members] == ["36", "50"]
     result = both.score(served.image(served.ids[0]), served.texts[0])
-    reference = MemeScorer.from_runs([served.runs[0]], device="cpu").score(served.image(served.ids[0]), served.texts[0])
+    reference = MemeScorer.from_runs([served.runs[0]], device="cpu").score(
+        served.image(served.ids[0]), served.texts[0]
+    )
     assert list(result.per_model.values()) == pytest.approx([reference.proba] * 2, abs=1e-7)
     changed = _as_butd_run(served, tmp_path / "other", "36", sha="b" * 64)
     with pytest.raises(ConfigError, match="weights changed"):
@@ -263,9 +280,18 @@ def test_scores_equal_the_training_runs_own_predictions(served, tmp_path):
     from memeguard.training import TrainConfig, finetune
 
     cfg = TrainConfig(
-        model="visualbert-tiny", features=str(served.store), data_dir=str(served.data_dir),
-        out_dir=str(tmp_path / "trained"), train_split="dev_seen", eval_split=None, predict_splits=("dev_seen",),
-        epochs=1, batch_size=4, lr=5e-4, progress=False, device="cpu",
+        model="visualbert-tiny",
+        features=str(served.store),
+        data_dir=str(served.data_dir),
+        out_dir=str(tmp_path / "trained"),
+        train_split="dev_seen",
+        eval_split=None,
+        predict_splits=("dev_seen",),
+        epochs=1,
+        batch_size=4,
+        lr=5e-4,
+        progress=False,
+        device="cpu",
     )
     result = finetune(cfg)
     written = read_predictions(result.predictions["dev_seen"])

@@ -14,8 +14,16 @@ PATHS = dict(model="visualbert-tiny", features=Path("store"), data_dir=Path("dat
 
 
 def test_train_config_json_round_trip():
-    cfg = TrainConfig(**{**PATHS, **TINY_DEFAULTS, "predict_splits": ["test_seen", "test_unseen"],
-                         "swa": "contrib", "limit": 10, "model_overrides": {"max_regions": 50}})
+    cfg = TrainConfig(
+        **{
+            **PATHS,
+            **TINY_DEFAULTS,
+            "predict_splits": ["test_seen", "test_unseen"],
+            "swa": "contrib",
+            "limit": 10,
+            "model_overrides": {"max_regions": 50},
+        }
+    )
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["features"] == "store" and data["predict_splits"] == ["test_seen", "test_unseen"]
     assert list(data) == list(TrainConfig.model_fields)  # the file lists the fields in declaration order

@@ -20,19 +20,37 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, regions: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     result = finetune(cfg, regions=regions)
-    torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+    torch.save(
+        {k: v.detach().clone() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.pt"
+    )
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_end_with_identical_weights(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = TrainConfig(model="visualbert-tiny", features="toy", data_dir=data, out_dir=tmp_path / "run", epochs=1,
-                      batch_size=4, lr=1e-3, eval_every=2, swa="torch", swa_start=0.5, device="cpu",
-                      progress=False)
+    cfg = TrainConfig(
+        model="visualbert-tiny",
+        features="toy",
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        eval_every=2,
+        swa="torch",
+        swa_start=0.5,
+        device="cpu",
+        progress=False,
+    )
     mp.spawn(_worker, args=(2, _free_port(), cfg, regions, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -60,10 +78,37 @@ def test_torchrun_runs_the_train_command_unchanged(toy_data, toy_store, tmp_path
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", env["MASTER_PORT"], "-m", "memeguard", "train",
-         "--model", "visualbert-tiny", "--features", str(toy_store), "--data", str(data), "--out", str(out),
-         "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            env["MASTER_PORT"],
+            "-m",
+            "memeguard",
+            "train",
+            "--model",
+            "visualbert-tiny",
+            "--features",
+            str(toy_store),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(": done;") == 1  # rank 0 reports, rank 1 stays quiet

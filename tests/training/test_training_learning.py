@@ -38,8 +38,16 @@ def test_tiny_model_learns_xor_and_text_only_control_does_not(tmp_path, model, e
     settings = {**TINY_DEFAULTS, "lr": 2e-3, "epochs": epochs}
     results = {}
     for zero_visual in (False, True):
-        cfg = TrainConfig(model=model, features="toy", data_dir=data, out_dir=tmp_path / str(zero_visual),
-                          device="cpu", progress=False, zero_visual=zero_visual, **settings)
+        cfg = TrainConfig(
+            model=model,
+            features="toy",
+            data_dir=data,
+            out_dir=tmp_path / str(zero_visual),
+            device="cpu",
+            progress=False,
+            zero_visual=zero_visual,
+            **settings,
+        )
         results[zero_visual] = finetune(cfg, regions=regions).metrics["auroc"]
     assert results[False] >= 0.9, results
     assert results[True] <= 0.65, results

@@ -26,8 +26,19 @@ def one_thread():
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(model=MODEL, features="toy-regions", data_dir=data, out_dir=out, epochs=2, batch_size=8,
-                lr=1e-3, eval_every=3, device="cpu", progress=False, sum_loss=False)
+    base = dict(
+        model=MODEL,
+        features="toy-regions",
+        data_dir=data,
+        out_dir=out,
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        eval_every=3,
+        device="cpu",
+        progress=False,
+        sum_loss=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -35,8 +46,10 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
 def test_two_vilio_runs_write_the_three_csvs(toy_data, tmp_path):
     data, regions = toy_data
     run_a = finetune(config(data, tmp_path / "a"), regions=regions)
-    run_b = finetune(config(data, tmp_path / "b", train_split="traindev",
-                            predict_splits=("test_seen", "test_unseen")), regions=regions)
+    run_b = finetune(
+        config(data, tmp_path / "b", train_split="traindev", predict_splits=("test_seen", "test_unseen")),
+        regions=regions,
+    )
     expected_ids = {
         "dev_seen": [json.loads(x)["id"] for x in (data / "dev_seen.jsonl").read_text().splitlines()],
         "test_seen": [json.loads(x)["id"] for x in (data / "test_seen.jsonl").read_text().splitlines()],
@@ -48,15 +61,25 @@ def test_two_vilio_runs_write_the_three_csvs(toy_data, tmp_path):
             assert preds.ids.tolist() == expected_ids[split]
             assert ((preds.proba >= 0) & (preds.proba <= 1)).all()
             assert (preds.label == (preds.proba >= 0.5)).all()
-        for name in ("model/config.json", "model/model.safetensors", "train_config.json", "DONE",
-                     "checkpoints/last.pt", "metrics.jsonl"):
+        for name in (
+            "model/config.json",
+            "model/model.safetensors",
+            "train_config.json",
+            "DONE",
+            "checkpoints/last.pt",
+            "metrics.jsonl",
+        ):
             assert (result.run_dir / name).is_file(), name
     # the written dev predictions are the final model's: recompute them from the saved model
     from memeguard.training import predict
 
     again = predict(run_a.run_dir, regions, data, "dev_seen", tmp_path / "again.csv", device="cpu")
-    np.testing.assert_allclose(read_predictions(again).proba, read_predictions(run_a.predictions["dev_seen"]).proba,
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        read_predictions(again).proba,
+        read_predictions(run_a.predictions["dev_seen"]).proba,
+        rtol=0,
+        atol=1e-6,
+    )
     # 48 memes / batch 8 = 6 updates per epoch, 12 in all; evaluation every 3 plus the final one
     log = [json.loads(line) for line in (run_a.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [entry["update"] for entry in log] == [3, 6, 9, 12, 12]
@@ -97,7 +120,9 @@ def state_of(run_dir: Path) -> dict[str, torch.Tensor]:
     "options",
     [
         pytest.param(dict(swa="torch", swa_start=0.3, acc=2), id="torch-swa-acc2-epoch-checkpoint"),
-        pytest.param(dict(swa="contrib", swa_start=0.3, swa_freq=2, checkpoint_every=2), id="contrib-mid-epoch"),
+        pytest.param(
+            dict(swa="contrib", swa_start=0.3, swa_freq=2, checkpoint_every=2), id="contrib-mid-epoch"
+        ),
     ],
 )
 def test_killed_run_resumes_to_identical_weights(toy_data, tmp_path, options):
@@ -140,8 +165,9 @@ def test_select_best_keeps_the_best_evaluation(toy_data, tmp_path):
 
 def write_labels_removed(data: Path, split: str) -> None:
     lines = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
-    (data / f"{split}.jsonl").write_text("".join(json.dumps({k: v for k, v in x.items() if k != "label"}) + "\n"
-                                                 for x in lines))
+    (data / f"{split}.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in x.items() if k != "label"}) + "\n" for x in lines)
+    )
 
 
 def test_bad_configurations_fail_before_training(toy_data, tmp_path):
@@ -160,7 +186,9 @@ def test_bad_configurations_fail_before_training(toy_data, tmp_path):
         finetune(config(data, out, init=None, model_overrides={"visual_feat_dim": 16}), regions=regions)
     partial = dict(regions)
     del partial[1001]
-    with pytest.raises(ConfigError, match=r"1 memes of split 'dev_seen' have no region features \(ids 1001\)"):
+    with pytest.raises(
+        ConfigError, match=r"1 memes of split 'dev_seen' have no region features \(ids 1001\)"
+    ):
         finetune(config(data, out), regions=partial)
     write_labels_removed(data, "dev_seen")
     with pytest.raises(ConfigError, match="'dev_seen' has 16 memes without a label"):
@@ -198,8 +226,9 @@ def test_init_from_an_original_vilio_checkpoint_file(toy_data, tmp_path):
     for key in source:
         assert torch.equal(loaded[key], source[key]), key
     data, regions = toy_data
-    result = finetune(config(data, tmp_path / "from-vilio", init=str(path), epochs=1, eval_every=0),
-                      regions=regions)
+    result = finetune(
+        config(data, tmp_path / "from-vilio", init=str(path), epochs=1, eval_every=0), regions=regions
+    )
     assert (result.run_dir / "dev_seen.csv").is_file()
     with pytest.raises(ConfigError, match="init checkpoint not found"):
         finetune(config(data, tmp_path / "x", init=str(tmp_path / "nope.pth")), regions=regions)
@@ -207,7 +236,9 @@ def test_init_from_an_original_vilio_checkpoint_file(toy_data, tmp_path):
 
 def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(toy_data, tmp_path):
     data, regions = toy_data
-    result = finetune(config(data, tmp_path / "bf16", epochs=1, eval_every=0, precision="bf16"), regions=regions)
+    result = finetune(
+        config(data, tmp_path / "bf16", epochs=1, eval_every=0, precision="bf16"), regions=regions
+    )
     proba = read_predictions(result.predictions["dev_seen"]).proba
     assert np.isfinite(proba).all() and result.metrics["auroc"] == result.metrics["auroc"]
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):

@@ -33,7 +33,11 @@ def test_head_groups_get_500x_lr_and_no_decay_for_bias_and_layernorm():
     groups = {g["name"]: g for g in parameter_groups(model, lr=1e-5, head_lr_mult=500.0)}
     assert set(groups) == {"backbone_no_decay", "head_no_decay"}
     assert groups["head_no_decay"]["lr"] == pytest.approx(5e-3)
-    assert sorted(groups["head_no_decay"]["param_names"]) == ["classifier.bias", "classifier.weight", "layer_weights"]
+    assert sorted(groups["head_no_decay"]["param_names"]) == [
+        "classifier.bias",
+        "classifier.weight",
+        "layer_weights",
+    ]
     assert groups["backbone_no_decay"]["lr"] == 1e-5
     decay = {g["name"]: g for g in parameter_groups(model, lr=1e-5, weight_decay=0.01)}
     assert "classifier.bias" in decay["backbone_no_decay"]["param_names"]
@@ -78,8 +82,10 @@ def reference_factor(kind: str, warmup: int, total: int, step: int) -> float:
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
-@pytest.mark.parametrize(("warmup", "total"), [(0, 1), (1, 1), (0, 2), (1, 2), (0, 7), (3, 7), (6, 7),
-                                               (10, 100), (5, 105), (0, 1000), (37, 1000)])
+@pytest.mark.parametrize(
+    ("warmup", "total"),
+    [(0, 1), (1, 1), (0, 2), (1, 2), (0, 7), (3, 7), (6, 7), (10, 100), (5, 105), (0, 1000), (37, 1000)],
+)
 def test_schedule_lr_at_every_step_equals_the_formulas_exactly(kind, warmup, total):
     model = nn.Linear(2, 2)
     optimizer = make_adamw(parameter_groups(model, lr=3e-4, head_lr_mult=1.0), 3e-4)
@@ -172,12 +178,16 @@ def test_bce_on_the_logit_difference_equals_vilio_two_class_nll_and_summed_varia
     two_class = torch.randn(8, 2, requires_grad=True)
     labels = torch.randint(0, 2, (8,))
     vilio = F.nll_loss(F.log_softmax(two_class, dim=-1), labels)
-    ours, logged = classification_loss(two_class_to_logit(two_class), labels.float(), sum_loss=False,
-                                       grad_accum_steps=1)
-    assert ours.item() == pytest.approx(vilio.item(), rel=1e-6) and logged == pytest.approx(vilio.item(), rel=1e-6)
+    ours, logged = classification_loss(
+        two_class_to_logit(two_class), labels.float(), sum_loss=False, grad_accum_steps=1
+    )
+    assert ours.item() == pytest.approx(vilio.item(), rel=1e-6) and logged == pytest.approx(
+        vilio.item(), rel=1e-6
+    )
     (grad_vilio,) = torch.autograd.grad(vilio, two_class)
     (grad_ours,) = torch.autograd.grad(ours, two_class)
     torch.testing.assert_close(grad_ours, grad_vilio)
-    summed, _ = classification_loss(two_class_to_logit(two_class), labels.float(), sum_loss=True,
-                                    grad_accum_steps=4)
+    summed, _ = classification_loss(
+        two_class_to_logit(two_class), labels.float(), sum_loss=True, grad_accum_steps=4
+    )
     assert summed.item() == pytest.approx(vilio.item() * 8 / 4, rel=1e-6)  # x batch size / acc

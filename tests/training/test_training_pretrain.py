@@ -70,8 +70,17 @@ def test_itm_swaps_about_half_the_texts_for_other_memes_texts():
 
 def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = PretrainConfig(model="visualbert-tiny", features="toy", data_dir=data, out_dir=tmp_path / "pre",
-                         epochs=2, batch_size=16, lr=1e-3, device="cpu", progress=False)
+    cfg = PretrainConfig(
+        model="visualbert-tiny",
+        features="toy",
+        data_dir=data,
+        out_dir=tmp_path / "pre",
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+    )
     run_dir = pretrain(cfg, regions=regions)
     assert (run_dir / "DONE").is_file() and (run_dir / "model" / "config.json").is_file()
     log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -94,10 +103,22 @@ def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_pat
 
     started = build_model("visualbert-tiny", feature_dim=32, init=str(run_dir)).state_dict()
     assert torch.equal(started[key], pre[key])
-    result = finetune(TrainConfig(model="visualbert-tiny", features="toy", data_dir=data, out_dir=tmp_path / "ft",
-                                  init=str(run_dir), epochs=1, lr=1e-3, eval_every=0, device="cpu",
-                                  progress=False, model_overrides=TINY_DEFAULTS["model_overrides"]),
-                      regions=regions)  # an init-only override (TINY_DEFAULTS' init std) is ignored with --init
+    result = finetune(
+        TrainConfig(
+            model="visualbert-tiny",
+            features="toy",
+            data_dir=data,
+            out_dir=tmp_path / "ft",
+            init=str(run_dir),
+            epochs=1,
+            lr=1e-3,
+            eval_every=0,
+            device="cpu",
+            progress=False,
+            model_overrides=TINY_DEFAULTS["model_overrides"],
+        ),
+        regions=regions,
+    )  # an init-only override (TINY_DEFAULTS' init std) is ignored with --init
     assert (result.run_dir / "dev_seen.csv").is_file()
 
     # kill in epoch 2, resume, compare with the uninterrupted run
@@ -119,8 +140,18 @@ def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_pat
 def test_pretraining_runs_for_other_architectures(toy_data, tmp_path, model):
     """MLM on the language stream (LXMERT) or the text part of the joint sequence (single-stream) + ITM."""
     data, regions = toy_data
-    cfg = PretrainConfig(model=model, features="toy", data_dir=data, out_dir=tmp_path / model, epochs=1,
-                         batch_size=16, lr=1e-3, device="cpu", progress=False, limit=32)
+    cfg = PretrainConfig(
+        model=model,
+        features="toy",
+        data_dir=data,
+        out_dir=tmp_path / model,
+        epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+        limit=32,
+    )
     run_dir = pretrain(cfg, regions=regions)
     loss = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     # MLM over a 30522-word vocabulary starts near ln(30522) ~ 10.3, ITM near ln 2
@@ -129,8 +160,18 @@ def test_pretraining_runs_for_other_architectures(toy_data, tmp_path, model):
 
 def test_pretraining_refuses_a_run_dir_written_under_another_configuration(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = PretrainConfig(model="visualbert-tiny", features="toy", data_dir=data, out_dir=tmp_path / "pre",
-                         epochs=1, batch_size=8, lr=1e-3, device="cpu", progress=False, limit=16)
+    cfg = PretrainConfig(
+        model="visualbert-tiny",
+        features="toy",
+        data_dir=data,
+        out_dir=tmp_path / "pre",
+        epochs=1,
+        batch_size=8,
+        lr=1e-3,
+        device="cpu",
+        progress=False,
+        limit=16,
+    )
 
     def kill(update: int) -> None:
         raise RuntimeError("killed")

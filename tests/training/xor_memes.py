@@ -30,8 +30,17 @@ def make_meme_set(n: int, seed: int, start_id: int = 1, labelled: bool = True) -
         text = f"{FILLER[int(rng.integers(5))]} {noun}"
         feats = rng.normal(0.0, 0.5, size=(6, DIM)).astype(np.float32)
         feats[:, :8] += 1.5 if visual else -1.5
-        boxes = np.array([[0, 0, 50, 50], [50, 0, 100, 50], [0, 50, 50, 100], [50, 50, 100, 100],
-                          [0, 0, 100, 100], [25, 25, 75, 75]], dtype=np.float32)
+        boxes = np.array(
+            [
+                [0, 0, 50, 50],
+                [50, 0, 100, 50],
+                [0, 50, 50, 100],
+                [50, 50, 100, 100],
+                [0, 0, 100, 100],
+                [25, 25, 75, 75],
+            ],
+            dtype=np.float32,
+        )
         regions[meme_id] = RegionRecord(meme_id, feats, boxes, (100, 100))
         line = {"id": meme_id, "img": f"img/{meme_id:05d}.png", "text": text}
         if labelled:

@@ -43,8 +43,12 @@ class CheckReport:
         h = np.asarray(self.image_heights)
         w = np.asarray(self.image_widths)
         return {
-            "images": float(len(h)), "height_min": float(h.min()), "height_mean": float(h.mean()),
-            "height_max": float(h.max()), "width_min": float(w.min()), "width_mean": float(w.mean()),
+            "images": float(len(h)),
+            "height_min": float(h.min()),
+            "height_mean": float(h.mean()),
+            "height_max": float(h.max()),
+            "width_min": float(w.min()),
+            "width_mean": float(w.mean()),
             "width_max": float(w.max()),
         }
 
@@ -70,11 +74,17 @@ def check_dataset(data_dir: str | os.PathLike[str], check_images: bool = True) -
         splits[name] = memes
         labelled = [m for m in memes if m.label is not None]
         report.splits.append(
-            SplitSummary(name, split_path(data_dir, name).name, len(memes), len(labelled), sum(m.label for m in labelled))
+            SplitSummary(
+                name,
+                split_path(data_dir, name).name,
+                len(memes),
+                len(labelled),
+                sum(m.label for m in labelled),
+            )
         )
     official = [name for name in OFFICIAL_SPLITS if name in splits]
     for i, first in enumerate(official):
-        for second in official[i + 1:]:
+        for second in official[i + 1 :]:
             shared = {m.id for m in splits[first]} & {m.id for m in splits[second]}
             if shared:
                 report.overlaps[f"{first} & {second}"] = len(shared)

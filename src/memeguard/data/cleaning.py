@@ -47,8 +47,37 @@ from memeguard.names import (
 )
 
 ISIS_DUPS: tuple[int, ...] = (
-    35097, 97542, 91562, 71368, 29013, 85173, 15072, 1348, 70269, 36804, 68954, 91270, 64781, 96078, 97162, 34518,
-    17834, 31408, 56134, 68231, 98517, 27156, 10793, 82169, 25780, 25913, 95401, 94850, 50624, 92845, 58732,
+    35097,
+    97542,
+    91562,
+    71368,
+    29013,
+    85173,
+    15072,
+    1348,
+    70269,
+    36804,
+    68954,
+    91270,
+    64781,
+    96078,
+    97162,
+    34518,
+    17834,
+    31408,
+    56134,
+    68231,
+    98517,
+    27156,
+    10793,
+    82169,
+    25780,
+    25913,
+    95401,
+    94850,
+    50624,
+    92845,
+    58732,
 )
 ADD_DUPS: tuple[int, ...] = (54981, 71903, 69087)
 DIM_ERROR_IDS: tuple[int, ...] = (63805, 73026, 16845, 27058)
@@ -130,19 +159,29 @@ class HashCache:
         stat = image.stat() if image.is_file() else None
         key = str(image.resolve())
         entry = self.entries.get(key)
-        if stat is not None and entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        if (
+            stat is not None
+            and entry
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+        ):
             return ImageHashes(str(entry["phash"]), str(entry["crude"]))
         hashes = _hash_image(image, context)
         assert stat is not None  # _hash_image raised otherwise
         self.entries[key] = {
-            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "phash": hashes.phash, "crude": hashes.crude,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "phash": hashes.phash,
+            "crude": hashes.crude,
         }
         self.dirty = True
         return hashes
 
     def save(self) -> None:
         if self.dirty:
-            write_json_atomic(self.path, {"version": HASH_CACHE_VERSION, "entries": self.entries}, indent=None)
+            write_json_atomic(
+                self.path, {"version": HASH_CACHE_VERSION, "entries": self.entries}, indent=None
+            )
             self.dirty = False
 
 
@@ -175,7 +214,15 @@ def find_duplicate_removals(
         (first_source, first), (_, second) = group
         ids = [first.id, second.id]
         if first.label == second.label:
-            removals.append({"id": first.id, "split": first_source, "rule": "duplicate_pair", "group": ids, "phash": phash})
+            removals.append(
+                {
+                    "id": first.id,
+                    "split": first_source,
+                    "rule": "duplicate_pair",
+                    "group": ids,
+                    "phash": phash,
+                }
+            )
         else:
             conflicts.append({"ids": ids, "labels": [first.label, second.label], "phash": phash})
     return removals, conflicts
@@ -196,7 +243,9 @@ def clean_dataset(
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == data_dir.resolve():
-        raise DataError(f"{out_dir}: the output folder must differ from the dataset folder (inputs are never overwritten)")
+        raise DataError(
+            f"{out_dir}: the output folder must differ from the dataset folder (inputs are never overwritten)"
+        )
     train = read_split(data_dir, TRAIN)
     dev_seen = read_split(data_dir, DEV_SEEN)
     dev_unseen = read_split(data_dir, DEV_UNSEEN) if split_path(data_dir, DEV_UNSEEN).is_file() else []
@@ -223,7 +272,9 @@ def clean_dataset(
         cache.save()
 
     matched, conflicts = find_duplicate_removals(rows, hashes)
-    listed = [{"id": i, "rule": "isis_list"} for i in ISIS_DUPS] + [{"id": i, "rule": "add_list"} for i in ADD_DUPS]
+    listed = [{"id": i, "rule": "isis_list"} for i in ISIS_DUPS] + [
+        {"id": i, "rule": "add_list"} for i in ADD_DUPS
+    ]
     if not remove_duplicates:
         listed = []
     train_ids = {meme.id for meme in train}
@@ -240,18 +291,29 @@ def clean_dataset(
         for m in train + dev_seen + dev_unseen_new
         if m.id not in DIM_ERROR_IDS
     ]
-    excluded = [{"id": i, "rule": "dim_error"} for i in DIM_ERROR_IDS if i in {m.id for m in train + dev_seen + dev_unseen_new}]
+    excluded = [
+        {"id": i, "rule": "dim_error"}
+        for i in DIM_ERROR_IDS
+        if i in {m.id for m in train + dev_seen + dev_unseen_new}
+    ]
 
     report: dict[str, object] = {
         "data_dir": str(data_dir),
         "counts": {
-            TRAIN: len(train), DEV_SEEN: len(dev_seen), DEV_UNSEEN: len(dev_unseen),
-            "dev_unseen_new": len(dev_unseen_new), "removed": len(remove_ids),
-            TRAIN_CLEAN: len(train_clean), TRAINDEV: len(traindev), PRETRAIN: len(pretrain),
+            TRAIN: len(train),
+            DEV_SEEN: len(dev_seen),
+            DEV_UNSEEN: len(dev_unseen),
+            "dev_unseen_new": len(dev_unseen_new),
+            "removed": len(remove_ids),
+            TRAIN_CLEAN: len(train_clean),
+            TRAINDEV: len(traindev),
+            PRETRAIN: len(pretrain),
         },
         "removed": sorted(removed, key=lambda c: (str(c["rule"]), int(c["id"]))),
-        "added": [{"id": m.id, "rule": "dev_unseen_new", "to": [TRAIN_CLEAN, TRAINDEV, PRETRAIN]}
-                  for m in dev_unseen_new],
+        "added": [
+            {"id": m.id, "rule": "dev_unseen_new", "to": [TRAIN_CLEAN, TRAINDEV, PRETRAIN]}
+            for m in dev_unseen_new
+        ],
         "pretrain_excluded": excluded,
         "matched_outside_train": not_in_train,
         "conflicting_label_pairs": conflicts,

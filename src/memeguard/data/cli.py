@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Hateful Memes splits: validate, clean (vilio's rules), synthesise.", no_args_is_help=True)
+app = typer.Typer(
+    help="Hateful Memes splits: validate, clean (vilio's rules), synthesise.", no_args_is_help=True
+)
 
 
 def print_check_report(report) -> None:  # noqa: ANN001 - CheckReport, imported lazily
@@ -73,7 +75,10 @@ def synth(
     n: int = typer.Option(3000, "--n", min=50, help="Number of unique memes."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
     label_noise: float = typer.Option(
-        0.03, "--label-noise", min=0.0, max=0.03,
+        0.03,
+        "--label-noise",
+        min=0.0,
+        max=0.03,
         help="Share of memes whose noun disagrees with the rule (0 gives the same memes with rule-true labels).",
     ),
 ) -> None:

@@ -51,7 +51,9 @@ def parse_meme(record: object, where: str) -> Meme:
     if not isinstance(record["img"], str) or not record["img"]:
         raise DataError(f"{where} (id {meme_id}): 'img' must be a non-empty string")
     if not isinstance(record["text"], str):
-        raise DataError(f"{where} (id {meme_id}): 'text' must be a string, got {type(record['text']).__name__}")
+        raise DataError(
+            f"{where} (id {meme_id}): 'text' must be a string, got {type(record['text']).__name__}"
+        )
     label = _parse_label(record.get("label"), f"{where} (id {meme_id})")
     return Meme(id=meme_id, img=record["img"], text=record["text"], label=label)
 
@@ -101,7 +103,9 @@ def available_splits(data_dir: str | os.PathLike[str]) -> list[str]:
     return [split for split in (*SPLITS, *DERIVED_SPLITS) if split_path(data_dir, split).is_file()]
 
 
-def load_dataset(data_dir: str | os.PathLike[str], splits: tuple[str, ...] | None = None) -> dict[str, list[Meme]]:
+def load_dataset(
+    data_dir: str | os.PathLike[str], splits: tuple[str, ...] | None = None
+) -> dict[str, list[Meme]]:
     """{split: memes} for the official splits present (or the given ones, which must exist)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

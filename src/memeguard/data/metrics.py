@@ -49,4 +49,3 @@ def best_threshold(labels: Sequence[int], scores: Sequence[float]) -> tuple[floa
     best = int(np.argmax(accuracies))
     threshold = float(min(thresholds[best], np.nextafter(np.inf, 0)))
     return threshold, float(accuracies[best])
-

@@ -43,7 +43,9 @@ def _validate(ids: np.ndarray, proba: np.ndarray, label: np.ndarray, source: str
     bad = ~np.isfinite(proba) | (proba < 0) | (proba > 1)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: id {int(ids[index])}: proba {proba[index]!r} is not a probability in [0, 1]")
+        raise DataError(
+            f"{source}: id {int(ids[index])}: proba {proba[index]!r} is not a probability in [0, 1]"
+        )
     if not np.isin(label, (0, 1)).all():
         index = int(np.flatnonzero(~np.isin(label, (0, 1)))[0])
         raise DataError(f"{source}: id {int(ids[index])}: label {label[index]!r} is not 0 or 1")
@@ -54,7 +56,9 @@ def make_predictions(
 ) -> Predictions:
     ids_arr = np.asarray(ids, dtype=np.int64)
     proba_arr = np.asarray(proba, dtype=np.float64)
-    label_arr = (proba_arr >= threshold).astype(np.int64) if label is None else np.asarray(label, dtype=np.int64)
+    label_arr = (
+        (proba_arr >= threshold).astype(np.int64) if label is None else np.asarray(label, dtype=np.int64)
+    )
     _validate(ids_arr, proba_arr, label_arr, "predictions")
     return Predictions(ids_arr, proba_arr, label_arr)
 
@@ -107,13 +111,17 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
             except ValueError:
                 raise DataError(f"{path}:{line_no}: cannot parse {row!r}") from None
             if not math.isfinite(proba) or not 0.0 <= proba <= 1.0:
-                raise DataError(f"{path}:{line_no}: id {meme_id}: proba {row[1]!r} is not a probability in [0, 1]")
+                raise DataError(
+                    f"{path}:{line_no}: id {meme_id}: proba {row[1]!r} is not a probability in [0, 1]"
+                )
             if label not in (0, 1):
                 raise DataError(f"{path}:{line_no}: id {meme_id}: label {row[2]!r} is not 0 or 1")
             ids.append(meme_id)
             probas.append(proba)
             labels.append(label)
-    preds = Predictions(np.asarray(ids, np.int64), np.asarray(probas, np.float64), np.asarray(labels, np.int64))
+    preds = Predictions(
+        np.asarray(ids, np.int64), np.asarray(probas, np.float64), np.asarray(labels, np.int64)
+    )
     _validate(preds.ids, preds.proba, preds.label, str(path))
     return preds
 
@@ -125,8 +133,11 @@ def align_predictions(preds: Predictions, ids: Sequence[int], source: str = "pre
     missing = [int(i) for i in wanted if int(i) not in position]
     extra = sorted(set(position) - {int(i) for i in wanted})
     if missing or extra:
+
         def show(values: list[int]) -> str:
-            return ", ".join(map(str, values[:20])) + (f" ... ({len(values)} in all)" if len(values) > 20 else "")
+            return ", ".join(map(str, values[:20])) + (
+                f" ... ({len(values)} in all)" if len(values) > 20 else ""
+            )
 
         parts = []
         if missing:

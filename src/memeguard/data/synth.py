@@ -327,7 +327,11 @@ def _draw_group_kinds(rng: np.random.Generator, n_memes: int) -> list[str]:
 
 
 def _plan_split(
-    rng: np.random.Generator, split: str, size: int, rate: float, counter: dict[str, int],
+    rng: np.random.Generator,
+    split: str,
+    size: int,
+    rate: float,
+    counter: dict[str, int],
     label_noise: float = LABEL_NOISE,
 ) -> list[_MemePlan]:
     """Groups, labels, noise and attributes for one split (duplicates are added later)."""
@@ -659,7 +663,9 @@ def _panel(
 ) -> tuple[Image.Image, dict[str, object]]:
     """One photo-like panel: background, 2-6 small distractors, then one large salient object kept
     inside the middle 64 % of the height so captions rarely cover it."""
-    image = Image.fromarray((_background(rng, width, height, visual) * 255).round().astype(np.uint8), mode="RGB")
+    image = Image.fromarray(
+        (_background(rng, width, height, visual) * 255).round().astype(np.uint8), mode="RGB"
+    )
     draw = ImageDraw.Draw(image)
     short = min(width, height)
     for _ in range(int(rng.integers(2, 7))):
@@ -862,8 +868,14 @@ def generate_synthetic(
 
     write_json_atomic(
         out_dir / SYNTH_META_FILE,
-        {"generator": "memeguard.data.synth", "version": 1, "n": n, "seed": seed, "label_noise": label_noise,
-         "memes": meta},
+        {
+            "generator": "memeguard.data.synth",
+            "version": 1,
+            "n": n,
+            "seed": seed,
+            "label_noise": label_noise,
+            "memes": meta,
+        },
         indent=None,
     )
     for name in SPLITS:

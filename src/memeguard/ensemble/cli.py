@@ -56,7 +56,10 @@ def ensemble(
     gt: Path = typer.Option(..., "--gt", help="Labelled dev split, e.g. DATA_DIR/dev_seen.jsonl."),
     out: Path = typer.Option(..., "--out", help="Output folder for FIN_<split>.csv and weights.json."),
     method: str = choice(
-        LOOP, "--method", METHODS, aliases=METHOD_ALIASES,
+        LOOP,
+        "--method",
+        METHODS,
+        aliases=METHOD_ALIASES,
         help="loop: vilio's two passes; mean, power, rank: one unweighted blend; simplex, coordinate: one "
         "weighted blend (weights from vilio's simplex tuner or the faster coordinate search). vilio's "
         "sa, pa, ra, sx and 0.1's opt are accepted as aliases.",
@@ -76,7 +79,9 @@ def ensemble(
         help="POS,NEG counts for the threshold rule (vilio: 250,250); default: real dev counts.",
     ),
     test_labels: str = choice(
-        "prior", "--test-labels", TEST_LABEL_RULES,
+        "prior",
+        "--test-labels",
+        TEST_LABEL_RULES,
         help="How many test memes are labelled hateful: prior (the models' mean probability on the split), "
         "rate (the dev threshold's share on dev) or threshold (vilio: the dev threshold itself).",
     ),

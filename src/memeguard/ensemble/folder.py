@@ -290,7 +290,9 @@ def ensemble_folder(
     """
     method = canonical_method(method)
     if test_labels not in TEST_LABEL_RULES:
-        raise ConfigError(f"unknown test label rule {test_labels!r}; choose from {', '.join(TEST_LABEL_RULES)}")
+        raise ConfigError(
+            f"unknown test label rule {test_labels!r}; choose from {', '.join(TEST_LABEL_RULES)}"
+        )
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     if out_dir.resolve() == pred_dir.resolve():
         raise ConfigError(

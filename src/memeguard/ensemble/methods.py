@@ -119,4 +119,3 @@ def spearman_matrix(scores: np.ndarray) -> np.ndarray:
     if rho.ndim == 0:  # scipy returns a scalar for two columns
         return np.array([[1.0, float(rho)], [float(rho), 1.0]])
     return rho
-

@@ -46,7 +46,7 @@ ANCHOR_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 
 
 def parse_variant(name: str) -> tuple[int, int]:
-    """"36" -> (36, 36); "10-100" -> (10, 100): the (MIN_BOXES, MAX_BOXES) of vilio's extraction script
+    """ "36" -> (36, 36); "10-100" -> (10, 100): the (MIN_BOXES, MAX_BOXES) of vilio's extraction script
     (``py-bottom-up-attention/demo/detectron2_mscoco_proposal_maxnms.py``)."""
     match = VARIANT_PATTERN.match(str(name).strip())
     if not match:
@@ -72,7 +72,9 @@ def _hf_weights_file(path: Path) -> Path:
     if path.is_dir():
         candidate = path / HF_WEIGHTS_NAME
         if not candidate.is_file():
-            raise CheckpointError(f"{path}: folder has no {HF_WEIGHTS_NAME} (expected the unc-nlp/frcnn-vg-finetuned layout)")
+            raise CheckpointError(
+                f"{path}: folder has no {HF_WEIGHTS_NAME} (expected the unc-nlp/frcnn-vg-finetuned layout)"
+            )
         return candidate
     return path
 
@@ -105,7 +107,9 @@ def read_butd_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], 
         state = {}
         for key, value in model.items():
             if not isinstance(value, np.ndarray):
-                raise CheckpointError(f"{path}: key {key!r} is {type(value).__name__}, expected a numpy array")
+                raise CheckpointError(
+                    f"{path}: key {key!r} is {type(value).__name__}, expected a numpy array"
+                )
             state[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
         return state, "detectron2-pkl"
     state = read_torch_checkpoint(_hf_weights_file(path))
@@ -119,9 +123,14 @@ def config_from_state_dict(state: Mapping[str, Any], base: Any = None, source: s
     from memeguard.features.butd_model import ButdConfig
 
     base = base or ButdConfig()
-    required = ["backbone.stem.conv1.weight", "backbone.res2.0.conv1.weight", "backbone.res2.0.conv3.weight",
-                "proposal_generator.rpn_head.conv.weight", "proposal_generator.rpn_head.objectness_logits.weight",
-                "roi_heads.box_predictor.cls_score.weight"]
+    required = [
+        "backbone.stem.conv1.weight",
+        "backbone.res2.0.conv1.weight",
+        "backbone.res2.0.conv3.weight",
+        "proposal_generator.rpn_head.conv.weight",
+        "proposal_generator.rpn_head.objectness_logits.weight",
+        "roi_heads.box_predictor.cls_score.weight",
+    ]
     absent = [k for k in required if k not in state]
     if absent:
         raise CheckpointError(f"{source}: not a BUTD Faster R-CNN state dict; missing {absent}")
@@ -137,14 +146,20 @@ def config_from_state_dict(state: Mapping[str, Any], base: Any = None, source: s
     num_attrs = int(attr.shape[0]) - 1 if attr is not None else 0
     num_anchors = int(state["proposal_generator.rpn_head.objectness_logits.weight"].shape[0])
     if num_anchors != len(base.anchor_sizes) * len(base.aspect_ratios):
-        raise CheckpointError(f"{source}: RPN has {num_anchors} anchors per location, config expects "
-                              f"{len(base.anchor_sizes)} sizes x {len(base.aspect_ratios)} ratios")
+        raise CheckpointError(
+            f"{source}: RPN has {num_anchors} anchors per location, config expects "
+            f"{len(base.anchor_sizes)} sizes x {len(base.aspect_ratios)} ratios"
+        )
     return dataclasses.replace(
         base,
         num_classes=num_classes,
         num_attrs=num_attrs,
-        stage_blocks=(blocks("backbone.res2"), blocks("backbone.res3"), blocks("backbone.res4"),
-                      blocks("roi_heads.res5")),
+        stage_blocks=(
+            blocks("backbone.res2"),
+            blocks("backbone.res3"),
+            blocks("backbone.res4"),
+            blocks("roi_heads.res5"),
+        ),
         stem_channels=int(state["backbone.stem.conv1.weight"].shape[0]),
         bottleneck_channels=int(state["backbone.res2.0.conv1.weight"].shape[0]),
         res2_channels=int(state["backbone.res2.0.conv3.weight"].shape[0]),
@@ -174,8 +189,10 @@ def load_butd_model(path: str | os.PathLike[str], base_config: Any = None) -> tu
         stored = state[ANCHOR_KEY].float()
         ours = model.proposal_generator._cell_anchors
         if stored.shape != ours.shape or not torch.allclose(stored, ours, atol=1e-3):
-            raise CheckpointError(f"{source}: stored anchors {ANCHOR_KEY} differ from sizes "
-                                  f"{config.anchor_sizes} x ratios {config.aspect_ratios}")
+            raise CheckpointError(
+                f"{source}: stored anchors {ANCHOR_KEY} differ from sizes "
+                f"{config.anchor_sizes} x ratios {config.aspect_ratios}"
+            )
     float_state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     _, unexpected = load_mapped_state_dict(model, float_state, source=source, allowed_unexpected=_ignorable)
     model.eval()
@@ -228,9 +245,16 @@ class ButdExtractor(BaseExtractor):
     variants_share_pass = True
     default_variant = "36"
 
-    def __init__(self, weights: str | os.PathLike[str] | None = None, box_variants: Sequence[str] = ("36",),
-                 device: str = "cpu", fp16: bool = False, batch_size: int = 4, config: Any = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | None = None,
+        box_variants: Sequence[str] = ("36",),
+        device: str = "cpu",
+        fp16: bool = False,
+        batch_size: int = 4,
+        config: Any = None,
+        seed: int = 0,
+    ) -> None:
         import torch
 
         from memeguard.features.butd_model import ButdConfig, GeneralizedRCNN
@@ -252,7 +276,11 @@ class ButdExtractor(BaseExtractor):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model = GeneralizedRCNN(self.config).eval()
-            self._info: dict[str, Any] = {"layout": "random", "attributes": self.config.num_attrs > 0, "seed": seed}
+            self._info: dict[str, Any] = {
+                "layout": "random",
+                "attributes": self.config.num_attrs > 0,
+                "seed": seed,
+            }
         else:
             self.model, self._info = load_butd_model(self.weights, config)
             self.config = self.model.config
@@ -267,10 +295,19 @@ class ButdExtractor(BaseExtractor):
         return variants
 
     @classmethod
-    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
-               params: ExtractorParams) -> ButdExtractor:
-        return cls(weights=weights, box_variants=variants or (cls.default_variant,), device=device or "cpu",
-                   **dict(params))
+    def create(
+        cls,
+        weights: str | None,
+        variants: tuple[str, ...] | None,
+        device: str | None,
+        params: ExtractorParams,
+    ) -> ButdExtractor:
+        return cls(
+            weights=weights,
+            box_variants=variants or (cls.default_variant,),
+            device=device or "cpu",
+            **dict(params),
+        )
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
@@ -287,13 +324,15 @@ class ButdExtractor(BaseExtractor):
     def variants(self) -> list[str]:
         return list(self.box_variants)
 
-    def extract(self, images: Sequence[Any], meme_ids: Sequence[int], texts: Sequence[str]) -> dict[str, list[RegionRecord]]:
+    def extract(
+        self, images: Sequence[Any], meme_ids: Sequence[int], texts: Sequence[str]
+    ) -> dict[str, list[RegionRecord]]:
         if len(images) != len(meme_ids):
             raise DataError(f"BUTD extractor: {len(images)} images but {len(meme_ids)} meme ids")
         out: dict[str, list[RegionRecord]] = {v: [] for v in self.box_variants}
         for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
-            ids = meme_ids[start:start + self.batch_size]
+            batch = images[start : start + self.batch_size]
+            ids = meme_ids[start : start + self.batch_size]
             for meme_id, det in zip(ids, self.model.detect(batch, fp16=self.fp16), strict=True):
                 for variant, (low, high) in self._limits.items():
                     out[variant].append(self._record(int(meme_id), det, low, high))
@@ -340,15 +379,22 @@ class ButdExtractor(BaseExtractor):
         }
 
 
-def butd_throughput(image_size: int = 600, n_images: int = 4, batch_size: int = 4, device: str = "cpu",
-                    box_variants: Sequence[str] = ("36",)) -> float:
+def butd_throughput(
+    image_size: int = 600,
+    n_images: int = 4,
+    batch_size: int = 4,
+    device: str = "cpu",
+    box_variants: Sequence[str] = ("36",),
+) -> float:
     """Images per second of the full-size detector with random weights on square random images."""
     from PIL import Image
 
     extractor = ButdExtractor(weights=None, box_variants=box_variants, device=device, batch_size=batch_size)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
-              for _ in range(n_images)]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
+        for _ in range(n_images)
+    ]
     started = time.perf_counter()
     extractor.extract(images, list(range(n_images)), [""] * n_images)
     if extractor.device.type == "cuda":

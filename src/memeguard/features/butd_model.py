@@ -80,10 +80,24 @@ class ButdConfig:
 class ConvNorm(nn.Conv2d):
     """A bias-free conv with its FrozenBN as child ``norm`` (detectron2's ``Conv2d(norm=...)`` keys)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, bias=False)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=False,
+        )
         self.norm = FrozenBatchNorm2d(out_channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,10 +107,13 @@ class ConvNorm(nn.Conv2d):
 class BottleneckBlock(nn.Module):
     """MSRA bottleneck: the stride sits in the first 1x1 conv (STRIDE_IN_1X1=True, as in caffe)."""
 
-    def __init__(self, in_channels: int, bottleneck: int, out_channels: int, stride: int,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, bottleneck: int, out_channels: int, stride: int, dilation: int = 1
+    ) -> None:
         super().__init__()
-        self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride) if in_channels != out_channels else None
+        self.shortcut = (
+            ConvNorm(in_channels, out_channels, 1, stride=stride) if in_channels != out_channels else None
+        )
         self.conv1 = ConvNorm(in_channels, bottleneck, 1, stride=stride)
         self.conv2 = ConvNorm(bottleneck, bottleneck, 3, padding=dilation, dilation=dilation)
         self.conv3 = ConvNorm(bottleneck, out_channels, 1)
@@ -109,12 +126,25 @@ class BottleneckBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-def make_stage(num_blocks: int, in_channels: int, bottleneck: int, out_channels: int,
-               first_stride: int, dilation: int = 1) -> nn.Sequential:
+def make_stage(
+    num_blocks: int,
+    in_channels: int,
+    bottleneck: int,
+    out_channels: int,
+    first_stride: int,
+    dilation: int = 1,
+) -> nn.Sequential:
     blocks = []
     for index in range(num_blocks):
-        blocks.append(BottleneckBlock(in_channels, bottleneck, out_channels,
-                                      stride=first_stride if index == 0 else 1, dilation=dilation))
+        blocks.append(
+            BottleneckBlock(
+                in_channels,
+                bottleneck,
+                out_channels,
+                stride=first_stride if index == 0 else 1,
+                dilation=dilation,
+            )
+        )
         in_channels = out_channels
     return nn.Sequential(*blocks)
 
@@ -151,8 +181,9 @@ class ResNetC4(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def apply_deltas(deltas: torch.Tensor, boxes: torch.Tensor,
-                 weights: tuple[float, float, float, float]) -> torch.Tensor:
+def apply_deltas(
+    deltas: torch.Tensor, boxes: torch.Tensor, weights: tuple[float, float, float, float]
+) -> torch.Tensor:
     """detectron2's Box2BoxTransform.apply_deltas: deltas [R, K*4] on boxes [R, 4] -> [R, K*4]."""
     deltas = deltas.float()
     boxes = boxes.float()
@@ -170,8 +201,15 @@ def apply_deltas(deltas: torch.Tensor, boxes: torch.Tensor,
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
     pred_w = torch.exp(dw) * widths[:, None]
     pred_h = torch.exp(dh) * heights[:, None]
-    out = torch.stack((pred_ctr_x - 0.5 * pred_w, pred_ctr_y - 0.5 * pred_h,
-                       pred_ctr_x + 0.5 * pred_w, pred_ctr_y + 0.5 * pred_h), dim=2)
+    out = torch.stack(
+        (
+            pred_ctr_x - 0.5 * pred_w,
+            pred_ctr_y - 0.5 * pred_h,
+            pred_ctr_x + 0.5 * pred_w,
+            pred_ctr_y + 0.5 * pred_h,
+        ),
+        dim=2,
+    )
     return out.reshape(deltas.shape)
 
 
@@ -281,19 +319,27 @@ class Res5ROIHeads(nn.Module):
         super().__init__()
         self.config = config
         dilation = 1 if config.res5_halve else 2
-        self.res5 = make_stage(config.stage_blocks[3], config.res4_channels, config.bottleneck_channels * 8,
-                               config.res5_channels, first_stride=2 if config.res5_halve else 1, dilation=dilation)
+        self.res5 = make_stage(
+            config.stage_blocks[3],
+            config.res4_channels,
+            config.bottleneck_channels * 8,
+            config.res5_channels,
+            first_stride=2 if config.res5_halve else 1,
+            dilation=dilation,
+        )
         self.box_predictor = FastRCNNOutputLayers(config.res5_channels, config.num_classes, config.num_attrs)
 
     def pooled_features(self, features: torch.Tensor, proposals: list[torch.Tensor]) -> torch.Tensor:
         """RoIPool 14x14 on res4 (stride 16) -> res5 -> spatial mean: the 2048-d region feature."""
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(proposals)])
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(proposals)]
+        )
         # RoIs stay float32: under CUDA autocast torchvision runs roi_pool in float32 anyway, and fp16
         # box coordinates would be off by up to half a pixel at 1000 px.
         size = self.config.pooler_resolution
         chunks = []
         for start in range(0, rois.shape[0], self.config.roi_chunk):
-            crops = roi_pool(features, rois[start:start + self.config.roi_chunk], (size, size), 1.0 / 16)
+            crops = roi_pool(features, rois[start : start + self.config.roi_chunk], (size, size), 1.0 / 16)
             chunks.append(self.res5(crops).mean(dim=(2, 3)))
         if not chunks:
             return features.new_zeros((0, self.config.res5_channels))
@@ -339,7 +385,9 @@ class GeneralizedRCNN(nn.Module):
         self.backbone = ResNetC4(config)
         self.proposal_generator = RPN(config)
         self.roi_heads = Res5ROIHeads(config)
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean_bgr).view(3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(config.pixel_mean_bgr).view(3, 1, 1), persistent=False
+        )
 
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """RGB PIL images -> zero-padded BGR batch minus the caffe mean, and each resized (h, w).
@@ -388,15 +436,25 @@ class GeneralizedRCNN(nn.Module):
             attr_conf = attr_ids = None
             if attr_logits is not None:
                 attr_conf, attr_ids = F.softmax(attr_logits[part, :-1], dim=-1).max(dim=-1)
-            results.append(Detections(
-                proposals=props, features=pooled[part], max_boxes=max_boxes, max_scores=max_scores,
-                max_classes=max_classes, attr_conf=attr_conf, attr_ids=attr_ids,
-                input_size=(height, width), original_size=(image.height, image.width),
-            ))
+            results.append(
+                Detections(
+                    proposals=props,
+                    features=pooled[part],
+                    max_boxes=max_boxes,
+                    max_scores=max_scores,
+                    max_classes=max_classes,
+                    attr_conf=attr_conf,
+                    attr_ids=attr_ids,
+                    input_size=(height, width),
+                    original_size=(image.height, image.width),
+                )
+            )
         return results
 
 
-def fixed_number_select(boxes: torch.Tensor, scores: torch.Tensor, min_boxes: int, max_boxes: int) -> torch.Tensor:
+def fixed_number_select(
+    boxes: torch.Tensor, scores: torch.Tensor, min_boxes: int, max_boxes: int
+) -> torch.Tensor:
     """Vilio's "fixed-number NMS": indices of the kept boxes, best score first.
 
     For nms_thresh in 0.3, 0.4, ..., 0.9: class-agnostic NMS, keep the top ``max_boxes``;
@@ -410,7 +468,9 @@ def fixed_number_select(boxes: torch.Tensor, scores: torch.Tensor, min_boxes: in
     return keep
 
 
-def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+def rescale_boxes(
+    boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
     """Boxes in the resized image -> original pixels, clipped (detectron2 ``detector_postprocess``)."""
     (in_h, in_w), (out_h, out_w) = input_size, original_size
     scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])

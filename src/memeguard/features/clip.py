@@ -49,11 +49,15 @@ class CropGeometry:
     def from_processor(cls, processor: Any, image_size: int, source: str) -> CropGeometry:
         size, crop = dict(processor.size or {}), dict(processor.crop_size or {})
         if not processor.do_resize or "shortest_edge" not in size or not processor.do_center_crop:
-            raise CheckpointError(f"{source}: image processor must resize the shortest edge and centre-crop "
-                                  f"(size={size}, do_center_crop={processor.do_center_crop})")
+            raise CheckpointError(
+                f"{source}: image processor must resize the shortest edge and centre-crop "
+                f"(size={size}, do_center_crop={processor.do_center_crop})"
+            )
         crop_hw = (int(crop["height"]), int(crop["width"]))
         if crop_hw != (image_size, image_size):
-            raise CheckpointError(f"{source}: crop_size {crop_hw} differs from the vision tower's image_size {image_size}")
+            raise CheckpointError(
+                f"{source}: crop_size {crop_hw} differs from the vision tower's image_size {image_size}"
+            )
         return cls(int(size["shortest_edge"]), crop_hw)
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
@@ -69,8 +73,9 @@ class CropGeometry:
         return new_w / width, new_h / height, left, top
 
 
-def patch_boxes(grid: int, patch: int, geometry: tuple[float, float, float, float],
-                image_size: tuple[int, int]) -> np.ndarray:
+def patch_boxes(
+    grid: int, patch: int, geometry: tuple[float, float, float, float], image_size: tuple[int, int]
+) -> np.ndarray:
     """Row-major patch squares of the crop, mapped back to original pixels and clipped: [grid*grid, 4]."""
     scale_x, scale_y, left, top = geometry
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
@@ -79,7 +84,9 @@ def patch_boxes(grid: int, patch: int, geometry: tuple[float, float, float, floa
     x2 = ((cols.reshape(-1) + 1) * patch + left) / scale_x
     y2 = ((rows.reshape(-1) + 1) * patch + top) / scale_y
     height, width = image_size
-    boxes = np.stack([np.clip(x1, 0, width), np.clip(y1, 0, height), np.clip(x2, 0, width), np.clip(y2, 0, height)], 1)
+    boxes = np.stack(
+        [np.clip(x1, 0, width), np.clip(y1, 0, height), np.clip(x2, 0, width), np.clip(y2, 0, height)], 1
+    )
     return boxes.astype(np.float32)
 
 
@@ -110,7 +117,9 @@ class ClipExtractor(BaseExtractor):
         self.batch_size = batch_size
         self.device = torch.device(device)
         try:
-            self.model = CLIPModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
+            self.model = (
+                CLIPModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
+            )
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.model_dir}: cannot load CLIP model/tokenizer ({exc})") from exc
@@ -119,11 +128,18 @@ class ClipExtractor(BaseExtractor):
         self.grid = int(vision.image_size) // self.patch_size
         self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
         self.processor = self._image_processor(int(vision.image_size))
-        self.geometry = CropGeometry.from_processor(self.processor, int(vision.image_size), str(self.model_dir))
+        self.geometry = CropGeometry.from_processor(
+            self.processor, int(vision.image_size), str(self.model_dir)
+        )
 
     @classmethod
-    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
-               params: ExtractorParams) -> ClipExtractor:
+    def create(
+        cls,
+        weights: str | None,
+        variants: tuple[str, ...] | None,
+        device: str | None,
+        params: ExtractorParams,
+    ) -> ClipExtractor:
         assert weights is not None  # check_options requires it
         return cls(model_dir=weights, device=device or "cpu", **dict(params))
 
@@ -145,12 +161,16 @@ class ClipExtractor(BaseExtractor):
                 return AutoImageProcessor.from_pretrained(self.model_dir, local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"{self.model_dir}: cannot load the image processor ({exc})") from exc
-        return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        return CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
 
     def variants(self) -> list[str]:
         return ["default"]
 
-    def extract(self, images: Sequence[Image.Image], meme_ids: Sequence[int], texts: Sequence[str]) -> dict[str, list[RegionRecord]]:
+    def extract(
+        self, images: Sequence[Image.Image], meme_ids: Sequence[int], texts: Sequence[str]
+    ) -> dict[str, list[RegionRecord]]:
         if not (len(images) == len(meme_ids) == len(texts)):
             raise DataError(f"CLIP extractor: {len(images)} images, {len(meme_ids)} ids, {len(texts)} texts")
         records: list[RegionRecord] = []
@@ -159,31 +179,44 @@ class ClipExtractor(BaseExtractor):
             records.extend(self._batch(images[start:stop], meme_ids[start:stop], texts[start:stop]))
         return {"default": records}
 
-    def _batch(self, images: Sequence[Image.Image], ids: Sequence[int], texts: Sequence[str]) -> list[RegionRecord]:
+    def _batch(
+        self, images: Sequence[Image.Image], ids: Sequence[int], texts: Sequence[str]
+    ) -> list[RegionRecord]:
         import torch
         from torch.nn import functional as F
 
         rgb = [image.convert("RGB") for image in images]
         pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"].to(self.device)
-        tokens = self.tokenizer([str(t) for t in texts], padding=True, truncation=True,
-                                max_length=self.max_text_length, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(
+            [str(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_length,
+            return_tensors="pt",
+        ).to(self.device)
         with torch.no_grad():
             vision = self.model.vision_model(pixel_values=pixels)
             patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
             image_embeds = F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1)
-            text = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            text = self.model.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            )
             text_embeds = F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
         out = []
         for i, (image, meme_id) in enumerate(zip(images, ids, strict=True)):
             size = (image.height, image.width)
-            out.append(RegionRecord(
-                meme_id=int(meme_id),
-                features=patches[i].float().cpu().numpy(),
-                boxes=patch_boxes(self.grid, self.patch_size, self.geometry(*size), size),
-                image_size=size,
-                extras={"image_embeds": image_embeds[i].float().cpu().numpy(),
-                        "text_embeds": text_embeds[i].float().cpu().numpy()},
-            ))
+            out.append(
+                RegionRecord(
+                    meme_id=int(meme_id),
+                    features=patches[i].float().cpu().numpy(),
+                    boxes=patch_boxes(self.grid, self.patch_size, self.geometry(*size), size),
+                    image_size=size,
+                    extras={
+                        "image_embeds": image_embeds[i].float().cpu().numpy(),
+                        "text_embeds": text_embeds[i].float().cpu().numpy(),
+                    },
+                )
+            )
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -191,8 +224,10 @@ class ClipExtractor(BaseExtractor):
 
         from memeguard.features.butd import file_sha256
 
-        weights = next((self.model_dir / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
-                        if (self.model_dir / n).is_file()), None)
+        weights = next(
+            (self.model_dir / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME) if (self.model_dir / n).is_file()),
+            None,
+        )
         return {
             "extractor": self.name,
             "model_dir": str(self.model_dir),

@@ -110,7 +110,10 @@ class BaseExtractor:
 
     @classmethod
     def create(
-        cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
+        cls,
+        weights: str | None,
+        variants: tuple[str, ...] | None,
+        device: str | None,
         params: ExtractorParams,
     ) -> Extractor:
         """Build from checked options (``device`` None: the extractor's default; CPU-only ones ignore it)."""

@@ -196,8 +196,13 @@ class GridExtractor(BaseExtractor):
         self.cell_px = cell_px
 
     @classmethod
-    def create(cls, weights: str | None, variants: tuple[str, ...] | None, device: str | None,
-               params: ExtractorParams) -> GridExtractor:
+    def create(
+        cls,
+        weights: str | None,
+        variants: tuple[str, ...] | None,
+        device: str | None,
+        params: ExtractorParams,
+    ) -> GridExtractor:
         return cls(**dict(params))  # numpy on the CPU: weights, variants and device do not apply
 
     @classmethod

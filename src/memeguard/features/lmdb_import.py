@@ -171,5 +171,12 @@ def import_lmdb(
     path = Path(path)
     report = ImportReport(str(path), str(out))
     store_meta = {"extractor": "import-lmdb", "source": str(path.resolve()), "source_format": "mmf-lmdb"}
-    return store_records(iter_lmdb(path, report), out, dtype, {**store_meta, **(meta or {})}, report, progress,
-                         f"importing {path.name}")
+    return store_records(
+        iter_lmdb(path, report),
+        out,
+        dtype,
+        {**store_meta, **(meta or {})},
+        report,
+        progress,
+        f"importing {path.name}",
+    )

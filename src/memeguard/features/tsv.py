@@ -204,8 +204,15 @@ def import_tsv(
     path = Path(path)
     report = ImportReport(str(path), str(out))
     store_meta = {"extractor": "import-tsv", "source": str(path.resolve()), "source_format": "vilio-tsv"}
-    return store_records(iter_tsv(path, report, skip_bad_lines), out, dtype, {**store_meta, **(meta or {})},
-                         report, progress, f"importing {path.name}")
+    return store_records(
+        iter_tsv(path, report, skip_bad_lines),
+        out,
+        dtype,
+        {**store_meta, **(meta or {})},
+        report,
+        progress,
+        f"importing {path.name}",
+    )
 
 
 def store_records(

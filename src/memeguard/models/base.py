@@ -170,7 +170,9 @@ class RegionTextProcessor:
         mean_arr = np.asarray(mean, dtype=np.float32)
         std_arr = np.asarray(std, dtype=np.float32)
         return [
-            dataclasses.replace(record, features=(np.asarray(record.features, np.float32) - mean_arr) / std_arr)
+            dataclasses.replace(
+                record, features=(np.asarray(record.features, np.float32) - mean_arr) / std_arr
+            )
             for record in regions
         ]
 

@@ -264,7 +264,9 @@ def layer_kwargs_from_config(config: Any) -> dict[str, Any]:
 
 def encoder_from_config(config: Any, num_layers: int | None = None) -> BertEncoder:
     """A BertEncoder of ``num_layers`` (default ``config.num_hidden_layers``) BERT-style layers."""
-    return BertEncoder(config.num_hidden_layers if num_layers is None else num_layers, **layer_kwargs_from_config(config))
+    return BertEncoder(
+        config.num_hidden_layers if num_layers is None else num_layers, **layer_kwargs_from_config(config)
+    )
 
 
 def text_embeddings_from_config(config: Any) -> BertTextEmbeddings:
@@ -283,7 +285,9 @@ def text_embeddings_from_config(config: Any) -> BertTextEmbeddings:
 class MLMHead(nn.Module):
     """BERT's ``cls.predictions``: transform (dense, act, LayerNorm) then decoder tied to word embeddings."""
 
-    def __init__(self, hidden_size: int, word_embeddings: nn.Embedding, act: str = "gelu", eps: float = 1e-12):
+    def __init__(
+        self, hidden_size: int, word_embeddings: nn.Embedding, act: str = "gelu", eps: float = 1e-12
+    ):
         super().__init__()
         self.transform = nn.Module()
         self.transform.dense = nn.Linear(hidden_size, hidden_size)

@@ -156,8 +156,16 @@ class DevlbertBiAttention(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        q1, k1, v1 = self._split(self.query1(vision)), self._split(self.key1(vision)), self._split(self.value1(vision))
-        q2, k2, v2 = self._split(self.query2(text)), self._split(self.key2(text)), self._split(self.value2(text))
+        q1, k1, v1 = (
+            self._split(self.query1(vision)),
+            self._split(self.key1(vision)),
+            self._split(self.value1(vision)),
+        )
+        q2, k2, v2 = (
+            self._split(self.query2(text)),
+            self._split(self.key2(text)),
+            self._split(self.value2(text)),
+        )
         text_context = self._attend(q2, k1, v1, vision_mask, self.dropout1_p)
         vision_context = self._attend(q1, k2, v2, text_mask, self.dropout2_p)
         return text_context, vision_context
@@ -177,7 +185,11 @@ class DevlbertBiOutput(nn.Module):
         self.dropout2 = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, vision_context: torch.Tensor, vision: torch.Tensor, text_context: torch.Tensor, text: torch.Tensor
+        self,
+        vision_context: torch.Tensor,
+        vision: torch.Tensor,
+        text_context: torch.Tensor,
+        text: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         vision = self.LayerNorm1(self.dropout1(self.dense1(vision_context)) + vision)
         text = self.LayerNorm2(self.dropout2(self.dense2(text_context)) + text)
@@ -192,12 +204,18 @@ class DevlbertConnectionLayer(nn.Module):
         eps = config.layer_norm_eps
         self.biattention = DevlbertBiAttention(config)
         self.biOutput = DevlbertBiOutput(config)
-        self.v_intermediate = BertIntermediate(config.v_hidden_size, config.v_intermediate_size, config.v_hidden_act)
+        self.v_intermediate = BertIntermediate(
+            config.v_hidden_size, config.v_intermediate_size, config.v_hidden_act
+        )
         self.v_output = DenseResidualNorm(
             config.v_intermediate_size, config.v_hidden_size, config.v_hidden_dropout_prob, eps
         )
-        self.t_intermediate = BertIntermediate(config.hidden_size, config.intermediate_size, config.hidden_act)
-        self.t_output = DenseResidualNorm(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, eps)
+        self.t_intermediate = BertIntermediate(
+            config.hidden_size, config.intermediate_size, config.hidden_act
+        )
+        self.t_output = DenseResidualNorm(
+            config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, eps
+        )
 
     def forward(
         self, vision: torch.Tensor, vision_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
@@ -222,13 +240,17 @@ class DevlbertEncoder(nn.Module):
         self.v_biattention_id = list(config.v_biattention_id)
         self.t_biattention_id = list(config.t_biattention_id)
         self.layer = nn.ModuleList(
-            BertLayer(**layer_kwargs_from_config(config))
-            for _ in range(config.num_hidden_layers)
+            BertLayer(**layer_kwargs_from_config(config)) for _ in range(config.num_hidden_layers)
         )
         self.v_layer = nn.ModuleList(
             BertLayer(
-                config.v_hidden_size, config.v_num_attention_heads, config.v_intermediate_size, config.v_hidden_act,
-                config.v_attention_probs_dropout_prob, config.v_hidden_dropout_prob, eps,
+                config.v_hidden_size,
+                config.v_num_attention_heads,
+                config.v_intermediate_size,
+                config.v_hidden_act,
+                config.v_attention_probs_dropout_prob,
+                config.v_hidden_dropout_prob,
+                eps,
             )
             for _ in range(config.v_num_hidden_layers)
         )
@@ -238,7 +260,9 @@ class DevlbertEncoder(nn.Module):
         self, text: torch.Tensor, vision: torch.Tensor, text_mask: torch.Tensor, vision_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         v_start = t_start = 0
-        for co_layer, v_end, t_end in zip(self.c_layer, self.v_biattention_id, self.t_biattention_id, strict=True):
+        for co_layer, v_end, t_end in zip(
+            self.c_layer, self.v_biattention_id, self.t_biattention_id, strict=True
+        ):
             for index in range(v_start, v_end):
                 vision = self.v_layer[index](vision, vision_mask)
             for index in range(t_start, t_end):
@@ -300,7 +324,10 @@ class WeightNormClassifier(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            WeightNormLinear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), WeightNormLinear(hidden_dim, out_dim)
+            WeightNormLinear(in_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            WeightNormLinear(hidden_dim, out_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -384,7 +411,10 @@ class DevlbertModel(MemeModel):
         text = bert.embeddings(input_ids, batch.get("token_type_ids"))
         vision = bert.v_embeddings(feats, batch["visual_boxes"].to(dtype))
         text, vision = bert.encoder(
-            text, vision, extended_attention_mask(text_mask, dtype), extended_attention_mask(vision_mask, dtype)
+            text,
+            vision,
+            extended_attention_mask(text_mask, dtype),
+            extended_attention_mask(vision_mask, dtype),
         )
         pooled_t, pooled_v = bert.t_pooler(text), bert.v_pooler(vision)
         fused = pooled_t * pooled_v if self.config.fusion_method == "mul" else pooled_t + pooled_v

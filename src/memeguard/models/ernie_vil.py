@@ -77,7 +77,9 @@ class ErnieVilConfig(VLConfig):
     def __post_init__(self) -> None:
         v_ids, t_ids = list(self.v_biattention_id), list(self.t_biattention_id)
         if not v_ids or len(v_ids) != len(t_ids):
-            raise ConfigError("ernie-vil: v_biattention_id and t_biattention_id must be non-empty and of equal length")
+            raise ConfigError(
+                "ernie-vil: v_biattention_id and t_biattention_id must be non-empty and of equal length"
+            )
         if v_ids != sorted(v_ids) or t_ids != sorted(t_ids):
             raise ConfigError("ernie-vil: co-attention ids must be non-decreasing")
         # The Paddle encoder runs exactly one text/vision layer after the last co-layer, so the layer
@@ -146,7 +148,9 @@ class ErnieVilProcessor(RegionTextProcessor):
         if gt_regions is None:
             return super().__call__(memes, regions)
         if not (len(memes) == len(regions) == len(gt_regions)):
-            raise ValueError(f"{len(memes)} memes, {len(regions)} region records, {len(gt_regions)} gt records")
+            raise ValueError(
+                f"{len(memes)} memes, {len(regions)} region records, {len(gt_regions)} gt records"
+            )
         self.check_regions(regions)
         self.check_regions(gt_regions)
         regions, gt_regions = self.normalize_regions(regions), self.normalize_regions(gt_regions)
@@ -165,7 +169,9 @@ class ErnieVilProcessor(RegionTextProcessor):
         length = max(features.shape[0] for features, _ in encoded)
         batch["visual_feats"] = pad_stack([f for f, _ in encoded], length, torch.float32)
         batch["visual_boxes"] = pad_stack([p for _, p in encoded], length, torch.float32)
-        batch["visual_mask"] = pad_stack([np.ones(f.shape[0], dtype=np.int64) for f, _ in encoded], length, torch.long)
+        batch["visual_mask"] = pad_stack(
+            [np.ones(f.shape[0], dtype=np.int64) for f, _ in encoded], length, torch.long
+        )
         batch["ids"] = torch.tensor([int(meme.id) for meme in memes], dtype=torch.long)
         if all(meme.label is not None for meme in memes):
             batch["labels"] = torch.tensor([float(meme.label) for meme in memes], dtype=torch.float32)
@@ -208,8 +214,11 @@ class CrossAttention(nn.Module):
     def __init__(self, query_size: int, context_size: int, config: ErnieVilConfig) -> None:
         super().__init__()
         self.self = MultiHeadAttention(
-            query_size, config.co_num_attention_heads, config.attention_probs_dropout_prob,
-            ctx_dim=context_size, head_dim_total=config.co_hidden_size,
+            query_size,
+            config.co_num_attention_heads,
+            config.attention_probs_dropout_prob,
+            ctx_dim=context_size,
+            head_dim_total=config.co_hidden_size,
         )
         self.output = DenseResidualNorm(
             config.co_hidden_size, query_size, config.hidden_dropout_prob, config.layer_norm_eps
@@ -227,13 +236,21 @@ class ErnieVilCoLayer(nn.Module):
         eps, drop = config.layer_norm_eps, config.hidden_dropout_prob
         self.t_attention = CrossAttention(config.hidden_size, config.v_hidden_size, config)
         self.v_attention = CrossAttention(config.v_hidden_size, config.hidden_size, config)
-        self.t_intermediate = BertIntermediate(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.t_intermediate = BertIntermediate(
+            config.hidden_size, config.intermediate_size, config.hidden_act
+        )
         self.t_output = DenseResidualNorm(config.intermediate_size, config.hidden_size, drop, eps)
-        self.v_intermediate = BertIntermediate(config.v_hidden_size, config.v_intermediate_size, config.hidden_act)
+        self.v_intermediate = BertIntermediate(
+            config.v_hidden_size, config.v_intermediate_size, config.hidden_act
+        )
         self.v_output = DenseResidualNorm(config.v_intermediate_size, config.v_hidden_size, drop, eps)
 
     def forward(
-        self, text: torch.Tensor, vision: torch.Tensor, text_to_vision: torch.Tensor, vision_to_text: torch.Tensor
+        self,
+        text: torch.Tensor,
+        vision: torch.Tensor,
+        text_to_vision: torch.Tensor,
+        vision_to_text: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         new_text = self.t_attention(text, vision, text_to_vision)
         new_vision = self.v_attention(vision, text, vision_to_text)
@@ -252,13 +269,17 @@ class ErnieVilEncoder(nn.Module):
         self.v_biattention_id = list(config.v_biattention_id)
         self.t_biattention_id = list(config.t_biattention_id)
         self.layer = nn.ModuleList(
-            BertLayer(**layer_kwargs_from_config(config))
-            for _ in range(config.num_hidden_layers)
+            BertLayer(**layer_kwargs_from_config(config)) for _ in range(config.num_hidden_layers)
         )
         self.v_layer = nn.ModuleList(
             BertLayer(
-                config.v_hidden_size, config.v_num_attention_heads, config.v_intermediate_size, config.hidden_act,
-                config.attention_probs_dropout_prob, config.hidden_dropout_prob, eps,
+                config.v_hidden_size,
+                config.v_num_attention_heads,
+                config.v_intermediate_size,
+                config.hidden_act,
+                config.attention_probs_dropout_prob,
+                config.hidden_dropout_prob,
+                eps,
             )
             for _ in range(config.v_num_hidden_layers)
         )
@@ -273,7 +294,9 @@ class ErnieVilEncoder(nn.Module):
         text_to_vision = pair_attention_bias(text_mask, vision_mask, dtype)
         vision_to_text = pair_attention_bias(vision_mask, text_mask, dtype)
         t_start = v_start = 0
-        for co_layer, v_end, t_end in zip(self.c_layer, self.v_biattention_id, self.t_biattention_id, strict=True):
+        for co_layer, v_end, t_end in zip(
+            self.c_layer, self.v_biattention_id, self.t_biattention_id, strict=True
+        ):
             for index in range(t_start, t_end):
                 text = self.layer[index](text, text_bias)
             for index in range(v_start, v_end):
@@ -311,8 +334,12 @@ class ErnieVilModel(MemeModel):
         self.classifier = nn.Linear(config.co_hidden_size, 1)
         self.init_weights()
         # Paddle's TruncatedNormal(0.02) for hm_fc (cut at two standard deviations).
-        nn.init.trunc_normal_(self.classifier.weight, std=config.initializer_range,
-                              a=-2 * config.initializer_range, b=2 * config.initializer_range)
+        nn.init.trunc_normal_(
+            self.classifier.weight,
+            std=config.initializer_range,
+            a=-2 * config.initializer_range,
+            b=2 * config.initializer_range,
+        )
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
@@ -365,7 +392,9 @@ class ErnieVilModel(MemeModel):
         arrays = read_paddle_params(folder, names=[name for name in names if name in files])
         state = convert_paddle_params(arrays, self.config)
         missing, unexpected = load_mapped_state_dict(
-            self, state, source=str(folder),
+            self,
+            state,
+            source=str(folder),
             allowed_missing=(lambda key: key.startswith("classifier.")) if not fine_tuned else (),
         )
         return missing, unexpected + extras
@@ -397,7 +426,10 @@ def _fc(paddle: str, ours: str) -> dict[str, tuple[str, bool]]:
 
 
 def _norm(paddle: str, ours: str) -> dict[str, tuple[str, bool]]:
-    return {f"{paddle}_layer_norm_scale": (f"{ours}.weight", False), f"{paddle}_layer_norm_bias": (f"{ours}.bias", False)}
+    return {
+        f"{paddle}_layer_norm_scale": (f"{ours}.weight", False),
+        f"{paddle}_layer_norm_bias": (f"{ours}.bias", False),
+    }
 
 
 def _self_layer(paddle: str, ours: str) -> dict[str, tuple[str, bool]]:
@@ -418,8 +450,12 @@ def _co_layer(paddle: str, ours: str) -> dict[str, tuple[str, bool]]:
     table: dict[str, tuple[str, bool]] = {}
     for side, stream in (("", "t"), ("_vl", "v")):
         for part in ("query", "key", "value"):
-            table.update(_fc(f"{paddle}{side}_multi_head_att_{part}_fc", f"{ours}.{stream}_attention.self.{part}"))
-        table.update(_fc(f"{paddle}{side}_multi_head_att_output_fc", f"{ours}.{stream}_attention.output.dense"))
+            table.update(
+                _fc(f"{paddle}{side}_multi_head_att_{part}_fc", f"{ours}.{stream}_attention.self.{part}")
+            )
+        table.update(
+            _fc(f"{paddle}{side}_multi_head_att_output_fc", f"{ours}.{stream}_attention.output.dense")
+        )
         table.update(_norm(f"{paddle}{side}_post_att", f"{ours}.{stream}_attention.output.LayerNorm"))
         table.update(_fc(f"{paddle}{side}_ffn_fc_0", f"{ours}.{stream}_intermediate.dense"))
         table.update(_fc(f"{paddle}{side}_ffn_fc_1", f"{ours}.{stream}_output.dense"))
@@ -450,7 +486,9 @@ def paddle_name_map(config: ErnieVilConfig) -> dict[str, tuple[str, bool]]:
     return table
 
 
-def convert_paddle_params(arrays: Mapping[str, np.ndarray], config: ErnieVilConfig) -> dict[str, torch.Tensor]:
+def convert_paddle_params(
+    arrays: Mapping[str, np.ndarray], config: ErnieVilConfig
+) -> dict[str, torch.Tensor]:
     """Paddle arrays (by variable name) -> our state dict; unknown names are an error."""
     table = paddle_name_map(config)
     unknown = sorted(set(arrays) - set(table))
@@ -527,7 +565,9 @@ def parse_tensor_desc(buffer: bytes, where: str = "tensor") -> tuple[int, list[i
             length, pos = _read_varint(buffer, pos, where)
             pos += length
         else:
-            raise CheckpointError(f"{where}: unsupported protobuf wire type {wire_type} in the tensor description")
+            raise CheckpointError(
+                f"{where}: unsupported protobuf wire type {wire_type} in the tensor description"
+            )
     if data_type is None:
         raise CheckpointError(f"{where}: tensor description has no data_type")
     if any(d < 0 for d in dims):
@@ -547,7 +587,9 @@ def read_paddle_tensor(path: str | os.PathLike[str]) -> np.ndarray:
 
     def take(pos: int, size: int, what: str) -> int:
         if pos + size > len(buffer):
-            raise CheckpointError(f"{where}: file ends inside the {what} (byte {pos}, {len(buffer)} bytes in all)")
+            raise CheckpointError(
+                f"{where}: file ends inside the {what} (byte {pos}, {len(buffer)} bytes in all)"
+            )
         return pos + size
 
     pos = take(0, 4, "LoDTensor version")
@@ -583,7 +625,9 @@ def read_paddle_tensor(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=pos).reshape(dims).copy()
 
 
-def read_paddle_params(path: str | os.PathLike[str], names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def read_paddle_params(
+    path: str | os.PathLike[str], names: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
     """A Paddle ``params/`` or ``step_*`` folder -> {variable name: array}.
 
     With ``names``, only those files are read (missing ones are skipped: the caller accounts for
@@ -593,7 +637,9 @@ def read_paddle_params(path: str | os.PathLike[str], names: Iterable[str] | None
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder of Paddle variables")
     if names is None:
-        wanted = sorted(p.name for p in folder.iterdir() if p.is_file() and not is_paddle_optimizer_state(p.name))
+        wanted = sorted(
+            p.name for p in folder.iterdir() if p.is_file() and not is_paddle_optimizer_state(p.name)
+        )
     else:
         wanted = [name for name in names if (folder / name).is_file()]
     return {name: read_paddle_tensor(folder / name) for name in wanted}
@@ -647,4 +693,3 @@ __all__ = [
     "read_paddle_params",
     "read_paddle_tensor",
 ]
-

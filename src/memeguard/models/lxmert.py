@@ -87,7 +87,9 @@ class LxmertConfig(VLConfig):
             if getattr(self, name) < 0:
                 raise ConfigError(f"lxmert: {name} must be >= 0, got {getattr(self, name)}")
         if self.visual_pos_dim != 4:
-            raise ConfigError(f"lxmert: visual_pos_dim must be 4 (x1, y1, x2, y2 boxes), got {self.visual_pos_dim}")
+            raise ConfigError(
+                f"lxmert: visual_pos_dim must be 4 (x1, y1, x2, y2 boxes), got {self.visual_pos_dim}"
+            )
 
 
 # -- blocks specific to LXMERT ----------------------------------------------------------------
@@ -122,7 +124,9 @@ class CrossAttentionLayer(nn.Module):
             config.hidden_size, config.hidden_size, config.hidden_dropout_prob, config.layer_norm_eps
         )
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.output(self.att(hidden, context_mask, context), hidden)
 
 

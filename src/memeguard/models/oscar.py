@@ -150,7 +150,7 @@ def _pretrained_key(key: str) -> str:
     """vilio's ``ModelO.load``: strip one leading ``bert.`` or ``module.``."""
     for prefix in ("bert.", "module."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 

@@ -79,7 +79,9 @@ def _load(spec: str, lowercase: bool | None) -> Any:
             ]
             return RobertaTokenizer(vocab=vocab, merges=merges)
         if (path / "vocab.txt").is_file():
-            do_lower = lowercase if lowercase is not None else "uncased" in path.name or "cased" not in path.name
+            do_lower = (
+                lowercase if lowercase is not None else "uncased" in path.name or "cased" not in path.name
+            )
             return _bert(path / "vocab.txt", do_lower)
         if (path / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))

@@ -133,8 +133,12 @@ class VisualBertBackbone(nn.Module):
         visual_mask = batch.get("visual_mask")
         if visual_mask is None:
             visual_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=visual_feats.device)
-        embedded = self.embeddings(input_ids, token_type_ids, visual_feats.to(self.embeddings.projection.weight.dtype))
-        mask = extended_attention_mask(torch.cat([text_mask, visual_mask.to(text_mask.dtype)], dim=1), embedded.dtype)
+        embedded = self.embeddings(
+            input_ids, token_type_ids, visual_feats.to(self.embeddings.projection.weight.dtype)
+        )
+        mask = extended_attention_mask(
+            torch.cat([text_mask, visual_mask.to(text_mask.dtype)], dim=1), embedded.dtype
+        )
         return self.encoder(embedded, mask, return_all=True)  # type: ignore[return-value]
 
 
@@ -156,7 +160,9 @@ def _vilio_model_key(key: str) -> str:
 
 def convert_mmf(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
     """MMF ``model.pth``: ``model.bert.*`` -> ``bert.*``; ``model.cls.*`` left as is (unexpected)."""
-    return {(key.removeprefix("model.") if key.startswith("model.bert.") else key): v for key, v in state.items()}
+    return {
+        (key.removeprefix("model.") if key.startswith("model.bert.") else key): v for key, v in state.items()
+    }
 
 
 def convert_vilio_pretrained(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
@@ -174,7 +180,7 @@ def convert_huggingface(state: Mapping[str, torch.Tensor], config: Any = None) -
             continue
         for old, new in HF_RENAMES.items():
             if bare.startswith(old):
-                bare = new + bare[len(old):]
+                bare = new + bare[len(old) :]
         out[f"bert.{bare}"] = value
     return out
 
@@ -272,7 +278,9 @@ class VisualBertModel(MemeModel):
         pooled = self._pool(self.bert(batch))
         if self.config.head == "mlp":
             return two_class_to_logit(self.classifier(pooled))
-        samples = [self.classifier(self.sample_dropout(pooled)) for _ in range(self.config.num_dropout_samples)]
+        samples = [
+            self.classifier(self.sample_dropout(pooled)) for _ in range(self.config.num_dropout_samples)
+        ]
         return two_class_to_logit(torch.stack(samples, dim=0).mean(dim=0))
 
 

@@ -60,22 +60,37 @@ def run(
         ..., help=f"Recipe YAML file, or a shipped recipe: {', '.join(SHIPPED_RECIPES)}."
     ),
     overrides: list[str] | None = typer.Argument(
-        None, metavar="KEY.PATH=VALUE",
+        None,
+        metavar="KEY.PATH=VALUE",
         help="Recipe fields to override, values in YAML: models.0.train.epochs=3, models.V.train.lr=1e-4, "
         "ensemble.method=rank.",
     ),
     data: Path = typer.Option(..., "--data", help="Dataset folder in the Hateful Memes layout."),
     out: Path = typer.Option(..., "--out", help="Output folder (stages are cached here)."),
-    inference_only: bool = typer.Option(False, "--inference-only", help="Predict with the runs' fine-tuned checkpoints."),
+    inference_only: bool = typer.Option(
+        False, "--inference-only", help="Predict with the runs' fine-tuned checkpoints."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N memes of every split (smoke runs)."),
-    workers: int = typer.Option(1, "--workers", help="Stages run in parallel processes (fine-tunes of different runs)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Only the first N memes of every split (smoke runs)."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", help="Stages run in parallel processes (fine-tunes of different runs)."
+    ),
 ) -> None:
     """Run a recipe: clean -> features -> pretrain -> fine-tune -> seed average -> ensemble -> report."""
     from memeguard.pipeline.runner import run_recipe
 
-    report = run_recipe(resolve_recipe(recipe), data, out, inference_only=inference_only, device=device, limit=limit,
-                        workers=workers, overrides=overrides or ())
+    report = run_recipe(
+        resolve_recipe(recipe),
+        data,
+        out,
+        inference_only=inference_only,
+        device=device,
+        limit=limit,
+        workers=workers,
+        overrides=overrides or (),
+    )
     print_summary(report)
     typer.echo(f"{fin_file('*')} and {REPORT_FILE} in {out}")
 

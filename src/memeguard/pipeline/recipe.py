@@ -106,7 +106,15 @@ class FeatureSetSpec(_Strict):
 
     @property
     def source(self) -> str:
-        return "extract" if self.extractor else "tsv" if self.import_tsv else "lmdb" if self.import_lmdb else "store"
+        return (
+            "extract"
+            if self.extractor
+            else "tsv"
+            if self.import_tsv
+            else "lmdb"
+            if self.import_lmdb
+            else "store"
+        )
 
 
 class CheckpointPair(_Strict):
@@ -284,7 +292,9 @@ def _check_paths(recipe: Recipe, base: Path, inference_only: bool, where: str) -
                     problems.append(f"model {model.name}, run {run.name}: --inference-only needs checkpoints")
                     continue
                 run.checkpoints.train = need(f"{run.name}: checkpoints.train", run.checkpoints.train) or ""
-                run.checkpoints.traindev = need(f"{run.name}: checkpoints.traindev", run.checkpoints.traindev) or ""
+                run.checkpoints.traindev = (
+                    need(f"{run.name}: checkpoints.traindev", run.checkpoints.traindev) or ""
+                )
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 
@@ -411,8 +421,9 @@ def _read_recipe_file(path: Path) -> tuple[yaml.Node, dict[str, Any]]:
     return document, data
 
 
-def _validate(data: dict[str, Any], document: yaml.Node, path: Path, *, inference_only: bool,
-              check_models: bool) -> Recipe:
+def _validate(
+    data: dict[str, Any], document: yaml.Node, path: Path, *, inference_only: bool, check_models: bool
+) -> Recipe:
     """Build the recipe from parsed ``data``; every error names the file and the line in ``document``."""
     try:
         recipe = Recipe.model_validate(data)

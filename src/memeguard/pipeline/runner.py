@@ -88,8 +88,14 @@ class Stage:
 
     def finalize(self, root: Path) -> None:
         # The package version is part of the key: a new release may compute a stage differently.
-        self.key = fingerprint({"kind": self.kind, "config": self.config, "deps": [d.key for d in self.deps],
-                                "version": __version__})
+        self.key = fingerprint(
+            {
+                "kind": self.kind,
+                "config": self.config,
+                "deps": [d.key for d in self.deps],
+                "version": __version__,
+            }
+        )
         self.directory = root / STAGES_DIR / self.kind / f"{self.label}-{self.key[:12]}"
 
     @property
@@ -144,8 +150,13 @@ class RecipeRunner:
 
     def build(self) -> list[Stage]:
         self.clean_stage = self._add(
-            Stage("clean", "data", {"data": dataset_fingerprint(self.data_dir), "clean": self.recipe.clean},
-                  [], self._do_clean)
+            Stage(
+                "clean",
+                "data",
+                {"data": dataset_fingerprint(self.data_dir), "clean": self.recipe.clean},
+                [],
+                self._do_clean,
+            )
         )
         self._build_features()
         for model in self.recipe.enabled_models:
@@ -162,13 +173,24 @@ class RecipeRunner:
         shared: dict[str, list[tuple[str, FeatureSetSpec]]] = {}
         for name, spec in self.recipe.features.items():
             if spec.extractor and extractor_class(spec.extractor).variants_share_pass:
-                group = fingerprint({"extractor": spec.extractor, "weights": spec.weights,
-                                     "params": spec.params, "dtype": spec.dtype})
+                group = fingerprint(
+                    {
+                        "extractor": spec.extractor,
+                        "weights": spec.weights,
+                        "params": spec.params,
+                        "dtype": spec.dtype,
+                    }
+                )
                 shared.setdefault(group, []).append((name, spec))
                 continue
             if spec.source == "extract":
-                config = {"extractor": spec.extractor, "weights": spec.weights, "params": spec.params,
-                          "dtype": spec.dtype, "data": self.clean_stage.config["data"]}
+                config = {
+                    "extractor": spec.extractor,
+                    "weights": spec.weights,
+                    "params": spec.params,
+                    "dtype": spec.dtype,
+                    "data": self.clean_stage.config["data"],
+                }
                 if spec.weights:
                     config["weights_id"] = file_fingerprint(Path(spec.weights))
                 stage = self._add(Stage("features", name, config, [], self._extract_action([spec], None)))
@@ -189,8 +211,14 @@ class RecipeRunner:
         assert first.extractor is not None
         default = extractor_class(first.extractor).default_variant
         variants = sorted({spec.boxes or default for _, spec in members})
-        config = {"extractor": first.extractor, "weights": first.weights, "params": first.params,
-                  "dtype": first.dtype, "variants": variants, "data": self.clean_stage.config["data"]}
+        config = {
+            "extractor": first.extractor,
+            "weights": first.weights,
+            "params": first.params,
+            "dtype": first.dtype,
+            "variants": variants,
+            "data": self.clean_stage.config["data"],
+        }
         if first.weights:
             config["weights_id"] = file_fingerprint(Path(first.weights))
         label = f"{first.extractor}-" + "_".join(variants)
@@ -209,16 +237,28 @@ class RecipeRunner:
         feature_stage, _ = self.feature_stages[run.features]  # type: ignore[index]
         deps = [self.clean_stage, feature_stage]
         store_key = f"{feature_stage.key}:{self.feature_stages[run.features][1]}"  # type: ignore[index]
-        base = {"model": model.model, "overrides": model.overrides, "seed": run.seed,
-                "store": store_key, "limit": self.limit}
+        base = {
+            "model": model.model,
+            "overrides": model.overrides,
+            "seed": run.seed,
+            "store": store_key,
+            "limit": self.limit,
+        }
         outputs: dict[str, Path] = {}
         if self.inference_only:
             assert run.checkpoints is not None
             for which, (_, splits) in FINETUNES:
                 checkpoint = getattr(run.checkpoints, which)
                 config = {**base, "checkpoint": file_fingerprint(Path(checkpoint)), "splits": list(splits)}
-                stage = self._add(Stage("predict", f"{run.name}-{which}", config, deps,
-                                        self._predict_action(model, run, checkpoint, splits)))
+                stage = self._add(
+                    Stage(
+                        "predict",
+                        f"{run.name}-{which}",
+                        config,
+                        deps,
+                        self._predict_action(model, run, checkpoint, splits),
+                    )
+                )
                 outputs.update({split: stage.directory / prediction_file(split) for split in splits})
         else:
             init = model.init
@@ -226,15 +266,28 @@ class RecipeRunner:
             init_key: Any = file_fingerprint(Path(init)) if init else None
             if model.pretrain is not None:
                 pre_config = {**base, "init": init_key, "pretrain": model.pretrain}
-                pre_stage = self._add(Stage("pretrain", run.name, pre_config, deps,
-                                            self._pretrain_action(model, run)))
+                pre_stage = self._add(
+                    Stage("pretrain", run.name, pre_config, deps, self._pretrain_action(model, run))
+                )
                 init_deps.append(pre_stage)
                 init_key = pre_stage.key
             for which, (train_split, splits) in FINETUNES:
-                config = {**base, "init": init_key, "train": model.train, "train_split": train_split,
-                          "splits": list(splits)}
-                stage = self._add(Stage("finetune", f"{run.name}-{which}", config, init_deps,
-                                        self._finetune_action(model, run, train_split, splits, init_deps)))
+                config = {
+                    **base,
+                    "init": init_key,
+                    "train": model.train,
+                    "train_split": train_split,
+                    "splits": list(splits),
+                }
+                stage = self._add(
+                    Stage(
+                        "finetune",
+                        f"{run.name}-{which}",
+                        config,
+                        init_deps,
+                        self._finetune_action(model, run, train_split, splits, init_deps),
+                    )
+                )
                 outputs.update({split: stage.directory / prediction_file(split) for split in splits})
         self.run_predictions[model.name][run.name or str(run.seed)] = outputs
 
@@ -249,7 +302,9 @@ class RecipeRunner:
 
         prepare_data(self.data_dir, directory / "data", clean=self.recipe.clean)
 
-    def _extract_action(self, specs: list[FeatureSetSpec], variants: list[str] | None) -> Callable[[Path], Any]:
+    def _extract_action(
+        self, specs: list[FeatureSetSpec], variants: list[str] | None
+    ) -> Callable[[Path], Any]:
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import extract_store
 
@@ -269,30 +324,57 @@ class RecipeRunner:
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import run_pretrain
 
-            run_pretrain(model, run, self.store_path(run.features), self.clean_dir, directory / "run",  # type: ignore[arg-type]
-                         device=self.device, limit=self.limit)
+            run_pretrain(
+                model,
+                run,
+                self.store_path(run.features),
+                self.clean_dir,
+                directory / "run",  # type: ignore[arg-type]
+                device=self.device,
+                limit=self.limit,
+            )
 
         return action
 
-    def _finetune_action(self, model: ModelSpec, run: RunSpec, train_split: str, splits: tuple[str, ...],
-                         deps: list[Stage]) -> Callable[[Path], Any]:
+    def _finetune_action(
+        self, model: ModelSpec, run: RunSpec, train_split: str, splits: tuple[str, ...], deps: list[Stage]
+    ) -> Callable[[Path], Any]:
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import run_finetune
 
             pre = next((d for d in deps if d.kind == "pretrain"), None)
             init = str(pre.directory / "run") if pre else model.init
-            run_finetune(model, run, self.store_path(run.features), self.clean_dir, directory,  # type: ignore[arg-type]
-                         train_split=train_split, splits=splits, init=init, device=self.device, limit=self.limit)
+            run_finetune(
+                model,
+                run,
+                self.store_path(run.features),
+                self.clean_dir,
+                directory,  # type: ignore[arg-type]
+                train_split=train_split,
+                splits=splits,
+                init=init,
+                device=self.device,
+                limit=self.limit,
+            )
 
         return action
 
-    def _predict_action(self, model: ModelSpec, run: RunSpec, checkpoint: str,
-                        splits: tuple[str, ...]) -> Callable[[Path], Any]:
+    def _predict_action(
+        self, model: ModelSpec, run: RunSpec, checkpoint: str, splits: tuple[str, ...]
+    ) -> Callable[[Path], Any]:
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import predict_from_checkpoint
 
-            predict_from_checkpoint(model, checkpoint, self.store_path(run.features), self.clean_dir,  # type: ignore[arg-type]
-                                    directory, splits=splits, device=self.device, limit=self.limit)
+            predict_from_checkpoint(
+                model,
+                checkpoint,
+                self.store_path(run.features),
+                self.clean_dir,  # type: ignore[arg-type]
+                directory,
+                splits=splits,
+                device=self.device,
+                limit=self.limit,
+            )
 
         return action
 
@@ -333,9 +415,16 @@ class RecipeRunner:
             else:
                 pending.append(stage)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        spec = {"recipe": self.recipe.source, "overrides": self.recipe.command_line,
-                "data": str(self.data_dir), "out": str(self.out_dir), "inference_only": self.inference_only,
-                "device": self.device, "limit": self.limit, "threads": threads}
+        spec = {
+            "recipe": self.recipe.source,
+            "overrides": self.recipe.command_line,
+            "data": str(self.data_dir),
+            "out": str(self.out_dir),
+            "inference_only": self.inference_only,
+            "device": self.device,
+            "limit": self.limit,
+            "threads": threads,
+        }
         running: dict[futures.Future[float], Stage] = {}
         finished: set[str] = {stage.key for stage in self.stages if stage.done}
         context = multiprocessing.get_context("spawn")
@@ -344,7 +433,9 @@ class RecipeRunner:
                 ready = [s for s in pending if all(d.key in finished for d in s.deps)]
                 for stage in ready[: max(0, self.workers - len(running))]:
                     pending.remove(stage)
-                    self.console.print(f"[{numbers[id(stage)]}/{len(self.stages)}] {stage.kind} {stage.label} ...")
+                    self.console.print(
+                        f"[{numbers[id(stage)]}/{len(self.stages)}] {stage.kind} {stage.label} ..."
+                    )
                     running[pool.submit(_run_stage_in_child, spec, stage.key)] = stage
                 if not running:
                     raise ConfigError("stage graph is stuck: unfinished dependencies")
@@ -355,7 +446,9 @@ class RecipeRunner:
                     finished.add(stage.key)
                     name = f"{stage.kind} {stage.label}"
                     timings[name] = {"seconds": seconds, "cached": False}
-                    self.console.print(f"[{numbers[id(stage)]}/{len(self.stages)}] {name}: done in {seconds:.1f}s")
+                    self.console.print(
+                        f"[{numbers[id(stage)]}/{len(self.stages)}] {name}: done in {seconds:.1f}s"
+                    )
 
     def execute(self) -> RunReport:
         if not self.stages:
@@ -384,8 +477,10 @@ class RecipeRunner:
 def run_stage(stage: Stage) -> float:
     """Run one stage in its folder; ``DONE`` (with the time taken) is written only after it succeeds."""
     stage.directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stage.directory / STAGE_RECORD_FILE, {"kind": stage.kind, "label": stage.label,
-                                                            "key": stage.key, "config": stage.config})
+    write_json_atomic(
+        stage.directory / STAGE_RECORD_FILE,
+        {"kind": stage.kind, "label": stage.label, "key": stage.key, "config": stage.config},
+    )
     start = time.perf_counter()
     stage.action(stage.directory)
     seconds = time.perf_counter() - start
@@ -402,8 +497,15 @@ def _run_stage_in_child(spec: dict[str, Any], key: str) -> float:
     torch.set_num_threads(int(spec["threads"]))
     os.environ["MEMEGUARD_NO_PROGRESS"] = "1"  # several workers' progress bars would garble the terminal
     recipe = load_recipe(spec["recipe"], inference_only=spec["inference_only"], overrides=spec["overrides"])
-    runner = RecipeRunner(recipe, spec["data"], spec["out"], inference_only=spec["inference_only"],
-                          device=spec["device"], limit=spec["limit"], console=Console(quiet=True))
+    runner = RecipeRunner(
+        recipe,
+        spec["data"],
+        spec["out"],
+        inference_only=spec["inference_only"],
+        device=spec["device"],
+        limit=spec["limit"],
+        console=Console(quiet=True),
+    )
     runner.build()
     stage = next((s for s in runner.stages if s.key == key), None)
     if stage is None:
@@ -429,6 +531,14 @@ def run_recipe(
     recipe = load_recipe(recipe_path, inference_only=inference_only, overrides=overrides)
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ConfigError("--out must differ from --data (inputs are never overwritten)")
-    runner = RecipeRunner(recipe, data_dir, out_dir, inference_only=inference_only, device=device, limit=limit,
-                          console=console, workers=workers)
+    runner = RecipeRunner(
+        recipe,
+        data_dir,
+        out_dir,
+        inference_only=inference_only,
+        device=device,
+        limit=limit,
+        console=console,
+        workers=workers,
+    )
     return runner.execute()

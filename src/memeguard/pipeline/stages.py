@@ -40,15 +40,21 @@ def prepare_data(data_dir: Path, out: Path, *, clean: bool) -> None:
     clean_dataset(data_dir, out, progress=True, remove_duplicates=clean)
 
 
-def extract_store(spec: FeatureSetSpec, data_dir: Path, out: Path, *, variants: list[str] | None,
-                  device: str) -> None:
+def extract_store(
+    spec: FeatureSetSpec, data_dir: Path, out: Path, *, variants: list[str] | None, device: str
+) -> None:
     """Extract ``spec``'s store into ``out``; ``variants`` (several feature sets sharing one pass) puts one
     store per variant under ``out``."""
     from memeguard.features.extract import extract_features
     from memeguard.features.factory import make_extractor
 
-    extractor = make_extractor(spec.extractor or "", weights=spec.weights, boxes=variants or spec.boxes,
-                               device=None if device == "auto" else device, **spec.params)
+    extractor = make_extractor(
+        spec.extractor or "",
+        weights=spec.weights,
+        boxes=variants or spec.boxes,
+        device=None if device == "auto" else device,
+        **spec.params,
+    )
     extract_features(data_dir, out, extractor, dtype=spec.dtype)
 
 
@@ -64,38 +70,81 @@ def import_store(spec: FeatureSetSpec, out: Path) -> None:
     # an existing store is used in place
 
 
-def run_pretrain(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, out: Path, *,
-                 device: str, limit: int | None) -> Path:
+def run_pretrain(
+    model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, out: Path, *, device: str, limit: int | None
+) -> Path:
     from memeguard.training import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(model=model.model, features=str(store), data_dir=str(data_dir), out_dir=str(out),
-                         seed=run.seed, init=model.init, model_overrides=dict(model.overrides),
-                         device=device, limit=limit, progress=show_progress(), **(model.pretrain or {}))
+    cfg = PretrainConfig(
+        model=model.model,
+        features=str(store),
+        data_dir=str(data_dir),
+        out_dir=str(out),
+        seed=run.seed,
+        init=model.init,
+        model_overrides=dict(model.overrides),
+        device=device,
+        limit=limit,
+        progress=show_progress(),
+        **(model.pretrain or {}),
+    )
     return pretrain(cfg)
 
 
-def run_finetune(model: ModelSpec, run: RunSpec, store: Path, data_dir: Path, out: Path, *, train_split: str,
-                 splits: tuple[str, ...], init: str | None, device: str, limit: int | None) -> None:
+def run_finetune(
+    model: ModelSpec,
+    run: RunSpec,
+    store: Path,
+    data_dir: Path,
+    out: Path,
+    *,
+    train_split: str,
+    splits: tuple[str, ...],
+    init: str | None,
+    device: str,
+    limit: int | None,
+) -> None:
     from memeguard.training import TrainConfig, finetune
 
     params = {"eval_split": "dev_seen", **model.train}
-    cfg = TrainConfig(model=model.model, features=str(store), data_dir=str(data_dir), out_dir=str(out),
-                      train_split=train_split, predict_splits=tuple(splits), seed=run.seed, init=init,
-                      model_overrides=dict(model.overrides), device=device, limit=limit,
-                      progress=show_progress(), **params)
+    cfg = TrainConfig(
+        model=model.model,
+        features=str(store),
+        data_dir=str(data_dir),
+        out_dir=str(out),
+        train_split=train_split,
+        predict_splits=tuple(splits),
+        seed=run.seed,
+        init=init,
+        model_overrides=dict(model.overrides),
+        device=device,
+        limit=limit,
+        progress=show_progress(),
+        **params,
+    )
     finetune(cfg)
 
 
-def predict_from_checkpoint(model: ModelSpec, checkpoint: str, store: Path, data_dir: Path, out: Path, *,
-                            splits: tuple[str, ...], device: str, limit: int | None) -> None:
+def predict_from_checkpoint(
+    model: ModelSpec,
+    checkpoint: str,
+    store: Path,
+    data_dir: Path,
+    out: Path,
+    *,
+    splits: tuple[str, ...],
+    device: str,
+    limit: int | None,
+) -> None:
     """Inference only: load fine-tuned weights (ours, vilio's LASTtrain*.pth, ERNIE step_* folders), predict."""
     from memeguard.features.store import FeatureStore
     from memeguard.training import predict
     from memeguard.training.build import build_model
 
     feature_dim = FeatureStore.open(store).feature_dim
-    built = build_model(model.model, feature_dim=feature_dim, init=checkpoint,
-                        overrides=dict(model.overrides))
+    built = build_model(
+        model.model, feature_dim=feature_dim, init=checkpoint, overrides=dict(model.overrides)
+    )
     model_dir = out / MODEL_DIR
     built.save_pretrained(model_dir)
     for split in splits:
@@ -124,7 +173,8 @@ def average_seeds(
                 continue
             # Runs aligned to the first run's ids and row order: (memes, runs) -> (memes, 1 family).
             runs_table = stack_predictions(
-                split, {run: read_predictions(path) for run, path in files.items()},
+                split,
+                {run: read_predictions(path) for run, path in files.items()},
                 {run: str(path) for run, path in files.items()},
             )
             averaged = seed_average({split: runs_table}, {family: list(files)})[split]
@@ -157,16 +207,29 @@ def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
     return labels
 
 
-def write_run_report(out_dir: Path, family_files: Mapping[str, Mapping[str, Path]], fin_files: Mapping[str, Path],
-                     data_dir: Path, timings: Mapping[str, Mapping[str, Any]], title: str) -> Path:
+def write_run_report(
+    out_dir: Path,
+    family_files: Mapping[str, Mapping[str, Path]],
+    fin_files: Mapping[str, Path],
+    data_dir: Path,
+    timings: Mapping[str, Mapping[str, Any]],
+    title: str,
+) -> Path:
     from memeguard.pipeline.report import write_report
 
     predictions: dict[str, dict[str, Predictions]] = {
-        family: {split: read_predictions(path) for split, path in files.items()} for family, files in family_files.items()
+        family: {split: read_predictions(path) for split, path in files.items()}
+        for family, files in family_files.items()
     }
     predictions["ENSEMBLE"] = {split: read_predictions(path) for split, path in fin_files.items()}
     weights_path = out_dir / ENSEMBLE_WEIGHTS_FILE
     weights = json.loads(weights_path.read_text()) if weights_path.is_file() else None
     stage_times = {name: float(entry["seconds"]) for name, entry in timings.items()}
-    return write_report(out_dir, predictions, split_labels(data_dir), weights=weights, stage_times=stage_times,
-                        title=f"memeguard report: {title}")
+    return write_report(
+        out_dir,
+        predictions,
+        split_labels(data_dir),
+        weights=weights,
+        stage_times=stage_times,
+        title=f"memeguard report: {title}",
+    )

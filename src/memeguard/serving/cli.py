@@ -24,8 +24,15 @@ THREADS_HELP = "torch CPU threads (default: torch's choice). 1 is often fastest 
 
 
 def _build_scorer(
-    models: list[Path], device: str, threshold: float, weights: list[float] | None, batch_size: int,
-    extractor: str | None, extractor_weights: str | None, boxes: str | None, threads: int | None = None,
+    models: list[Path],
+    device: str,
+    threshold: float,
+    weights: list[float] | None,
+    batch_size: int,
+    extractor: str | None,
+    extractor_weights: str | None,
+    boxes: str | None,
+    threads: int | None = None,
 ) -> Any:
     from memeguard.serving.scorer import MemeScorer
 
@@ -47,7 +54,12 @@ def _build_scorer(
     elif extractor_weights is not None or boxes is not None:
         raise ConfigError("--extractor-weights and --boxes go with --extractor")
     return MemeScorer.from_runs(
-        models, device=device, extractor=explicit, threshold=threshold, weights=weights or None, batch_size=batch_size
+        models,
+        device=device,
+        extractor=explicit,
+        threshold=threshold,
+        weights=weights or None,
+        batch_size=batch_size,
     )
 
 
@@ -62,11 +74,15 @@ def score(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Submission CSV (id,proba,label) for --jsonl."),
     threshold: float = typer.Option(0.5, "--threshold", help="Label = proba >= threshold."),
-    weight: list[float] | None = typer.Option(None, "--weight", help="One weight per --model (default equal)."),
+    weight: list[float] | None = typer.Option(
+        None, "--weight", help="One weight per --model (default equal)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     batch_size: int = typer.Option(16, "--batch-size", help="Memes per extractor/model batch."),
     extractor: str | None = typer.Option(None, "--extractor", help=EXTRACTOR_HELP),
-    extractor_weights: str | None = typer.Option(None, "--extractor-weights", help="Weights for --extractor."),
+    extractor_weights: str | None = typer.Option(
+        None, "--extractor-weights", help="Weights for --extractor."
+    ),
     boxes: str | None = typer.Option(None, "--boxes", help="BUTD box variant(s) for --extractor butd."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
@@ -74,10 +90,12 @@ def score(
     if (image is None) == (jsonl is None):
         raise ConfigError("give either IMAGE with --text, or --jsonl with --out")
     if image is not None and text is None:
-        raise ConfigError("scoring an image needs its text: --text \"...\" (use --text \"\" for none)")
+        raise ConfigError('scoring an image needs its text: --text "..." (use --text "" for none)')
     if jsonl is not None and out is None:
         raise ConfigError("--jsonl needs --out for the submission CSV")
-    scorer = _build_scorer(model, device, threshold, weight, batch_size, extractor, extractor_weights, boxes, threads)
+    scorer = _build_scorer(
+        model, device, threshold, weight, batch_size, extractor, extractor_weights, boxes, threads
+    )
     if image is not None:
         result = scorer.score(image, text or "")
         typer.echo(json.dumps(result.to_dict()))
@@ -87,7 +105,9 @@ def score(
     typer.echo(f"scored {count} memes -> {written}")
 
 
-def score_jsonl(scorer: Any, jsonl: Path, out: Path, data_dir: Path | None = None, progress: bool = True) -> tuple[Path, int]:
+def score_jsonl(
+    scorer: Any, jsonl: Path, out: Path, data_dir: Path | None = None, progress: bool = True
+) -> tuple[Path, int]:
     """Score every meme of an HM jsonl file and write ``id,proba,label`` (labels at the scorer's threshold)."""
     from memeguard.data.hm import image_path, load_jsonl
     from memeguard.data.predictions import write_predictions
@@ -136,10 +156,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, "--port"),
     threshold: float = typer.Option(0.5, "--threshold"),
-    weight: list[float] | None = typer.Option(None, "--weight", help="One weight per --model (default equal)."),
+    weight: list[float] | None = typer.Option(
+        None, "--weight", help="One weight per --model (default equal)."
+    ),
     device: str = typer.Option("auto", "--device"),
-    max_image_mb: float = typer.Option(10.0, "--max-image-mb", help="Largest accepted image (decoded base64)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="Most memes in one {\"items\": [...]} request."),
+    max_image_mb: float = typer.Option(
+        10.0, "--max-image-mb", help="Largest accepted image (decoded base64)."
+    ),
+    max_batch: int = typer.Option(32, "--max-batch", help='Most memes in one {"items": [...]} request.'),
     max_concurrency: int = typer.Option(1, "--max-concurrency", help="Batches scored at the same time."),
     extractor: str | None = typer.Option(None, "--extractor", help=EXTRACTOR_HELP),
     extractor_weights: str | None = typer.Option(None, "--extractor-weights"),
@@ -159,6 +183,8 @@ def serve(
         max_request_bytes=max(int(max_image_mb * 1024 * 1024 * 4 / 3) * max_batch + 65536, 1 << 20),
         max_concurrency=max_concurrency,
     )
-    scorer = _build_scorer(model, device, threshold, weight, max_batch, extractor, extractor_weights, boxes, threads)
+    scorer = _build_scorer(
+        model, device, threshold, weight, max_batch, extractor, extractor_weights, boxes, threads
+    )
     scorer.warmup()
     uvicorn.run(create_app(scorer, limits), host=host, port=port, workers=1, log_level="info")

@@ -37,7 +37,10 @@ _ITEM_SCHEMA = {
     "type": "object",
     "required": ["image_b64", "text"],
     "properties": {
-        "image_b64": {"type": "string", "description": "The image file (PNG, JPEG, ...) in base64, or a data: URL"},
+        "image_b64": {
+            "type": "string",
+            "description": "The image file (PNG, JPEG, ...) in base64, or a data: URL",
+        },
         "text": {"type": "string", "description": "The meme's text"},
     },
 }
@@ -45,11 +48,20 @@ _ITEM_SCHEMA = {
 SCORE_OPENAPI = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"oneOf": [
-            _ITEM_SCHEMA,
-            {"type": "object", "required": ["items"],
-             "properties": {"items": {"type": "array", "items": _ITEM_SCHEMA}}},
-        ]}}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _ITEM_SCHEMA,
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": _ITEM_SCHEMA}},
+                        },
+                    ]
+                }
+            }
+        },
     }
 }
 
@@ -100,7 +112,7 @@ def _decode_b64(value: object, where: str, max_bytes: int) -> bytes:
 def parse_items(payload: object, limits: ServiceLimits) -> tuple[list[tuple[bytes, str]], bool]:
     """A request body -> ([(image bytes, text)], whether it was a single item)."""
     if not isinstance(payload, dict):
-        raise RequestError(400, "the body must be a JSON object: {\"image_b64\", \"text\"} or {\"items\": [...]}")
+        raise RequestError(400, 'the body must be a JSON object: {"image_b64", "text"} or {"items": [...]}')
     single = "items" not in payload
     if single:
         raw_items, names = [payload], ["request"]
@@ -109,7 +121,9 @@ def parse_items(payload: object, limits: ServiceLimits) -> tuple[list[tuple[byte
         if not isinstance(raw_items, list) or not raw_items:
             raise RequestError(400, "'items' must be a non-empty list")
         if len(raw_items) > limits.max_batch:
-            raise RequestError(400, f"'items' has {len(raw_items)} memes, over the batch limit of {limits.max_batch}")
+            raise RequestError(
+                400, f"'items' has {len(raw_items)} memes, over the batch limit of {limits.max_batch}"
+            )
         names = [f"items[{k}]" for k in range(len(raw_items))]
     items = []
     for where, item in zip(names, raw_items, strict=True):
@@ -144,7 +158,9 @@ def create_app(scorer: "MemeScorer", limits: "ServiceLimits | None" = None) -> "
         from fastapi.responses import JSONResponse
         from starlette.concurrency import run_in_threadpool
     except ImportError as exc:
-        raise ConfigError(f"the HTTP service needs the 'serve' extra: pip install 'memeguard[serve]' ({exc})") from exc
+        raise ConfigError(
+            f"the HTTP service needs the 'serve' extra: pip install 'memeguard[serve]' ({exc})"
+        ) from exc
 
     limits = limits or ServiceLimits()
     gate = threading.Semaphore(limits.max_concurrency)
@@ -158,8 +174,11 @@ def create_app(scorer: "MemeScorer", limits: "ServiceLimits | None" = None) -> "
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", **scorer.describe(),
-                "limits": {"max_image_bytes": limits.max_image_bytes, "max_batch": limits.max_batch}}
+        return {
+            "status": "ok",
+            **scorer.describe(),
+            "limits": {"max_image_bytes": limits.max_image_bytes, "max_batch": limits.max_batch},
+        }
 
     def work(items: list[tuple[bytes, str]], single: bool) -> list[dict[str, Any]]:
         images = decode_images(items, single)

@@ -57,7 +57,9 @@ def load_image(source: ImageSource, context: str = "image") -> Image.Image:
     if isinstance(source, Image.Image):
         width, height = source.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise DataError(f"{context}: image is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+            raise DataError(
+                f"{context}: image is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit"
+            )
         return source if source.mode == "RGB" else source.convert("RGB")
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -146,8 +148,12 @@ def spec_from_meta(meta: dict[str, Any], source: str, device: str = "cpu") -> Fe
     kwargs = factory.extractor_class(name).from_meta(meta, source, device)
     store = meta.get("store") if isinstance(meta.get("store"), dict) else {}
     return FeatureSpec(
-        name, kwargs, variant=str(meta.get("variant", "default")), dtype=store.get("dtype"),
-        feature_dim=store.get("feature_dim", meta.get("feature_dim")), sha256=meta.get("weights_sha256"),
+        name,
+        kwargs,
+        variant=str(meta.get("variant", "default")),
+        dtype=store.get("dtype"),
+        feature_dim=store.get("feature_dim", meta.get("feature_dim")),
+        sha256=meta.get("weights_sha256"),
         source=source,
     )
 
@@ -180,8 +186,15 @@ def round_to_dtype(record: RegionRecord, dtype: str | None) -> RegionRecord:
     features = np.asarray(record.features).astype(np.dtype(dtype)).astype(np.float32)
     boxes = np.asarray(record.boxes, dtype=np.float32)
     return RegionRecord(
-        record.meme_id, features, boxes, record.image_size, record.object_ids, record.object_conf,
-        record.attr_ids, record.attr_conf, dict(record.extras),
+        record.meme_id,
+        features,
+        boxes,
+        record.image_size,
+        record.object_ids,
+        record.object_conf,
+        record.attr_ids,
+        record.attr_conf,
+        dict(record.extras),
     )
 
 
@@ -347,7 +360,11 @@ class MemeScorer:
                 raise ConfigError(f"ensemble weights must be non-negative with a positive sum, got {weights}")
         torch_device = resolve_device(device)
         plans = [_plan_run(Path(run), extractor is not None, str(torch_device)) for run in runs]
-        extractors = {"explicit": extractor} if extractor is not None else _build_shared_extractors(plans, str(torch_device))
+        extractors = (
+            {"explicit": extractor}
+            if extractor is not None
+            else _build_shared_extractors(plans, str(torch_device))
+        )
         # meta() may hash a large weights file: ask once.
         explicit_dim = extractor.meta().get("feature_dim") if extractor is not None else None
         taken: set[str] = set()
@@ -365,11 +382,20 @@ class MemeScorer:
                 raise ConfigError(
                     f"{plan.run}: the model expects {model.config.visual_feat_dim}-d regions, {origin} {dim}-d"
                 )
-            members.append(Member(
-                name=_run_name(plan.run, taken), path=plan.run, model=model, processor=model.build_processor(),
-                extractor_key=key, variant=variant, dtype=plan.dtype, zero_visual=plan.zero_visual,
-                weight=1.0 if weights is None else weights[k], spec=plan.spec,
-            ))
+            members.append(
+                Member(
+                    name=_run_name(plan.run, taken),
+                    path=plan.run,
+                    model=model,
+                    processor=model.build_processor(),
+                    extractor_key=key,
+                    variant=variant,
+                    dtype=plan.dtype,
+                    zero_visual=plan.zero_visual,
+                    weight=1.0 if weights is None else weights[k],
+                    spec=plan.spec,
+                )
+            )
         return cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
 
     # -- scoring ------------------------------------------------------------------------------
@@ -378,7 +404,9 @@ class MemeScorer:
         """Score one meme (image as PIL image, encoded bytes or path; text as printed on the meme)."""
         return self.score_batch([(image, text)])[0]
 
-    def score_batch(self, items: Iterable[tuple[ImageSource, str]], batch_size: int | None = None) -> list[Score]:
+    def score_batch(
+        self, items: Iterable[tuple[ImageSource, str]], batch_size: int | None = None
+    ) -> list[Score]:
         """Score many memes; images are decoded, extracted and run through the models ``batch_size`` at a time."""
         items = list(items)
         size = int(batch_size or self.batch_size)
@@ -396,7 +424,11 @@ class MemeScorer:
         mean = self._weights @ probs
         names = [member.name for member in self.members]
         return [
-            Score(float(p), int(p >= self.threshold), {n: float(v) for n, v in zip(names, probs[:, i], strict=True)})
+            Score(
+                float(p),
+                int(p >= self.threshold),
+                {n: float(v) for n, v in zip(names, probs[:, i], strict=True)},
+            )
             for i, p in enumerate(mean)
         ]
 
@@ -414,14 +446,18 @@ class MemeScorer:
         memes = [Meme(id=i, img="", text=text) for i, text in zip(ids, texts, strict=True)]
         probs = np.zeros((len(self.members), len(images)), dtype=np.float64)
         with torch.inference_mode():
-            regions = {key: extractor.extract(images, ids, list(texts)) for key, extractor in self.extractors.items()}
+            regions = {
+                key: extractor.extract(images, ids, list(texts)) for key, extractor in self.extractors.items()
+            }
             rounded: dict[tuple[str, str, str | None], list[RegionRecord]] = {}
             for m, member in enumerate(self.members):
                 cache_key = (member.extractor_key, member.variant, member.dtype)
                 if cache_key not in rounded:
                     records = regions[member.extractor_key].get(member.variant)
                     if records is None:
-                        raise ConfigError(f"{member.name}: the extractor produced no {member.variant!r} variant")
+                        raise ConfigError(
+                            f"{member.name}: the extractor produced no {member.variant!r} variant"
+                        )
                     rounded[cache_key] = [round_to_dtype(record, member.dtype) for record in records]
                 batch = member.processor(memes, rounded[cache_key])
                 if member.zero_visual:
@@ -440,8 +476,12 @@ class MemeScorer:
         """What ``/health`` reports: models, extractors and device."""
         extractors = []
         for key, extractor in self.extractors.items():
-            settings = json.loads(key) if key != "explicit" else {"extractor": extractor.name, "explicit": True}
-            extractors.append({"name": extractor.name, "variants": list(extractor.variants()), "settings": settings})
+            settings = (
+                json.loads(key) if key != "explicit" else {"extractor": extractor.name, "explicit": True}
+            )
+            extractors.append(
+                {"name": extractor.name, "variants": list(extractor.variants()), "settings": settings}
+            )
         return {
             "models": [
                 {

@@ -49,8 +49,12 @@ def build_model(
         overrides["tokenizer"] = tokenizer
     asked = overrides.pop("visual_feat_dim", feature_dim)
     if asked != feature_dim:
-        raise ConfigError(f"the feature store has {feature_dim}-d region features but the model expects {asked}-d")
-    expected = get_config(name, **{**overrides, "visual_feat_dim": feature_dim})  # unknown name -> ConfigError
+        raise ConfigError(
+            f"the feature store has {feature_dim}-d region features but the model expects {asked}-d"
+        )
+    expected = get_config(
+        name, **{**overrides, "visual_feat_dim": feature_dim}
+    )  # unknown name -> ConfigError
     if init is None:
         model = create_model(name, **{**overrides, "visual_feat_dim": feature_dim})
     elif model_dir_of(init) is not None:
@@ -61,7 +65,9 @@ def build_model(
             )
         for key, value in overrides.items():
             if key not in INIT_ONLY_KEYS and getattr(model.config, key, value) != value:
-                raise ConfigError(f"{init}: model config has {key}={getattr(model.config, key)!r}, asked for {value!r}")
+                raise ConfigError(
+                    f"{init}: model config has {key}={getattr(model.config, key)!r}, asked for {value!r}"
+                )
         if tokenizer:
             model.config.tokenizer = tokenizer
     else:

@@ -37,8 +37,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos),
-                  int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -89,7 +94,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable resume checkpoint ({exc}); delete it to start over") from exc
+        raise CheckpointError(
+            f"{path}: unreadable resume checkpoint ({exc}); delete it to start over"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != 1:
         raise CheckpointError(f"{path}: not a memeguard resume checkpoint")
     return payload

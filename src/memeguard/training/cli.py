@@ -71,8 +71,9 @@ def config_options(config: type[RunConfig]) -> list[inspect.Parameter]:
         elif isinstance(default, tuple):
             default = list(default)
         option = typer.Option(default, *OPTION_NAMES.get(name, ()), help=help_text)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=annotation))
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        )
     return params
 
 
@@ -103,7 +104,9 @@ def config_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 TINY_OPTION = inspect.Parameter(
-    "tiny", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+    "tiny",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=bool,
     default=typer.Option(False, help="Start from TINY_DEFAULTS (explicit options still apply on top)."),
 )
 
@@ -155,6 +158,15 @@ def predict_command(
     """Predict one split with a trained model."""
     from memeguard.training.inference import predict
 
-    path = predict(checkpoint, features, data, split, out, batch_size=batch_size, device=device,
-                   precision=precision, limit=limit)
+    path = predict(
+        checkpoint,
+        features,
+        data,
+        split,
+        out,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        limit=limit,
+    )
     typer.echo(str(path))

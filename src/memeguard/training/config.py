@@ -33,7 +33,11 @@ TINY_DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "swa": "none",
     "eval_every": 0,
-    "model_overrides": {"initializer_range": 0.1, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "model_overrides": {
+        "initializer_range": 0.1,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    },
 }
 
 
@@ -112,49 +116,65 @@ class TrainConfig(RunConfig):
     out_dir: str | Path = Field(description="Run directory.")
     train_split: str = Field(TRAIN_CLEAN, description="Training split (run a: train_clean, run b: traindev).")
     predict_splits: tuple[str, ...] = Field((DEV_SEEN,), description="Splits to predict (repeat the option).")
-    eval_split: str | None = Field(DEV_SEEN, description="Evaluated every eval_every updates and at the end; "
-                                   "'none' to skip.")
+    eval_split: str | None = Field(
+        DEV_SEEN, description="Evaluated every eval_every updates and at the end; 'none' to skip."
+    )
     seed: int = Field(42, description="Seeds the model's init, dropout and the data order.")
-    init: str | None = Field(None, description="Our model dir, a (pre)train run dir, or an original "
-                             "checkpoint.")
-    model_overrides: dict[str, Any] = Field(default_factory=dict,
-                                            description="Model config overrides, e.g. {'max_regions': 50}.")
+    init: str | None = Field(
+        None, description="Our model dir, a (pre)train run dir, or an original checkpoint."
+    )
+    model_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Model config overrides, e.g. {'max_regions': 50}."
+    )
     tokenizer: str | None = Field(None, description="Tokenizer; defaults to the model config's.")
     # optimisation (vilio's hm.py)
     epochs: int = Field(5, gt=0, description="Passes over the training split.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate of the backbone.")
     batch_size: int = Field(8, gt=0, description="Memes per batch (per rank under torchrun).")
     eval_batch_size: int = Field(50, gt=0, description="Memes per batch when evaluating and predicting.")
-    grad_accum_steps: int = Field(1, gt=0, validation_alias=AliasChoices("grad_accum_steps", "acc"),
-                                  description="Gradient accumulation: one update every N batches "
-                                  "(old name: acc).")
+    grad_accum_steps: int = Field(
+        1,
+        gt=0,
+        validation_alias=AliasChoices("grad_accum_steps", "acc"),
+        description="Gradient accumulation: one update every N batches (old name: acc).",
+    )
     clip: float = Field(5.0, description="Grad-norm clip (<= 0: off).")
     weight_decay: float = Field(0.0, description="AdamW weight decay (not on biases and LayerNorm weights).")
     adam_eps: float = Field(1e-6, gt=0, description="AdamW epsilon.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the updates with a linear lr warmup.")
-    sum_loss: bool = Field(True, description="vilio's loss x batch size / accumulation steps "
-                           "(--no-sum-loss: the mean).")
-    head_lr_mult: float = Field(1.0, gt=0, description="lr multiplier outside backbone_keywords (vilio's "
-                                "--reg: 500).")
-    backbone_keywords: tuple[str, ...] = Field(("encoder", "embeddings", "pooler"),
-                                               description="Parameter-name parts of the backbone.")
-    swa: SwaMode = Field("none", description="Weight averaging: torch (AveragedModel + SWALR) or contrib "
-                         "(torchcontrib's auto mode).")
+    sum_loss: bool = Field(
+        True, description="vilio's loss x batch size / accumulation steps (--no-sum-loss: the mean)."
+    )
+    head_lr_mult: float = Field(
+        1.0, gt=0, description="lr multiplier outside backbone_keywords (vilio's --reg: 500)."
+    )
+    backbone_keywords: tuple[str, ...] = Field(
+        ("encoder", "embeddings", "pooler"), description="Parameter-name parts of the backbone."
+    )
+    swa: SwaMode = Field(
+        "none",
+        description="Weight averaging: torch (AveragedModel + SWALR) or contrib (torchcontrib's auto mode).",
+    )
     swa_start: float = Field(0.75, ge=0, lt=1, description="Share of the updates before averaging starts.")
     swa_freq: int = Field(5, gt=0, description="contrib: average every N updates.")
     swa_lr: float | None = Field(None, description="SWA lr; default: the base lr, as vilio.")
-    swa_anneal_steps: int = Field(10, description="torch: SWALR's anneal_epochs (stepped per update, as "
-                                  "vilio).")
+    swa_anneal_steps: int = Field(
+        10, description="torch: SWALR's anneal_epochs (stepped per update, as vilio)."
+    )
     # bookkeeping
     eval_every: int = Field(250, ge=0, description="Updates between evaluations (0: only at the end).")
     select_best: bool = Field(False, description="Keep the weights with the best eval AUROC (off in vilio).")
-    checkpoint_every: int = Field(0, ge=0, description="Updates between mid-epoch checkpoints "
-                                  "(0: epoch ends only).")
-    limit: int | None = Field(None, gt=0, description="Only the first N memes of every split (vilio's "
-                              "--topk).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Updates between mid-epoch checkpoints (0: epoch ends only)."
+    )
+    limit: int | None = Field(
+        None, gt=0, description="Only the first N memes of every split (vilio's --topk)."
+    )
     standardize_features: StandardizeMode = Field(
-        "auto", description="auto: standardise region features when the model starts from scratch "
-        "(see build.standardization_overrides); always; never.")
+        "auto",
+        description="auto: standardise region features when the model starts from scratch "
+        "(see build.standardization_overrides); always; never.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     precision: Precision = Field("fp32", description="Autocast precision (fp16 on CUDA only).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -183,8 +203,12 @@ class PretrainConfig(RunConfig):
     mlm: bool = Field(True, description="Masked language modelling.")
     itm: bool = Field(True, description="Image-text matching (vilio's O --taskMatched; V and X: --no-itm).")
     word_mask_rate: float = Field(0.15, ge=0, lt=1, description="Share of word pieces masked for MLM.")
-    obj_mask_rate: float = Field(0.15, ge=0, lt=1, description="Share of boxes masked (vilio masks features "
-                                 "even without a visual loss).")
+    obj_mask_rate: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="Share of boxes masked (vilio masks features even without a visual loss).",
+    )
     epochs: int = Field(8, gt=0, description="Passes over the split.")
     lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
     batch_size: int = Field(16, gt=0, description="Memes per batch (per rank under torchrun).")
@@ -194,8 +218,9 @@ class PretrainConfig(RunConfig):
     adam_eps: float = Field(1e-6, description="AdamW epsilon.")
     limit: int | None = Field(None, gt=0, description="Only the first N memes of the split.")
     standardize_features: StandardizeMode = Field(
-        "auto", description="auto: standardise region features when the model starts from scratch; "
-        "always; never.")
+        "auto",
+        description="auto: standardise region features when the model starts from scratch; always; never.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     precision: Precision = Field("fp32", description="Autocast precision (fp16 on CUDA only).")
     progress: bool = Field(True, description="Show a progress bar.")

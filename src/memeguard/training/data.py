@@ -124,8 +124,14 @@ def zero_visual_input(batch: dict[str, torch.Tensor]) -> None:
 
 
 def epoch_batches(
-    num_items: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-    rank: int = 0, world_size: int = 1,
+    num_items: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[list[int]]:
     """This rank's batches (lists of dataset indices) for ``epoch``; the last batch may be short."""
     sampler = DistributedSampler(
@@ -133,7 +139,7 @@ def epoch_batches(
     )
     sampler.set_epoch(epoch)
     indices = list(sampler)
-    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
 def make_loader(
@@ -159,4 +165,6 @@ def iterate_eval(
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }

@@ -50,7 +50,14 @@ def predict(
         )
     torch_device = resolve_device(device)
     model.to(torch_device)
-    ids, proba = predict_memes(model, Collator(model.build_processor()), memes, source, batch_size=batch_size,
-                               device=torch_device, precision=precision)
+    ids, proba = predict_memes(
+        model,
+        Collator(model.build_processor()),
+        memes,
+        source,
+        batch_size=batch_size,
+        device=torch_device,
+        precision=precision,
+    )
     write_predictions(out_csv, ids, proba)
     return Path(out_csv)

@@ -100,9 +100,12 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     for split, memes in [(cfg.train_split, train), (cfg.eval_split, evaluation), *predict.items()]:
         require_regions(memes, source, str(split), store_name)
     feature_dim = region_feature_dim(source, train)
-    overrides = standardization_overrides(cfg.standardize_features, cfg.init, cfg.model_overrides, source,
-                                          [meme.id for meme in train])
-    model = build_model(cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer)
+    overrides = standardization_overrides(
+        cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
+    )
+    model = build_model(
+        cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
+    )
     return Prepared(train, evaluation, predict, source, feature_dim, model)
 
 
@@ -118,8 +121,15 @@ def classification_loss(
 
 @torch.no_grad()
 def predict_memes(
-    model: MemeModel, collate: Collator, memes: Sequence[Meme], regions: RegionSource, *, batch_size: int,
-    device: torch.device, precision: str = "fp32", num_workers: int = 0,
+    model: MemeModel,
+    collate: Collator,
+    memes: Sequence[Meme],
+    regions: RegionSource,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    num_workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, probabilities) in the order of ``memes``."""
     was_training = model.training
@@ -135,12 +145,26 @@ def predict_memes(
     return np.concatenate(ids).astype(np.int64), np.concatenate(probas).astype(np.float64)
 
 
-def evaluate(model: MemeModel, collate: Collator, memes: Sequence[Meme], regions: RegionSource,
-             cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: MemeModel,
+    collate: Collator,
+    memes: Sequence[Meme],
+    regions: RegionSource,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
     from memeguard.data.metrics import accuracy, auroc
 
-    ids, proba = predict_memes(model, collate, memes, regions, batch_size=cfg.eval_batch_size, device=device,
-                               precision=cfg.precision, num_workers=cfg.num_workers)
+    ids, proba = predict_memes(
+        model,
+        collate,
+        memes,
+        regions,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        precision=cfg.precision,
+        num_workers=cfg.num_workers,
+    )
     labels = np.asarray([m.label for m in memes], dtype=np.int64)
     return {"auroc": auroc(labels, proba), "accuracy": accuracy(labels, proba)}
 
@@ -202,8 +226,9 @@ def accumulation_group(index: int, batches: int, steps: int) -> tuple[int, bool]
     return end - first, index + 1 == end
 
 
-def make_averaging(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   total: int) -> TorchSWA | ContribSWA | None:
+def make_averaging(
+    cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, total: int
+) -> TorchSWA | ContribSWA | None:
     """vilio's --swa (torch), torchcontrib's SWA (contrib) or none."""
     start = int(cfg.swa_start * total)
     swa_lr = cfg.swa_lr if cfg.swa_lr is not None else cfg.lr
@@ -217,8 +242,9 @@ def make_averaging(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
 class _Evaluation:
     """Evaluation during and after training: metrics.jsonl lines and (``select_best``) the best weights."""
 
-    def __init__(self, cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
-                 tracker: _Tracker) -> None:
+    def __init__(
+        self, cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator, tracker: _Tracker
+    ) -> None:
         self.cfg, self.p, self.state, self.collate, self.tracker = cfg, p, state, collate, tracker
         self.best_path = state.checkpoint_dir / BEST_CHECKPOINT_FILE
         self.enabled = bool(p.eval) and state.info.is_main  # rank 0 evaluates
@@ -235,8 +261,16 @@ class _Evaluation:
         train_loss = tracker.loss_sum / max(1, tracker.loss_count)  # mean over the batches since last eval
         tracker.loss_sum, tracker.loss_count = 0.0, 0
         update = self.state.updates
-        self.state.log({"update": update, "epoch": epoch, "split": self.cfg.eval_split,
-                        "train_loss": train_loss, **metrics, "time": time.time()})
+        self.state.log(
+            {
+                "update": update,
+                "epoch": epoch,
+                "split": self.cfg.eval_split,
+                "train_loss": train_loss,
+                **metrics,
+                "time": time.time(),
+            }
+        )
         if self.cfg.select_best and metrics["auroc"] > tracker.best_auroc:
             tracker.best_auroc, tracker.best_update = metrics["auroc"], update
             buffer = io.BytesIO()
@@ -250,8 +284,16 @@ class _Evaluation:
             return {}
         model, cfg = self.p.model, self.cfg
         metrics = self.metrics()
-        self.state.log({"update": self.state.updates, "epoch": cfg.epochs, "split": cfg.eval_split,
-                        "final": True, **metrics, "time": time.time()})
+        self.state.log(
+            {
+                "update": self.state.updates,
+                "epoch": cfg.epochs,
+                "split": cfg.eval_split,
+                "final": True,
+                **metrics,
+                "time": time.time(),
+            }
+        )
         if cfg.select_best and self.tracker.best_auroc > metrics["auroc"] and self.best_path.is_file():
             best = torch.load(self.best_path, map_location=self.state.device, weights_only=True)
             model.load_state_dict(best)
@@ -259,30 +301,63 @@ class _Evaluation:
         return metrics
 
 
-def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, info: ddp.DistInfo,
-           on_update: UpdateCallback | None) -> RunResult:
+def _train(
+    cfg: TrainConfig,
+    p: Prepared,
+    run_dir: Path,
+    device: torch.device,
+    info: ddp.DistInfo,
+    on_update: UpdateCallback | None,
+) -> RunResult:
     model = p.model.to(device)
     model.train()
     collate = Collator(model.build_processor(), zero_visual=cfg.zero_visual)
     train_set = MemeRegionDataset(p.train, p.regions)
-    batches_per_epoch = len(epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0,
-                                          rank=info.rank, world_size=info.world_size))
+    batches_per_epoch = len(
+        epoch_batches(
+            len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0, rank=info.rank, world_size=info.world_size
+        )
+    )
     total = math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs
-    groups = parameter_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult,
-                              backbone_keywords=cfg.backbone_keywords)
-    state = RunState(run_dir, cfg, TRAIN_CONFIG_FILE, model, groups, schedule="linear",
-                     warmup=int(cfg.warmup_ratio * total), total=total, device=device, info=info)
+    groups = parameter_groups(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        head_lr_mult=cfg.head_lr_mult,
+        backbone_keywords=cfg.backbone_keywords,
+    )
+    state = RunState(
+        run_dir,
+        cfg,
+        TRAIN_CONFIG_FILE,
+        model,
+        groups,
+        schedule="linear",
+        warmup=int(cfg.warmup_ratio * total),
+        total=total,
+        device=device,
+        info=info,
+    )
     averaging = make_averaging(cfg, model, state.optimizer, total)
     tracker = _Tracker()
-    state.start(torch_swa=averaging if cfg.swa == "torch" else None,
-                contrib_swa=averaging if cfg.swa == "contrib" else None, tracker=tracker)
+    state.start(
+        torch_swa=averaging if cfg.swa == "torch" else None,
+        contrib_swa=averaging if cfg.swa == "contrib" else None,
+        tracker=tracker,
+    )
     if info.is_main:
         snapshot_features_meta(cfg.features, run_dir)
     evaluation = _Evaluation(cfg, p, state, collate, tracker)
     with state.running():
         for epoch, start in state.epochs(cfg.epochs):
-            batches = epoch_batches(len(train_set), cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                    rank=info.rank, world_size=info.world_size)
+            batches = epoch_batches(
+                len(train_set),
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
             loader = make_loader(train_set, batches[start:], collate, cfg.num_workers)
             _train_epoch(cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update)
             state.save(epoch + 1, 0)
@@ -296,9 +371,17 @@ def _train(cfg: TrainConfig, p: Prepared, run_dir: Path, device: torch.device, i
     return _finish(cfg, p, state, collate, metrics)
 
 
-def _train_epoch(cfg: TrainConfig, state: RunState, loader: Iterable[dict[str, torch.Tensor]], start: int,
-                 batches: int, epoch: int, averaging: TorchSWA | ContribSWA | None, evaluation: _Evaluation,
-                 on_update: UpdateCallback | None) -> None:
+def _train_epoch(
+    cfg: TrainConfig,
+    state: RunState,
+    loader: Iterable[dict[str, torch.Tensor]],
+    start: int,
+    batches: int,
+    epoch: int,
+    averaging: TorchSWA | ContribSWA | None,
+    evaluation: _Evaluation,
+    on_update: UpdateCallback | None,
+) -> None:
     """The batches of one epoch from ``start`` on: forward, backward, and an update after every group."""
     tracker = evaluation.tracker
     state.optimizer.zero_grad(set_to_none=True)
@@ -324,8 +407,9 @@ def _train_epoch(cfg: TrainConfig, state: RunState, loader: Iterable[dict[str, t
             on_update(state.updates)
 
 
-def _finish(cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
-            metrics: dict[str, float]) -> RunResult:
+def _finish(
+    cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator, metrics: dict[str, float]
+) -> RunResult:
     """Predict every ``--predict`` split with the final weights, save them, mark the run dir DONE."""
     from memeguard.data.predictions import write_predictions
 
@@ -334,9 +418,16 @@ def _finish(cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator,
 
     def write_outputs() -> None:
         for split, memes in p.predict.items():
-            ids, proba = predict_memes(model, collate, memes, p.regions, batch_size=cfg.eval_batch_size,
-                                       device=state.device, precision=cfg.precision,
-                                       num_workers=cfg.num_workers)
+            ids, proba = predict_memes(
+                model,
+                collate,
+                memes,
+                p.regions,
+                batch_size=cfg.eval_batch_size,
+                device=state.device,
+                precision=cfg.precision,
+                num_workers=cfg.num_workers,
+            )
             write_predictions(predictions[split], ids, proba)
         model.save_pretrained(run_dir / MODEL_DIR)
 

@@ -45,12 +45,16 @@ def parameter_groups(
             continue
         head = head_lr_mult != 1.0 and not is_backbone(name, backbone_keywords)
         decay = weight_decay > 0 and not any(nd in name for nd in NO_DECAY)
-        group = groups.setdefault((head, decay), {
-            "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}",
-            "params": [], "param_names": [],
-            "lr": lr * (head_lr_mult if head else 1.0),
-            "weight_decay": weight_decay if decay else 0.0,
-        })
+        group = groups.setdefault(
+            (head, decay),
+            {
+                "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}",
+                "params": [],
+                "param_names": [],
+                "lr": lr * (head_lr_mult if head else 1.0),
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
         group["params"].append(param)
         group["param_names"].append(name)
     return [groups[key] for key in sorted(groups)]
@@ -80,11 +84,20 @@ def make_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, tota
 class TorchSWA:
     """vilio's ``--swa``: ``AveragedModel`` + ``SWALR``; both step only after update ``start``."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, start: int, swa_lr: float,
-                 anneal_steps: int = 10) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        start: int,
+        swa_lr: float,
+        anneal_steps: int = 10,
+    ) -> None:
         self.start = start
         self.averaged = AveragedModel(model)
-        self.scheduler = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=max(1, anneal_steps), anneal_strategy="cos")
+        self.scheduler = SWALR(
+            optimizer, swa_lr=swa_lr, anneal_epochs=max(1, anneal_steps), anneal_strategy="cos"
+        )
 
     def active(self, update: int) -> bool:
         """``update`` is the 0-based index of the update just taken; vilio tested ``ups > swa_start``."""

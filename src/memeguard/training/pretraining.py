@@ -62,7 +62,9 @@ class PretrainingModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         act = getattr(backbone.config, "hidden_act", "gelu")
-        self.mlm = MLMHead(text_dim, backbone.get_input_embeddings(), act=act, eps=backbone.config.layer_norm_eps)
+        self.mlm = MLMHead(
+            text_dim, backbone.get_input_embeddings(), act=act, eps=backbone.config.layer_norm_eps
+        )
         self.itm = nn.Linear(pooled_dim, 2)
         for module in (self.mlm.transform.dense, self.itm):
             nn.init.normal_(module.weight, std=backbone.config.initializer_range)
@@ -80,8 +82,13 @@ class PretrainingModel(nn.Module):
 
 
 def mask_tokens(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Sequence[int], mask_id: int,
-    vocab_size: int, rate: float, generator: torch.Generator,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_ids: Sequence[int],
+    mask_id: int,
+    vocab_size: int,
+    rate: float,
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 masking -> (masked ids, labels with -100 where not selected)."""
     candidates = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids)))
@@ -113,7 +120,9 @@ def mask_features(
     return out
 
 
-def itm_texts(memes: Sequence[Meme], all_texts: Sequence[str], generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+def itm_texts(
+    memes: Sequence[Meme], all_texts: Sequence[str], generator: torch.Generator
+) -> tuple[list[str], torch.Tensor]:
     """Half of the texts replaced by a random other meme's text (re-drawn if it happens to be identical)."""
     texts, matched = [], []
     for meme in memes:
@@ -135,8 +144,12 @@ def _step_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Gener
 
 
 def make_pretrain_batch(
-    processor, memes: Sequence[Meme], records: Sequence[RegionRecord], all_texts: Sequence[str],
-    cfg: PretrainConfig, generator: torch.Generator,
+    processor,
+    memes: Sequence[Meme],
+    records: Sequence[RegionRecord],
+    all_texts: Sequence[str],
+    cfg: PretrainConfig,
+    generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     if cfg.itm:
         texts, itm_labels = itm_texts(memes, all_texts, generator)
@@ -149,11 +162,18 @@ def make_pretrain_batch(
     special = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id) if i is not None]
     if cfg.mlm:
         batch["input_ids"], batch["mlm_labels"] = mask_tokens(
-            batch["input_ids"], batch["attention_mask"], special, tok.mask_token_id, len(tok), cfg.word_mask_rate,
+            batch["input_ids"],
+            batch["attention_mask"],
+            special,
+            tok.mask_token_id,
+            len(tok),
+            cfg.word_mask_rate,
             generator,
         )
     if cfg.obj_mask_rate > 0:
-        batch["visual_feats"] = mask_features(batch["visual_feats"], batch["visual_mask"], cfg.obj_mask_rate, generator)
+        batch["visual_feats"] = mask_features(
+            batch["visual_feats"], batch["visual_mask"], cfg.obj_mask_rate, generator
+        )
     return batch
 
 
@@ -165,7 +185,9 @@ def pretrain_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: Pretrai
     loss = torch.zeros((), device=itm_logits.device)
     if cfg.mlm:
         labels = batch["mlm_labels"].flatten()
-        summed = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels, ignore_index=IGNORE, reduction="sum")
+        summed = F.cross_entropy(
+            mlm_logits.float().flatten(0, 1), labels, ignore_index=IGNORE, reduction="sum"
+        )
         loss = loss + summed / (labels != IGNORE).sum().clamp(min=1)
     if cfg.itm:
         loss = loss + F.cross_entropy(itm_logits.float(), batch["itm_labels"])
@@ -175,7 +197,10 @@ def pretrain_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: Pretrai
 
 
 def pretrain(
-    cfg: PretrainConfig, *, regions: RegionSource | None = None, on_update: Callable[[int], None] | None = None
+    cfg: PretrainConfig,
+    *,
+    regions: RegionSource | None = None,
+    on_update: Callable[[int], None] | None = None,
 ) -> Path:
     """Run task pretraining; returns the run dir (pass it to ``train --init``). A run dir with ``DONE`` is
     not trained again; one with a checkpoint resumes from it; one written under another configuration is
@@ -188,18 +213,25 @@ def pretrain(
         source = open_regions(regions if regions is not None else cfg.features)
         memes = read_memes(cfg.data_dir, cfg.split, cfg.limit)
         require_regions(memes, source, cfg.split, str(cfg.features))
-        overrides = standardization_overrides(cfg.standardize_features, cfg.init, cfg.model_overrides, source,
-                                              [meme.id for meme in memes])
-        backbone = build_model(cfg.model, feature_dim=region_feature_dim(source, memes), init=cfg.init,
-                               overrides=overrides, tokenizer=cfg.tokenizer)
+        overrides = standardization_overrides(
+            cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in memes]
+        )
+        backbone = build_model(
+            cfg.model,
+            feature_dim=region_feature_dim(source, memes),
+            init=cfg.init,
+            overrides=overrides,
+            tokenizer=cfg.tokenizer,
+        )
         if len(memes) < 2 and cfg.itm:
             raise ConfigError("image-text matching needs at least 2 memes")
         _run(cfg, memes, source, backbone, run_dir, device, info, on_update)
         return run_dir
 
 
-def _with_heads(backbone: MemeModel, processor, memes: Sequence[Meme], source: RegionSource,
-                device: torch.device) -> PretrainingModel:
+def _with_heads(
+    backbone: MemeModel, processor, memes: Sequence[Meme], source: RegionSource, device: torch.device
+) -> PretrainingModel:
     """The backbone with its pretraining heads, sized by one probe of the encoder's output widths."""
     backbone.to(device)
     with torch.no_grad():  # eval mode: no dropout, no RNG drawn
@@ -210,27 +242,59 @@ def _with_heads(backbone: MemeModel, processor, memes: Sequence[Meme], source: R
     return PretrainingModel(backbone, out.text_hidden.shape[-1], out.pooled.shape[-1]).to(device)
 
 
-def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone: MemeModel, run_dir: Path,
-         device: torch.device, info: ddp.DistInfo, on_update: Callable[[int], None] | None) -> None:
+def _run(
+    cfg: PretrainConfig,
+    memes: list[Meme],
+    source: RegionSource,
+    backbone: MemeModel,
+    run_dir: Path,
+    device: torch.device,
+    info: ddp.DistInfo,
+    on_update: Callable[[int], None] | None,
+) -> None:
     processor = backbone.build_processor()
     all_texts = [m.text for m in memes]
     model = _with_heads(backbone, processor, memes, source, device)
-    batches_per_epoch = len(epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=0,
-                                          rank=info.rank, world_size=info.world_size))
+    batches_per_epoch = len(
+        epoch_batches(
+            len(memes), cfg.batch_size, seed=cfg.seed, epoch=0, rank=info.rank, world_size=info.world_size
+        )
+    )
     total = batches_per_epoch * cfg.epochs
-    state = RunState(run_dir, cfg, PRETRAIN_CONFIG_FILE, model, parameter_groups(model, lr=cfg.lr),
-                     schedule=cfg.schedule, warmup=int(cfg.warmup_ratio * total), total=total, device=device,
-                     info=info)
+    state = RunState(
+        run_dir,
+        cfg,
+        PRETRAIN_CONFIG_FILE,
+        model,
+        parameter_groups(model, lr=cfg.lr),
+        schedule=cfg.schedule,
+        warmup=int(cfg.warmup_ratio * total),
+        total=total,
+        device=device,
+        info=info,
+    )
     state.start()
     with state.running():
         for epoch, _ in state.epochs(cfg.epochs):  # checkpoints are taken at epoch ends only
             loss_sum, count = 0.0, 0
-            batches = epoch_batches(len(memes), cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                    rank=info.rank, world_size=info.world_size)
+            batches = epoch_batches(
+                len(memes),
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
             for index, indices in enumerate(batches):
                 chosen = [memes[i] for i in indices]
-                batch = make_pretrain_batch(processor, chosen, [source[m.id] for m in chosen], all_texts, cfg,
-                                            _step_generator(cfg.seed, epoch, index, info.rank))
+                batch = make_pretrain_batch(
+                    processor,
+                    chosen,
+                    [source[m.id] for m in chosen],
+                    all_texts,
+                    cfg,
+                    _step_generator(cfg.seed, epoch, index, info.rank),
+                )
                 batch = to_device(batch, device)
                 with autocast(device, cfg.precision):
                     loss = pretrain_loss(state.trained, batch, cfg)
@@ -240,8 +304,14 @@ def _run(cfg: PretrainConfig, memes: list[Meme], source: RegionSource, backbone:
                 state.show(loss_sum / count, math.nan)
                 if on_update is not None:
                     on_update(state.updates)
-            state.log({"update": state.updates, "epoch": epoch, "loss": loss_sum / max(1, count),
-                       "time": time.time()})
+            state.log(
+                {
+                    "update": state.updates,
+                    "epoch": epoch,
+                    "loss": loss_sum / max(1, count),
+                    "time": time.time(),
+                }
+            )
             state.save(epoch + 1, 0)
 
     def write_outputs() -> None:

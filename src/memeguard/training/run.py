@@ -61,15 +61,19 @@ def check_same_config(run_dir: Path, cfg: AnyConfig, config_file: str) -> None:
         return
     saved = type(cfg).canonical(json.loads(path.read_text()))
     current = cfg.to_dict()
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in VOLATILE_KEYS and saved.get(k) != current.get(k))
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in VOLATILE_KEYS and saved.get(k) != current.get(k)
+    )
     if changed:
-        raise ConfigError(f"{run_dir}: holds a run with a different configuration (differs in {changed}); "
-                          "use another --out or delete the run dir")
+        raise ConfigError(
+            f"{run_dir}: holds a run with a different configuration (differs in {changed}); "
+            "use another --out or delete the run dir"
+        )
 
 
-def already_done(run_dir: Path, cfg: AnyConfig, config_file: str, info: ddp.DistInfo,
-                 device: torch.device) -> bool:
+def already_done(
+    run_dir: Path, cfg: AnyConfig, config_file: str, info: ddp.DistInfo, device: torch.device
+) -> bool:
     """Whether the run dir is finished (rank 0's answer, shared); a different configuration is refused."""
     check_same_config(run_dir, cfg, config_file)
     return ddp.broadcast_flag((run_dir / DONE_FILE).is_file(), info, device)
@@ -84,16 +88,31 @@ class RunState:
     in the order model, optimizer, scheduler, scaler, then the companions.
     """
 
-    def __init__(self, run_dir: Path, cfg: AnyConfig, config_file: str, model: nn.Module,
-                 groups: list[dict[str, Any]], *, schedule: str, warmup: int, total: int,
-                 device: torch.device, info: ddp.DistInfo) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: AnyConfig,
+        config_file: str,
+        model: nn.Module,
+        groups: list[dict[str, Any]],
+        *,
+        schedule: str,
+        warmup: int,
+        total: int,
+        device: torch.device,
+        info: ddp.DistInfo,
+    ) -> None:
         self.run_dir, self.cfg, self.config_file = run_dir, cfg, config_file
         self.model, self.device, self.info, self.total = model, device, info, total
         self.optimizer = make_adamw(groups, cfg.lr, cfg.adam_eps)
         self.scheduler = make_schedule(self.optimizer, schedule, warmup, total)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        self.stateful: dict[str, Any] = {"model": model, "optimizer": self.optimizer,
-                                         "scheduler": self.scheduler, "scaler": self.scaler}
+        self.stateful: dict[str, Any] = {
+            "model": model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
         self.checkpoint_dir = run_dir / CHECKPOINTS_DIR
         self.position = ckpt.Position()
         self.resumed = False

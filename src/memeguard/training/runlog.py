@@ -31,7 +31,10 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             TextColumn("loss {task.fields[loss]}  dev AUROC {task.fields[auroc]}"),
         )
         self.task = self.progress.add_task("train", total=total, completed=completed, loss="-", auroc="-")
@@ -57,5 +60,7 @@ def trim_metrics(run_dir: Path, update: int) -> None:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("update", 0) <= update]
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line).get("update", 0) <= update
+    ]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
