@@ -160,3 +160,23 @@ def test_override_of_the_wrong_type_is_refused():
     with pytest.raises(ConfigError) as info:
         get_config("visualbert-tiny", max_regions=[1, 2])
     assert str(info.value) == "VisualBertConfig: max_regions must be a valid integer, got [1, 2]"
+
+
+def test_predict_reports_a_bad_model_folder_as_one_line(
+    model_dir, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memeguard.cli import main
+
+    path = model_dir / MODEL_WEIGHTS_FILE
+    state = load_file(str(path))
+    name = sorted(state)[0]
+    state[name] = state[name].to(torch.int32)
+    save_file(state, str(path))
+    out = tmp_path / "preds" / "dev_seen.csv"
+    args = ["predict", "--checkpoint", str(model_dir), "--features", str(tmp_path / "store")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data", str(tmp_path), "--split", "dev_seen", "--out", str(out)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: tensor {name} is I32, which cannot hold the model's torch.float32 values\n"
+    assert not out.parent.exists()
