@@ -89,3 +89,20 @@ def test_rows_that_used_to_escape_as_tracebacks(
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join([lines[0], row, *lines[1:]]) + "\n", encoding="utf-8")
     assert _run_ensemble(folder, capsys) == f"{path}:2: {expected}"
+
+
+def test_a_families_file_that_is_not_utf8_is_one_line(
+    make_folder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _two_models(make_folder)
+    families = folder.root / "families.json"
+    families.write_bytes('{"F": ["A", "B"]}'.encode("utf-16"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["ensemble", str(folder.pred_dir), "--gt", str(folder.gt_path), "--out", str(folder.root / "out")]
+            + ["--families", str(families)]
+        )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {families}: cannot read families ('utf-8' codec can't decode")
+    assert err.count("\n") == 1 and not (folder.root / "out").exists()

@@ -130,7 +130,7 @@ def scan_folder(
 def _family_file(path: Path, models: Sequence[str]) -> dict[str, list[str]]:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:  # UnicodeDecodeError: not UTF-8
         raise ConfigError(f"{path}: cannot read families ({exc})") from None
     if not isinstance(spec, dict) or not all(
         isinstance(v, list) and all(isinstance(m, str) for m in v) for v in spec.values()
