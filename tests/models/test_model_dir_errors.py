@@ -180,3 +180,17 @@ def test_predict_reports_a_bad_model_folder_as_one_line(
     err = capsys.readouterr().err
     assert err == f"error: {path}: tensor {name} is I32, which cannot hold the model's torch.float32 values\n"
     assert not out.parent.exists()
+
+
+def test_python_api_values_keep_working_and_are_kept_as_given():
+    import numpy as np
+
+    from memeguard.models.registry import get_config
+
+    config = get_config("devlbert-tiny", max_regions=np.int64(5), v_biattention_id=(0, 1))
+    assert config.max_regions == 5 and type(config.max_regions) is np.int64
+    assert config.v_biattention_id == (0, 1)
+    with pytest.raises(
+        ConfigError, match=r"^VisualBertConfig: max_regions must be a valid integer, got True$"
+    ):
+        get_config("visualbert-tiny", max_regions=True)

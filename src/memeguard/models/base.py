@@ -118,7 +118,7 @@ class VLConfig:
             if key not in adapters:
                 continue
             try:
-                adapters[key].validate_python(value, strict=True)
+                adapters[key].validate_python(_plain(value), strict=True)
             except ValidationError as exc:
                 error = exc.errors()[0]
                 where = ".".join(str(part) for part in (key, *error["loc"]))
@@ -132,6 +132,17 @@ class VLConfig:
             raise ConfigError(f"{type(self).__name__}: unknown config keys {unknown}")
         self.check_types({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **overrides})
         return dataclasses.replace(self, **overrides)
+
+
+def _plain(value: Any) -> Any:
+    """The JSON form of a Python-API value (numpy scalars and arrays, tuples), which strict mode checks."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 @functools.cache
