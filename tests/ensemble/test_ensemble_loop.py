@@ -238,8 +238,8 @@ def test_splits_are_discovered_and_a_single_model_passes_through(make_folder) ->
 def test_test_labels_carry_the_dev_share_over_when_run_b_scores_are_shifted(make_folder) -> None:
     folder = make_folder(seed=3)
     rng = np.random.default_rng(0)
-    # Run (a) models score dev in [0.1, 0.35]; run (b) models score the test splits in [0.7, 0.95]. Every split
-    # is ranked perfectly, yet every test score lies above any dev threshold.
+    # Run (a) models score dev in [0.1, 0.35]; run (b) models score the test splits in [0.7, 0.95].
+    # Every split is ranked perfectly, yet every test score lies above any dev threshold.
     for name in ("A", "B"):
         for split, y in folder.labels.items():
             base = 0.1 if split == "dev_seen" else 0.7

@@ -91,39 +91,66 @@ def read_predictions(path: str | os.PathLike[str]) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prediction file not found")
+    _refuse_utf16(path)
     ids: list[int] = []
     probas: list[float] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a UTF-8 BOM (spreadsheet exports) is read as no character, not as part of "id".
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header[:3]) != HEADER:
-            raise DataError(f"{path}:1: expected header 'id,proba,label', got {header!r}")
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path}:{line_no}: expected 3 columns, got {len(row)}")
-            try:
-                meme_id = int(row[0])
-                proba = float(row[1])
-                label = int(float(row[2]))
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: cannot parse {row!r}") from None
-            if not math.isfinite(proba) or not 0.0 <= proba <= 1.0:
-                raise DataError(
-                    f"{path}:{line_no}: id {meme_id}: proba {row[1]!r} is not a probability in [0, 1]"
-                )
-            if label not in (0, 1):
-                raise DataError(f"{path}:{line_no}: id {meme_id}: label {row[2]!r} is not 0 or 1")
-            ids.append(meme_id)
-            probas.append(proba)
-            labels.append(label)
+        line_no = 1
+        try:
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header[:3]) != HEADER:
+                raise DataError(f"{path}:1: expected header 'id,proba,label', got {header!r}")
+            for line_no, row in enumerate(reader, start=2):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                meme_id, proba, label = _parse_row(row, f"{path}:{line_no}")
+                ids.append(meme_id)
+                probas.append(proba)
+                labels.append(label)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: not UTF-8 text (byte {exc.start} of a block); save it as UTF-8"
+            ) from None
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from None
     preds = Predictions(
         np.asarray(ids, np.int64), np.asarray(probas, np.float64), np.asarray(labels, np.int64)
     )
     _validate(preds.ids, preds.proba, preds.label, str(path))
     return preds
+
+
+def _refuse_utf16(path: Path) -> None:
+    """A UTF-16 file (Excel's "Unicode text") would fail to decode on its first byte: say what it is."""
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if start in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{path}: UTF-16 text; save it as UTF-8")
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _parse_row(row: list[str], where: str) -> tuple[int, float, int]:
+    """One ``id,proba,label`` row -> typed values; ``where`` is ``file:line``."""
+    if len(row) < 3:
+        raise DataError(f"{where}: expected 3 columns, got {len(row)}")
+    try:
+        meme_id = int(row[0])
+        proba = float(row[1])
+        label = int(float(row[2]))
+    except (ValueError, OverflowError):
+        raise DataError(f"{where}: cannot parse {row!r}") from None
+    if not _INT64.min <= meme_id <= _INT64.max:
+        raise DataError(f"{where}: id {row[0]!r} is outside the 64-bit integer range")
+    if not math.isfinite(proba) or not 0.0 <= proba <= 1.0:
+        raise DataError(f"{where}: id {meme_id}: proba {row[1]!r} is not a probability in [0, 1]")
+    if label not in (0, 1):
+        raise DataError(f"{where}: id {meme_id}: label {row[2]!r} is not 0 or 1")
+    return meme_id, proba, label
 
 
 def align_predictions(preds: Predictions, ids: Sequence[int], source: str = "predictions") -> Predictions:

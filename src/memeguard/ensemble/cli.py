@@ -67,7 +67,8 @@ def ensemble(
     families: str = typer.Option(
         "auto",
         "--families",
-        help="Seed families: auto (families.json, else <family>__<run> names), none, regex:PATTERN, or a JSON file.",
+        help="Seed families: auto (families.json, else <family>__<run> names), none, regex:PATTERN, "
+        "or a JSON file.",
     ),
     optimizer: str = choice(SIMPLEX, "--optimizer", OPTIMIZER_NAMES, help="Weight search inside the loop."),
     splits: str = typer.Option(

@@ -12,7 +12,8 @@ Families (vilio's seed groups, averaged before blending), chosen by ``families``
   model is a family of its own;
 * ``"none"``: every model is its own family;
 * ``"regex:PATTERN"``: the family is the first group of ``re.match(PATTERN, model)`` (or the whole
-  match), e.g. ``regex:^([A-Z]+)`` puts ``O36``/``O50`` in ``O``; a model that does not match is its own family;
+  match), e.g. ``regex:^([A-Z]+)`` puts ``O36``/``O50`` in ``O``; a model that does not match is its
+  own family;
 * a path to a JSON file, or (Python API) a mapping: ``{"family": ["model", ...]}``; models it does not
   name are families of their own.
 
@@ -121,16 +122,15 @@ def scan_folder(
     for model, files in models.items():
         for split in wanted:
             if split not in files:
-                raise DataError(
-                    f"{pred_dir / f'{model}_{split}.csv'}: missing (model {model!r} has {', '.join(sorted(files))})"
-                )
+                missing = pred_dir / f"{model}_{split}.csv"
+                raise DataError(f"{missing}: missing (model {model!r} has {', '.join(sorted(files))})")
     return {model: {s: files[s] for s in wanted} for model, files in models.items()}, ignored
 
 
 def _family_file(path: Path, models: Sequence[str]) -> dict[str, list[str]]:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:  # UnicodeDecodeError: not UTF-8
         raise ConfigError(f"{path}: cannot read families ({exc})") from None
     if not isinstance(spec, dict) or not all(
         isinstance(v, list) and all(isinstance(m, str) for m in v) for v in spec.values()

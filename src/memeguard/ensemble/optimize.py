@@ -14,8 +14,8 @@ tuner) wastes most evaluations on flat regions. Two stages:
    repeat until a full pass gains nothing.
 
 The polishing also runs from equal weights, and the best single model is a fallback, so on the
-pairs searched the answer is never worse than the equal-weight blend or the best model alone. Returned weights apply to the *raw*
-columns (like vilio's SX) and sum to 1.
+pairs searched the answer is never worse than the equal-weight blend or the best model alone. Returned
+weights apply to the *raw* columns (like vilio's SX) and sum to 1.
 
 Cost: ``P = n_pos · n_neg`` pairs (62 500 on a balanced 500-row dev set); a line search sorts ``P``
 numbers. Beyond ``max_pairs`` a fixed random subset of pairs is used for both stages (the reported

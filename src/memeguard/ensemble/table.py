@@ -64,6 +64,8 @@ def stack_predictions(
     for name in names:
         source = sources.get(name, name)
         pred = predictions[name]
+        if len(pred) == 0:  # checked here, or a header-only file would be blamed on the files beside it
+            raise DataError(f"{source}: no prediction rows (only a header)")
         bad = ~np.isfinite(pred.proba)
         if bad.any():
             raise DataError(f"{source}: id {int(pred.ids[np.flatnonzero(bad)[0]])}: proba is NaN or infinite")

@@ -7,6 +7,7 @@ and a record is only added to the stores that lack it, so no image is ever store
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -30,7 +31,8 @@ def unique_memes(data_dir: str | os.PathLike[str], splits: Sequence[str] | None 
             if meme.id in seen and seen[meme.id][1].img != meme.img:
                 first_split, first = seen[meme.id]
                 raise DataError(
-                    f"meme id {meme.id} points at {first.img!r} in {first_split} but at {meme.img!r} in {split}"
+                    f"meme id {meme.id} points at {first.img!r} in {first_split} "
+                    f"but at {meme.img!r} in {split}"
                 )
             seen.setdefault(meme.id, (split, meme))
     return [meme for _, meme in seen.values()]
@@ -81,34 +83,59 @@ def extract_features(
     progress: bool = True,
     dtype: str = "float16",
 ) -> dict[str, Path]:
-    """Extract every (deduplicated) meme image once; returns {variant: finalised store path}."""
-    from memeguard.data.hm import image_path
-    from memeguard.data.images import open_image
+    """Extract every (deduplicated) meme image once; returns {variant: finalised store path}.
 
+    A full disk (ENOSPC) stops the run as one line: the store stays resumable (what an interrupted
+    write left is recovered on reopening, as after a kill), so the same command continues it.
+    """
     memes = unique_memes(data_dir, splits)
     paths = store_paths(out, extractor.variants())
     batch_size = int(batch_size or getattr(extractor, "batch_size", 8) or 8)
     base_meta = {key: value for key, value in extractor.meta().items() if key != "store"}
     base_meta.setdefault("extractor", extractor.name)
-    with ExitStack() as stack:
-        writers: dict[str, FeatureStoreWriter] = {}
-        for variant, path in paths.items():
-            meta = {**base_meta, "variant": variant, "dataset": str(Path(data_dir).resolve())}
-            writer = FeatureStoreWriter(path, dtype=dtype, meta=meta)
-            stack.callback(writer.close)  # on error: release, leaving a resumable store
-            writers[variant] = writer
-        todo = [meme for meme in memes if any(meme.id not in writer for writer in writers.values())]
-        with _progress(progress and bool(todo), len(todo), f"{extractor.name} features") as advance:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                images = [open_image(image_path(data_dir, m), context=f"meme id {m.id}") for m in batch]
-                results = extractor.extract(images, [m.id for m in batch], [m.text for m in batch])
-                _store_batch(results, batch, writers)
-                if advance is not None:
-                    advance(len(batch))
-        for writer in writers.values():
-            writer.finalize()
+    writers: dict[str, FeatureStoreWriter] = {}
+    try:
+        with ExitStack() as stack:
+            for variant, path in paths.items():
+                meta = {**base_meta, "variant": variant, "dataset": str(Path(data_dir).resolve())}
+                writer = FeatureStoreWriter(path, dtype=dtype, meta=meta)
+                stack.callback(writer.close)  # on error: release, leaving a resumable store
+                writers[variant] = writer
+            _extract_missing(data_dir, memes, extractor, writers, batch_size, progress)
+            for writer in writers.values():
+                writer.finalize()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = min((len(writer) for writer in writers.values()), default=0)
+        raise FeatureStoreError(
+            f"disk full while writing {out}; the {kept} memes written are kept; "
+            "free space and rerun the same command to resume"
+        ) from None
     return paths
+
+
+def _extract_missing(
+    data_dir: str | os.PathLike[str],
+    memes: list[Meme],
+    extractor: Extractor,
+    writers: dict[str, FeatureStoreWriter],
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Extract, in batches, the memes some store lacks; each record goes only to the stores lacking it."""
+    from memeguard.data.hm import image_path
+    from memeguard.data.images import open_image
+
+    todo = [meme for meme in memes if any(meme.id not in writer for writer in writers.values())]
+    with _progress(progress and bool(todo), len(todo), f"{extractor.name} features") as advance:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = [open_image(image_path(data_dir, m), context=f"meme id {m.id}") for m in batch]
+            results = extractor.extract(images, [m.id for m in batch], [m.text for m in batch])
+            _store_batch(results, batch, writers)
+            if advance is not None:
+                advance(len(batch))
 
 
 def _store_batch(

@@ -23,8 +23,10 @@ Padding goes to the batch maximum, never beyond.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from memeguard.checkpoint_io import load_mapped_state_dict, read_any_checkpoint
+from memeguard.checkpoint_io import (
+    load_mapped_state_dict,
+    read_any_checkpoint,
+    read_safetensors_checkpoint,
+)
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import BoxEncoding, encode_boxes
 from memeguard.features.record import RegionRecord
@@ -94,14 +100,58 @@ class VLConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown config keys {unknown}")
+        cls.check_types(data)
         return cls(**data)
+
+    @classmethod
+    def check_types(cls, values: Mapping[str, Any]) -> None:
+        """Refuse values of the wrong type (``hidden_size: "sixty-four"``) before a model is built of them.
+
+        Each field's annotation is checked by pydantic in strict mode (no "64" -> 64 coercion) and the
+        result is discarded: the config keeps the values as given, so a valid file builds exactly the
+        model it did before.
+        """
+        from pydantic import ValidationError
+
+        adapters = _field_adapters(cls)
+        for key, value in values.items():
+            if key not in adapters:
+                continue
+            try:
+                adapters[key].validate_python(_plain(value), strict=True)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in (key, *error["loc"]))
+                message = str(error["msg"]).replace("Input should be", "must be")
+                raise ConfigError(f"{cls.__name__}: {where} {message}, got {value!r}") from None
 
     def replace(self, **overrides: Any) -> VLConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ConfigError(f"{type(self).__name__}: unknown config keys {unknown}")
+        self.check_types({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **overrides})
         return dataclasses.replace(self, **overrides)
+
+
+def _plain(value: Any) -> Any:
+    """The JSON form of a Python-API value (numpy scalars and arrays, tuples), which strict mode checks."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+@functools.cache
+def _field_adapters(config_cls: type[VLConfig]) -> dict[str, Any]:
+    """Field name -> pydantic ``TypeAdapter`` of its annotation (built once per config class)."""
+    from pydantic import TypeAdapter
+
+    hints = typing.get_type_hints(config_cls)
+    return {field.name: TypeAdapter(hints[field.name]) for field in dataclasses.fields(config_cls)}
 
 
 @dataclass
@@ -297,41 +347,136 @@ class MemeModel(nn.Module):
     # -- our own format -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """``config.json`` + ``model.safetensors``; tied tensors are stored once (safetensors.save_model)."""
-        from safetensors.torch import save_model
-
         from memeguard.io import write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp_path = directory / f".{MODEL_WEIGHTS_FILE}.tmp"
-        save_model(self, str(tmp_path), metadata={"format": "pt"})
-        os.replace(tmp_path, directory / MODEL_WEIGHTS_FILE)
+        _save_weights_atomic(self, directory / MODEL_WEIGHTS_FILE)
         write_json_atomic(directory / MODEL_CONFIG_FILE, self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> MemeModel:
-        from safetensors.torch import load_file
+        """Load our model dir; every way the folder can be wrong is a one-line error naming the file.
 
+        The config is type-checked, the model is planned on the meta device (no memory, no random
+        draws) and the weight file's header (names, shapes, dtypes) is checked against that plan before
+        a single parameter is allocated or read, so a corrupt folder costs neither time nor memory.
+        """
         directory = Path(directory)
-        config_path = directory / MODEL_CONFIG_FILE
-        if not config_path.is_file():
-            raise CheckpointError(f"{directory}: no {MODEL_CONFIG_FILE} (not a memeguard model directory)")
-        data = json.loads(config_path.read_text())
-        model_cls = architecture_for(data.get("model_type", ""))
-        model = model_cls(model_cls.config_class.from_dict(data))
-        state = load_file(str(directory / MODEL_WEIGHTS_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [key for key in missing if not _is_tied(model, key)]
-        if missing or unexpected:
-            raise CheckpointError(f"{directory}: missing keys {missing}, unexpected keys {unexpected}")
+        config = read_model_config(directory / MODEL_CONFIG_FILE)
+        model_cls = architecture_for(config.model_type)
+        weights_path = directory / MODEL_WEIGHTS_FILE
+        planned = _build(model_cls, config, directory / MODEL_CONFIG_FILE, device="meta")
+        check_weights_header(planned, weights_path)
+        model = _build(model_cls, config, directory / MODEL_CONFIG_FILE)
+        state = read_safetensors_checkpoint(weights_path)
+        model.load_state_dict(state, strict=False)
         return model
 
 
-def _is_tied(model: nn.Module, key: str) -> bool:
-    """A parameter absent from the file because it shares storage with one that is present."""
+def _save_weights_atomic(model: nn.Module, target: Path) -> None:
+    """``save_model`` into a temporary file, renamed onto ``target`` once complete.
+
+    safetensors creates its files 0600 and writes by file name, so ``io.atomic_write`` (which hands out
+    an open handle) cannot host it; the file gets the umask's permissions, as every file we write.
+    """
+    from safetensors.torch import save_model
+
+    tmp_path = target.with_name(f".{target.name}.tmp")
+    try:
+        save_model(model, str(tmp_path), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def read_model_config(path: Path) -> VLConfig:
+    """``config.json`` of a model dir -> its typed config; ConfigError naming the file otherwise."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: no {MODEL_CONFIG_FILE} (not a memeguard model directory)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a model config is a JSON object, found a {type(data).__name__}")
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str):
+        raise ConfigError(f"{path}: model_type must be a string naming an architecture, got {model_type!r}")
+    try:
+        return architecture_for(model_type).config_class.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# What building a model from type-correct but impossible sizes raises (negative or zero dimensions,
+# a hidden size the heads do not divide ...).
+_BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError, IndexError, KeyError)
+
+
+def _build(
+    model_cls: type[MemeModel], config: VLConfig, config_path: Path, device: str | None = None
+) -> MemeModel:
+    try:
+        if device is None:
+            return model_cls(config)
+        with torch.device(device):
+            return model_cls(config)
+    except _BUILD_ERRORS as exc:
+        raise ConfigError(
+            f"{config_path}: cannot build a {config.model_type} model from it ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _weights_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (safetensors dtype, shape)} from the file's header, without reading any tensor."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {
+                name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+                for name in handle.keys()  # noqa: SIM118 - safe_open is not a mapping
+            }
+    except Exception as exc:  # safetensors raises its own error types for a truncated or corrupt file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _is_float_dtype(safetensors_dtype: str) -> bool:
+    return safetensors_dtype.startswith(("F", "BF"))
+
+
+def check_weights_header(model: MemeModel, path: Path) -> None:
+    """Every tensor of ``model`` present once (tied ones once per group), with its shape and a dtype
+    it can take: a float parameter refuses integer or bool tensors (they would load as garbage)."""
+    header = _weights_header(path)
+    own = model.state_dict(keep_vars=True)
+    unexpected = sorted(set(header) - set(own))
+    missing = [key for key in own if key not in header and not _tied_to_present(model, key, header)]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+    for name, (dtype, shape) in header.items():
+        expected = own[name]
+        if shape != tuple(expected.shape):
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {list(shape)}, the model's is {list(expected.shape)}"
+            )
+        if _is_float_dtype(dtype) != expected.dtype.is_floating_point:
+            raise CheckpointError(
+                f"{path}: tensor {name} is {dtype}, which cannot hold the model's {expected.dtype} values"
+            )
+
+
+def _tied_to_present(model: nn.Module, key: str, present: Mapping[str, Any]) -> bool:
+    """A parameter absent from the file because it is the same tensor as one that is present."""
     params = dict(model.named_parameters(remove_duplicate=False))
     tensor = params.get(key)
     if tensor is None:
         return False
-    ptr = tensor.data_ptr()
-    return any(other.data_ptr() == ptr and name != key for name, other in params.items())
+    return any(other is tensor and name in present for name, other in params.items())

@@ -36,10 +36,18 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from memeguard.ensemble.method_names import LOOP, METHODS, canonical_method
 from memeguard.errors import ConfigError
@@ -47,6 +55,22 @@ from memeguard.errors import ConfigError
 # ``ENSEMBLE_METHODS`` (0.1's name) lists the readable names; vilio's aliases are accepted too.
 ENSEMBLE_METHODS = METHODS
 DEPRECATED_MODEL_KEY = "architecture"  # ``models[].model``'s name in memeguard 0.1
+
+# The one pattern for every recipe name that becomes a path component (the recipe, feature sets, model
+# families, runs): no separator, no leading dot, so no name can lead outside ``--out``.
+PATH_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _path_name(name: str) -> str:
+    if not PATH_NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is used as a folder name: give 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+PathName = Annotated[str, AfterValidator(_path_name)]
 
 
 class _Strict(BaseModel):
@@ -127,12 +151,12 @@ class CheckpointPair(_Strict):
 class RunSpec(_Strict):
     seed: int = 42
     features: str | None = None  # defaults to the family's
-    name: str | None = None  # defaults to <family><seed>
+    name: PathName | None = None  # defaults to <family><seed>
     checkpoints: CheckpointPair | None = None
 
 
 class ModelSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+    name: PathName
     model: str  # a registered model name (``memeguard.models.list_models()``)
     features: str | None = None
     seeds: list[int] | None = None
@@ -170,7 +194,7 @@ class ModelSpec(_Strict):
             run.features = run.features or self.features
             if not run.features:
                 raise ValueError(f"run with seed {run.seed} has no features")
-            run.name = run.name or f"{self.name}{run.seed}"
+            run.name = run.name or _path_name(f"{self.name}{run.seed}")
         names = [run.name for run in self.runs]
         if len(set(names)) != len(names):
             raise ValueError(f"run names must be unique within a model, got {names}")
@@ -191,9 +215,9 @@ class EnsembleSpec(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = "recipe"
+    name: PathName = "recipe"
     clean: bool = True
-    features: dict[str, FeatureSetSpec]
+    features: dict[PathName, FeatureSetSpec]
     models: list[ModelSpec]
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     source: str | None = None  # filled by load_recipe
@@ -313,20 +337,107 @@ def _check_model_names(recipe: Recipe, document: yaml.Node, where: str) -> None:
             )
 
 
+# Keys the runner sets itself for each run; in a recipe's train/pretrain section they would collide.
+_RUNNER_KEYS = {"model", "features", "data_dir", "out_dir", "seed", "init", "model_overrides"}
+_RUNNER_TRAIN_KEYS = {"train_split", "predict_splits", "device", "limit", "progress"}
+_RUNNER_PRETRAIN_KEYS = {"device", "limit", "progress"}
+
+
 def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None:
-    """Unknown training/pretraining keys fail now, not hours into a run."""
+    """Every stage's config is built now, as the runner will build it, so a bad value fails at load
+    time with its line, not after the clean and feature stages have run for hours."""
     from memeguard.training.config import PretrainConfig, TrainConfig
 
-    fixed = {"model", "features", "data_dir", "out_dir", "seed", "init", "model_overrides"}
-    train_keys = TrainConfig.accepted_keys() - fixed
-    pretrain_keys = PretrainConfig.accepted_keys() - fixed
+    sections = (
+        ("train", TrainConfig, TrainConfig.accepted_keys() - _RUNNER_KEYS - _RUNNER_TRAIN_KEYS),
+        ("pretrain", PretrainConfig, PretrainConfig.accepted_keys() - _RUNNER_KEYS - _RUNNER_PRETRAIN_KEYS),
+    )
     for index, model in enumerate(recipe.models):
-        for section, allowed in (("train", train_keys), ("pretrain", pretrain_keys)):
-            params = getattr(model, section) or {}
+        for section, config_cls, allowed in sections:
+            params = getattr(model, section)
+            if params is None:
+                continue
             for key in params:
                 if key not in allowed:
                     line = _key_line(document, ("models", index, section, key))
                     raise ConfigError(f"{where}:{line}: models[{index}].{section}: unknown key {key!r}")
+            placeholders = {"model": model.model, "features": ".", "data_dir": ".", "out_dir": "."}
+            if section == "train":
+                placeholders["eval_split"] = "dev_seen"  # what the runner passes unless train sets it
+            _check_run_config(config_cls, placeholders, params, ("models", index, section), document, where)
+        _check_model_overrides(model, index, document, where)
+
+
+def _check_run_config(
+    config_cls: Any,
+    placeholders: dict[str, Any],
+    params: dict[str, Any],
+    loc: tuple[Any, ...],
+    document: yaml.Node,
+    where: str,
+) -> None:
+    """Build ``config_cls`` from placeholder paths + ``params``; an error names the first bad key's line."""
+    try:
+        config_cls(**{**placeholders, **params})
+    except ConfigError as exc:
+        bad_key = next(
+            (key for key in params if not _accepts(config_cls, placeholders, key, params[key])), None
+        )
+        line = _line_of(document, (*loc, bad_key) if bad_key is not None else loc)
+        raise ConfigError(f"{where}:{line}: {loc[0]}[{loc[1]}].{loc[2]}: {exc}") from None
+
+
+def _accepts(config_cls: Any, placeholders: dict[str, Any], key: str, value: Any) -> bool:
+    try:
+        config_cls(**{**placeholders, key: value})
+    except ConfigError:
+        return False
+    return True
+
+
+def _check_model_overrides(model: ModelSpec, index: int, document: yaml.Node, where: str) -> None:
+    """Each override against the model's own config (type and name), as ``build_model`` applies it."""
+    from memeguard.models.registry import get_config
+
+    for key, value in model.overrides.items():
+        try:
+            get_config(model.model, **{key: value})
+        except ConfigError as exc:
+            line = _line_of(document, ("models", index, "overrides", key))
+            raise ConfigError(f"{where}:{line}: models[{index}].overrides.{key}: {exc}") from None
+
+
+def _check_text(document: yaml.Node, where: str) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``, valid YAML) in any string: it cannot be written as UTF-8."""
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, yaml.ScalarNode):
+            if isinstance(node.value, str) and _has_lone_surrogate(node.value):
+                raise ConfigError(
+                    f"{where}:{node.start_mark.line + 1}: {node.value!r} contains a lone surrogate "
+                    "(not encodable text)"
+                )
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+
+
+def _strings_in(value: Any) -> list[str]:
+    """Every string in a parsed YAML value (keys included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for pair in value.items() for part in pair for text in _strings_in(part)]
+    if isinstance(value, list):
+        return [text for part in value for text in _strings_in(part)]
+    return []
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    # TODO(h11data): call memeguard.data.text's check once it is on main (same rule: no U+D800-U+DFFF).
+    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
 # -- command-line overrides ---------------------------------------------------------------------------
@@ -345,6 +456,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", exc)
         raise ConfigError(f"command line: {key}: invalid YAML value {text!r} ({problem})") from None
+    if any(_has_lone_surrogate(text) for text in (item, *_strings_in(value))):
+        raise ConfigError(f"command line: {key}: the value contains a lone surrogate (not encodable text)")
     if isinstance(value, str) and value == text.strip() and _EXPONENT_FLOAT.fullmatch(value):
         value = float(value)  # PyYAML reads YAML 1.1, where 1e-4 (no dot) is a string; YAML 1.2 a number
     return key.strip().split("."), value
@@ -408,7 +521,10 @@ def _rename_deprecated_keys(data: dict[str, Any], document: yaml.Node, where: st
 def _read_recipe_file(path: Path) -> tuple[yaml.Node, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
     try:
         document = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -418,6 +534,7 @@ def _read_recipe_file(path: Path) -> tuple[yaml.Node, dict[str, Any]]:
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    _check_text(document, str(path))
     return document, data
 
 
@@ -430,7 +547,12 @@ def _validate(
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
-        line = _key_line(document, loc) if first["type"] == "extra_forbidden" else _line_of(document, loc)
+        if first["type"] == "extra_forbidden":
+            line = _key_line(document, loc)
+        elif loc and loc[-1] == "[key]":  # a mapping key that fails its own check (a feature set name)
+            line = _key_line(document, loc[:-1])
+        else:
+            line = _line_of(document, loc)
         field = ".".join(str(p) for p in loc) or "recipe"
         raise ConfigError(f"{path}:{line}: {field}: {first['msg']}") from None
     recipe.source = str(path)

@@ -16,7 +16,10 @@ INIT_ONLY_KEYS = ("initializer_range", "tokenizer", "hidden_dropout_prob", "atte
 
 
 def model_dir_of(path: str | Path) -> Path | None:
-    """Our ``save_pretrained`` dir at ``path`` or at ``path/model`` (a train or pretrain run dir), else None."""
+    """Our ``save_pretrained`` dir at ``path`` or at ``path/model`` (a train or pretrain run dir), else None.
+
+    Only the presence of ``config.json`` decides; :meth:`MemeModel.from_pretrained` then checks the folder.
+    """
     path = Path(path)
     for candidate in (path, path / MODEL_DIR):
         if (candidate / MODEL_CONFIG_FILE).is_file():
