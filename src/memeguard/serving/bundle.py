@@ -394,7 +394,7 @@ def _mean_predictions(files: Sequence[Path], weights: Sequence[float]) -> Predic
 def _split_predictions(
     split: str, runs: Sequence[_Run], weights: Sequence[float], ens_dir: Path | None
 ) -> Predictions | None:
-    """The bundle's scores of ``split``: the ensemble's FIN file or the runs' weighted mean; None if absent."""
+    """``split``'s scores: the ensemble's FIN file or the runs' weighted mean; None when they are absent."""
     if ens_dir is not None:
         path = ens_dir / fin_file(split)
         return read_predictions(path) if path.is_file() else None
