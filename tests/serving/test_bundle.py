@@ -262,3 +262,15 @@ def test_export_command(served, trained, tmp_path):
     assert result.exit_code == 0 and read_manifest(out).operating_point.threshold == 0.3
     result = CliRunner().invoke(app, [*args, "--threshold", "best"])
     assert isinstance(result.exception, ConfigError) and "'accuracy' or a number" in str(result.exception)
+    assert "Hateful Memes (Kiela" in (out / "README.md").read_text()
+
+
+def test_the_card_says_when_the_labels_are_synthetic(served, trained, tmp_path):
+    runs, _ = trained
+    synthetic, cleaned = tmp_path / "synthetic", tmp_path / "cleaned"
+    synthetic.mkdir()
+    (synthetic / "synth_meta.json").write_text("{}")
+    shutil.copytree(served.data_dir, cleaned)
+    (cleaned / "cleaning_report.json").write_text(json.dumps({"data_dir": str(synthetic)}))
+    export_bundle(runs[:1], tmp_path / "b", data_dir=cleaned)
+    assert "Synthetic memes from `memeguard data synth`" in (tmp_path / "b" / "README.md").read_text()

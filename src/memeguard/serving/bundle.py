@@ -46,6 +46,7 @@ from memeguard.data.predictions import Predictions, align_predictions, read_pred
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.io import write_json_atomic, write_text_atomic
 from memeguard.names import (
+    CLEANING_REPORT_FILE,
     DEV_SEEN,
     ENSEMBLE_WEIGHTS_FILE,
     FEATURES_META_FILE,
@@ -53,6 +54,7 @@ from memeguard.names import (
     MODEL_DIR,
     MODEL_WEIGHTS_FILE,
     REPORT_SPLITS,
+    SYNTH_META_FILE,
     TRAIN_CONFIG_FILE,
     fin_file,
     prediction_file,
@@ -428,6 +430,15 @@ def _labelled(data_dir: Path, split: str, preds: Predictions) -> np.ndarray | No
     return np.asarray(values, dtype=np.int64)
 
 
+def _is_synthetic(data_dir: Path) -> bool:
+    """Labels made by ``memeguard data synth``, directly or via ``data clean`` (whose report names it)."""
+    if (data_dir / SYNTH_META_FILE).is_file():
+        return True
+    report = data_dir / CLEANING_REPORT_FILE
+    source = _read_json(report).get("data_dir") if report.is_file() else None
+    return bool(source) and (Path(str(source)) / SYNTH_META_FILE).is_file()
+
+
 def _dev_scores(
     runs: Sequence[_Run], weights: Sequence[float], ens_dir: Path | None, dev_predictions: Path | None
 ) -> Predictions:
@@ -574,7 +585,8 @@ def export_bundle(
             metrics=metrics,
             files=[BundleFile(path=MODEL_CARD_FILE, bytes=0, sha256="0" * 64)],
         )
-        card = model_card(draft, [run.config for run in runs], [run.features_meta for run in runs])
+        configs, metas = [run.config for run in runs], [run.features_meta for run in runs]
+        card = model_card(draft, configs, metas, synthetic=_is_synthetic(labels_dir))
         write_text_atomic(staging / MODEL_CARD_FILE, card)
         manifest = draft.model_copy(update={"files": _file_list(staging)})
         write_json_atomic(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))

@@ -70,8 +70,16 @@ def _members_table(manifest: BundleManifest, configs: Sequence[dict[str, Any]], 
     return "\n".join(rows) + "\n"
 
 
-def model_card(manifest: BundleManifest, configs: Sequence[dict[str, Any]], metas: Sequence[dict]) -> str:
-    """The card's markdown for a bundle about to be written (``configs``/``metas``: each member's run)."""
+def model_card(
+    manifest: BundleManifest,
+    configs: Sequence[dict[str, Any]],
+    metas: Sequence[dict],
+    synthetic: bool = False,
+) -> str:
+    """The card's markdown for a bundle about to be written (``configs``/``metas``: each member's run).
+
+    ``synthetic``: the labels came from ``memeguard data synth`` (the demo), which the card must say.
+    """
     point = manifest.operating_point
     rule = _RULE_TEXT[point.rule].format(target=point.target if point.target is not None else 0.0)
     ensemble = (
@@ -80,6 +88,11 @@ def model_card(manifest: BundleManifest, configs: Sequence[dict[str, Any]], meta
         else "Members are blended as the equal-weight mean of their probabilities."
     )
     data_dirs = sorted({str(config.get("data_dir", "?")) for config in configs})
+    dataset = (
+        "Synthetic memes from `memeguard data synth` (a demo: these weights are not a hateful-meme model)"
+        if synthetic
+        else "Hateful Memes (Kiela et al., 2020)"
+    )
     return f"""---
 library_name: memeguard
 tags: [hateful-memes, multimodal, content-moderation]
@@ -98,7 +111,7 @@ A meme is labelled hateful when its probability is at least **{point.threshold:.
 {_members_table(manifest, configs, metas)}
 ## Training data
 
-Hateful Memes (Kiela et al., 2020) in memeguard's layout, from: {", ".join(f"`{d}`" for d in data_dirs)}.
+{dataset} in memeguard's layout, from: {", ".join(f"`{d}`" for d in data_dirs)}.
 Region features are recomputed on new images with the extractor settings recorded in each member's
 `features_meta.json`; its weights are checked against the recorded sha256 when the bundle loads.
 
