@@ -144,6 +144,11 @@ def test_a_bad_manifest_is_one_line(bundle, tmp_path):
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"manifest.json: invalid manifest at files\.0\.path"):
         read_manifest(copy)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["files"] = [f for f in manifest["files"] if not f["path"].startswith("members/run_2/model/")]
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="member 'run_2' lists no model/config.json"):
+        MemeScorer.from_bundle(copy, device="cpu")
     (copy / MANIFEST_FILE).write_text("{")
     with pytest.raises(ConfigError, match="invalid manifest"):
         read_manifest(copy)
@@ -170,6 +175,10 @@ def test_export_refuses_foreign_folders_and_keeps_an_old_bundle_on_failure(serve
     assert [m.name for m in manifest.members] == ["run_1"] and manifest.operating_point.rule == "recall"
     assert manifest.operating_point.dev.recall == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "foreign"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_bundle(runs[:1], empty, data_dir=served.data_dir)
+    assert read_manifest(empty).members[0].name == "run_1"
 
 
 def write_ensemble(ens_dir: Path, record: dict, dev_ids, dev_proba) -> Path:

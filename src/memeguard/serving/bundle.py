@@ -149,7 +149,7 @@ class BundleManifest(BaseModel):
     operating_point: OperatingPoint
     ensemble: EnsembleRecord | None = None
     metrics: dict[str, dict[str, float | int | None]] = Field(default_factory=dict)
-    files: list[BundleFile] = Field(min_length=1)
+    files: list[BundleFile] = Field(default_factory=list)  # verify_files requires each member's model
 
 
 def member_dir(bundle: Path, member: BundleMember) -> Path:
@@ -518,6 +518,49 @@ def _split_metrics(
     return metrics
 
 
+def _operating_point(
+    runs: Sequence[_Run],
+    weights: Sequence[float],
+    ens_dir: Path | None,
+    labels_dir: Path,
+    rule: str,
+    target: float | None,
+    dev_predictions: Path | None,
+) -> tuple[OperatingPoint, dict[str, dict[str, float | int | None]]]:
+    """The operating point chosen on the dev scores, and the metrics at it on every labelled split."""
+    dev = _dev_scores(runs, weights, ens_dir, dev_predictions)
+    dev_labels = _labelled(labels_dir, DEV_SEEN, dev)
+    if dev_labels is None:
+        raise ConfigError(
+            f"{labels_dir / split_file(DEV_SEEN)}: missing, or does not label every dev prediction "
+            "with both classes present"
+        )
+    point = choose_operating_point(dev_labels, dev.proba, rule, target)
+    metrics = _split_metrics(runs, weights, ens_dir, labels_dir, point.threshold)
+    if dev_predictions is not None and point.dev is not None:  # the scores the point was chosen on
+        metrics[DEV_SEEN] = point.dev.model_dump()
+    return point, metrics
+
+
+def _write_bundle(
+    staging: Path, runs: Sequence[_Run], draft: BundleManifest, ens_dir: Path | None, labels_dir: Path
+) -> BundleManifest:
+    """Fill ``staging`` with the members, ensemble record and card, then the manifest that hashes them."""
+    from memeguard.serving.model_card import model_card
+
+    for member, run in zip(draft.members, runs, strict=True):
+        _copy_member(run, member_dir(staging, member))
+    if ens_dir is not None:
+        (staging / ENSEMBLE_DIR).mkdir()
+        shutil.copyfile(ens_dir / ENSEMBLE_WEIGHTS_FILE, staging / ENSEMBLE_DIR / ENSEMBLE_WEIGHTS_FILE)
+    configs, metas = [run.config for run in runs], [run.features_meta for run in runs]
+    card = model_card(draft, configs, metas, synthetic=_is_synthetic(labels_dir))
+    write_text_atomic(staging / MODEL_CARD_FILE, card)
+    manifest = draft.model_copy(update={"files": _file_list(staging)})
+    write_json_atomic(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
+    return manifest
+
+
 def export_bundle(
     run_dirs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -532,9 +575,8 @@ def export_bundle(
     The operating point is chosen by ``rule`` (``accuracy``, ``precision``, ``recall`` or ``fixed``) on the
     dev_seen scores (``dev_predictions``, else the ensemble's ``FIN_dev_seen.csv``, else the runs' weighted
     ``dev_seen.csv``) against the labels of ``data_dir/dev_seen.jsonl`` (default: the first run's data dir).
+    Everything is checked before the first byte is written; the bundle appears under ``out`` whole or not.
     """
-    from memeguard.serving.model_card import model_card
-
     if not run_dirs:
         raise ConfigError("give at least one RUN_DIR to export")
     out = Path(out)
@@ -550,46 +592,26 @@ def export_bundle(
         raise ConfigError(
             f"{runs[0].dir}: its recorded data_dir has no {split_file(DEV_SEEN)} here; pass --data-dir"
         )
-    dev = _dev_scores(runs, weights, ens_dir, Path(dev_predictions) if dev_predictions else None)
-    dev_labels = _labelled(labels_dir, DEV_SEEN, dev)
-    if dev_labels is None:
-        raise ConfigError(
-            f"{labels_dir / split_file(DEV_SEEN)}: missing, or does not label every dev prediction "
-            "with both classes present"
-        )
-    point = choose_operating_point(dev_labels, dev.proba, rule, target)
-    metrics = _split_metrics(runs, weights, ens_dir, labels_dir, point.threshold)
-    if dev_predictions is not None:
-        metrics[DEV_SEEN] = point.dev.model_dump() if point.dev is not None else {}
-    members = [
-        BundleMember(
-            name=name, weight=weight, architecture=run.architecture, source_run=run.dir.resolve().name
-        )
-        for name, weight, run in zip(names, weights, runs, strict=True)
-    ]
+    dev_file = Path(dev_predictions) if dev_predictions is not None else None
+    point, metrics = _operating_point(runs, weights, ens_dir, labels_dir, rule, target, dev_file)
+    draft = BundleManifest(
+        format=BUNDLE_FORMAT,
+        version=BUNDLE_VERSION,
+        memeguard_version=__version__,
+        members=[
+            BundleMember(
+                name=name, weight=w, architecture=run.architecture, source_run=run.dir.resolve().name
+            )
+            for name, w, run in zip(names, weights, runs, strict=True)
+        ],
+        operating_point=point,
+        ensemble=ens_record,
+        metrics=metrics,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     try:
-        for name, run in zip(names, runs, strict=True):
-            _copy_member(run, staging / MEMBERS_DIR / name)
-        if ens_dir is not None:
-            (staging / ENSEMBLE_DIR).mkdir()
-            shutil.copyfile(ens_dir / ENSEMBLE_WEIGHTS_FILE, staging / ENSEMBLE_DIR / ENSEMBLE_WEIGHTS_FILE)
-        draft = BundleManifest(
-            format=BUNDLE_FORMAT,
-            version=BUNDLE_VERSION,
-            memeguard_version=__version__,
-            members=members,
-            operating_point=point,
-            ensemble=ens_record,
-            metrics=metrics,
-            files=[BundleFile(path=MODEL_CARD_FILE, bytes=0, sha256="0" * 64)],
-        )
-        configs, metas = [run.config for run in runs], [run.features_meta for run in runs]
-        card = model_card(draft, configs, metas, synthetic=_is_synthetic(labels_dir))
-        write_text_atomic(staging / MODEL_CARD_FILE, card)
-        manifest = draft.model_copy(update={"files": _file_list(staging)})
-        write_json_atomic(staging / MANIFEST_FILE, manifest.model_dump(mode="json"))
+        manifest = _write_bundle(staging, runs, draft, ens_dir, labels_dir)
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
