@@ -46,6 +46,7 @@ _SUBAPPS: tuple[tuple[str, str, str | None], ...] = (
     ("memeguard.ensemble.cli", "app", None),
     ("memeguard.pipeline.cli", "app", None),
     ("memeguard.serving.cli", "app", None),
+    ("memeguard.serving.bundle_cli", "app", None),
 )
 
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from memeguard.features.extractor import Extractor
     from memeguard.models.base import MemeModel
+    from memeguard.serving.operating_point import OperatingPoint
 
 ImageSource = Image.Image | bytes | bytearray | memoryview | str | os.PathLike
 
@@ -98,7 +99,7 @@ class FeatureSpec:
 
 
 def _resolve_store(features: str, run_dir: Path) -> Path | None:
-    """The store a run recorded; relative paths are tried against the cwd, then the run dir and its parent."""
+    """The store a run recorded; relative paths are tried against the cwd, the run dir and its parent."""
     path = Path(features)
     candidates = [path] if path.is_absolute() else [path, run_dir / path, run_dir.parent / path]
     return next((c for c in candidates if (c / STORE_META_FILE).is_file()), None)
@@ -118,8 +119,8 @@ def read_features_meta(run_dir: Path) -> tuple[dict[str, Any], str] | None:
     store = _resolve_store(str(features), run_dir)
     if store is None:
         raise ConfigError(
-            f"{config_path}: its feature store {features} is not here (tried it relative to the cwd, {run_dir} "
-            f"and {run_dir.parent}); copy the store's meta.json to {run_dir / FEATURES_META_FILE}, "
+            f"{config_path}: its feature store {features} is not here (tried it relative to the cwd, "
+            f"{run_dir} and {run_dir.parent}); copy the store's meta.json to {run_dir / FEATURES_META_FILE}, "
             "or pass the extractor explicitly (--extractor)"
         )
     return _read_json(store / STORE_META_FILE), str(store / STORE_META_FILE)
@@ -270,7 +271,7 @@ def _plan_run(run: Path, explicit: bool, device: str) -> _RunPlan:
 
 
 def _build_shared_extractors(plans: Sequence[_RunPlan], device: str) -> dict[str, Extractor]:
-    """One extractor per distinct setting, emitting every variant its runs need (one BUTD pass for 36 and 50)."""
+    """One extractor per distinct setting, emitting every variant its runs need (one BUTD pass: 36 and 50)."""
     specs: dict[str, FeatureSpec] = {}
     variants: dict[str, list[str]] = {}
     for plan in plans:
@@ -314,6 +315,7 @@ class MemeScorer:
         device: torch.device,
         threshold: float = 0.5,
         batch_size: int = 16,
+        operating_point: OperatingPoint | None = None,
     ) -> None:
         if not members:
             raise ConfigError("a scorer needs at least one model")
@@ -326,6 +328,8 @@ class MemeScorer:
         self.device = device
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
+        # How the threshold was chosen (a bundle's dev-set rule), or None for a threshold given by hand.
+        self.operating_point = operating_point
         total = sum(member.weight for member in self.members)
         self._weights = np.asarray([member.weight / total for member in self.members], dtype=np.float64)
 
@@ -379,9 +383,8 @@ class MemeScorer:
                 variant = _explicit_variant(extractors[key], plan.variant, plan.run)
                 dim, origin = explicit_dim, "the given extractor makes"
             if dim is not None and int(dim) != model.config.visual_feat_dim:
-                raise ConfigError(
-                    f"{plan.run}: the model expects {model.config.visual_feat_dim}-d regions, {origin} {dim}-d"
-                )
+                expected = model.config.visual_feat_dim
+                raise ConfigError(f"{plan.run}: the model expects {expected}-d regions, {origin} {dim}-d")
             members.append(
                 Member(
                     name=_run_name(plan.run, taken),
@@ -397,6 +400,34 @@ class MemeScorer:
                 )
             )
         return cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        source: str | os.PathLike[str],
+        device: str = "auto",
+        threshold: float | None = None,
+        batch_size: int = 16,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> MemeScorer:
+        """Load a bundle (``memeguard export``): a folder or a Hugging Face Hub id ``org/name``.
+
+        Every file is hash-checked first; labels use the bundle's operating point unless ``threshold``
+        overrides it.
+        """
+        from memeguard.serving.bundle import load_bundle, member_dir
+
+        bundle, manifest = load_bundle(source, cache_dir)
+        scorer = cls.from_runs(
+            [member_dir(bundle, member) for member in manifest.members],
+            device=device,
+            threshold=manifest.operating_point.threshold if threshold is None else threshold,
+            weights=[member.weight for member in manifest.members],
+            batch_size=batch_size,
+        )
+        if threshold is None:
+            scorer.operating_point = manifest.operating_point
+        return scorer
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -497,7 +528,14 @@ class MemeScorer:
             "extractors": extractors,
             "device": str(self.device),
             "threshold": self.threshold,
+            "operating_point": self._operating_point_summary(),
         }
+
+    def _operating_point_summary(self) -> dict[str, Any]:
+        """The rule behind ``threshold`` and what it gave on dev; ``fixed`` when it was given by hand."""
+        if self.operating_point is None:
+            return {"rule": "fixed", "target": self.threshold, "threshold": self.threshold}
+        return self.operating_point.model_dump(mode="json")
 
 
 def _check_text(text: object, context: str) -> str:
