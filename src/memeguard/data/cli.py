@@ -47,8 +47,12 @@ def check(
     report = check_dataset(data_dir, check_images=not no_images)
     if report.splits:
         print_check_report(report)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
+    if report.errors_left_off:
+        typer.echo(f"error: ... and {report.errors_left_off} more errors", err=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -65,7 +69,8 @@ def clean(
     counts = result.report["counts"]
     typer.echo(
         f"removed {counts['removed']} duplicates, added {counts['dev_unseen_new']} dev_unseen memes: "
-        f"train_clean {counts['train_clean']}, traindev {counts['traindev']}, pretrain {counts['pretrain']} -> {out}"
+        f"train_clean {counts['train_clean']}, traindev {counts['traindev']}, "
+        f"pretrain {counts['pretrain']} -> {out}"
     )
 
 
@@ -79,7 +84,10 @@ def synth(
         "--label-noise",
         min=0.0,
         max=0.03,
-        help="Share of memes whose noun disagrees with the rule (0 gives the same memes with rule-true labels).",
+        help=(
+            "Share of memes whose noun disagrees with the rule "
+            "(0 gives the same memes with rule-true labels)."
+        ),
     ),
 ) -> None:
     """Generate the synthetic meme set in the Hateful Memes layout."""
