@@ -12,6 +12,7 @@ app = typer.Typer(
 
 
 def print_check_report(report) -> None:  # noqa: ANN001 - CheckReport, imported lazily
+    """The summary table on stdout, then any warnings on stderr (errors are the caller's to print)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -34,6 +35,8 @@ def print_check_report(report) -> None:  # noqa: ANN001 - CheckReport, imported 
             f"(mean {stats['height_mean']:.0f}), width {stats['width_min']:.0f}-{stats['width_max']:.0f} "
             f"(mean {stats['width_mean']:.0f})"
         )
+    for warning in report.warnings:  # on stderr, like the errors, so that `demo` shows them too
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("check")
@@ -47,8 +50,6 @@ def check(
     report = check_dataset(data_dir, check_images=not no_images)
     if report.splits:
         print_check_report(report)
-    for warning in report.warnings:
-        typer.echo(f"warning: {warning}", err=True)
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
     if report.errors_left_off:

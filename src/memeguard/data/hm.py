@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from memeguard.data.meme import Meme
 from memeguard.data.text import check_text
@@ -75,8 +75,8 @@ def check_img(img: object, where: str) -> str:
     if not isinstance(img, str) or not img:
         raise DataError(f"{where}: 'img' must be a non-empty string")
     check_text(img, where, field="img")
-    path = PurePosixPath(img)
-    if path.is_absolute() or ".." in path.parts or "\0" in img:
+    # plain string tests: PurePosixPath costs more than parsing the whole line, on every line
+    if img.startswith("/") or ".." in img.split("/") or "\0" in img:
         raise DataError(
             f"{where}: 'img' {img[:200]!r} is outside the dataset folder "
             "(it must be a path relative to the folder, without '..')"
