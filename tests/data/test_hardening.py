@@ -367,3 +367,18 @@ def test_a_crash_while_rerunning_keeps_the_previous_outputs(
     assert {k: v for k, v in after.items() if k.startswith("out")} == {
         k: v for k, v in before.items() if k.startswith("out")
     }
+
+
+def test_an_unreadable_split_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memeguard.data import hm
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(record(1) + "\n")
+
+    def failing_open(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(hm, "open", failing_open, raising=False)
+    with pytest.raises(DataError) as info:
+        load_jsonl(path)
+    assert str(info.value) == f"{path}: cannot read the split file (Input/output error)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from memeguard.data.meme import Meme
@@ -117,6 +117,20 @@ def _decode_line(line: str, where: str) -> object:
         raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line; an unreadable file is one DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    try:
+        # utf-8-sig drops a leading byte-order mark; surrogateescape lets _decode_line name a bad byte's line
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield line_no, line
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+
+
 def parse_jsonl(
     path: str | os.PathLike[str], on_error: Callable[[DataError], None] | None = None
 ) -> list[tuple[int, Meme]]:
@@ -126,29 +140,21 @@ def parse_jsonl(
     skipped, so ``data check`` can report them all.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
     numbered: list[tuple[int, Meme]] = []
     first_line: dict[int, int] = {}
-    # utf-8-sig drops a leading byte-order mark; surrogateescape lets _decode_line name a bad byte's line
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                meme = parse_meme(_decode_line(line, where), where)
-                if meme.id in first_line:
-                    raise DataError(
-                        f"{where}: duplicate id {meme.id} (first seen on line {first_line[meme.id]})"
-                    )
-            except DataError as exc:
-                if on_error is None:
-                    raise
-                on_error(exc)
-                continue
-            first_line[meme.id] = line_no
-            numbered.append((line_no, meme))
+    for line_no, line in _lines(path):
+        where = f"{path}:{line_no}"
+        try:
+            meme = parse_meme(_decode_line(line, where), where)
+            if meme.id in first_line:
+                raise DataError(f"{where}: duplicate id {meme.id} (first seen on line {first_line[meme.id]})")
+        except DataError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        first_line[meme.id] = line_no
+        numbered.append((line_no, meme))
     return numbered
 
 
