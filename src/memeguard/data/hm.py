@@ -1,8 +1,10 @@
 """Reading and validating Hateful Memes splits (official layout: ``img/`` + ``<split>.jsonl``).
 
-Every problem is reported with the file and line (or the meme id), as a :class:`DataError`.
-Blank lines are tolerated; phase-1 names (``dev.jsonl``, ``test.jsonl``) stand in for
-``dev_seen``/``test_seen`` when the phase-2 files are absent.
+Every problem is reported with the file and line (or the meme id), as a :class:`DataError`. This is the
+edge where dataset lines enter, so everything later stages rely on is checked here, once: ids fit the
+feature store's int64 index, ``img`` stays inside the dataset folder, text is valid Unicode
+(:func:`memeguard.data.text.check_text`). Blank lines are tolerated; phase-1 names (``dev.jsonl``,
+``test.jsonl``) stand in for ``dev_seen``/``test_seen`` when the phase-2 files are absent.
 """
 
 from __future__ import annotations
