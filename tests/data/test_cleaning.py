@@ -73,7 +73,8 @@ def build(root: Path) -> None:
     # train/dev_seen identical pair (22 in train, 301 in dev_seen) -> remove 22
     images[22] = images[301] = pattern(8)
     images[302] = pattern(9)
-    # dev_unseen: 302 overlaps dev_seen; 401 new; 402 new and identical to dev_seen 302 text+image -> matched outside train
+    # dev_unseen: 302 overlaps dev_seen; 401 new; 402 new and identical to dev_seen 302 text+image
+    # -> matched outside train
     images[401] = pattern(10)
     images[402] = pattern(9)
     images[501] = pattern(11)

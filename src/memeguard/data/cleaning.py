@@ -18,6 +18,7 @@ Hashes are cached in ``OUT/.hash_cache.json`` keyed by image path, size and mtim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter, defaultdict
@@ -27,11 +28,11 @@ from pathlib import Path
 import imagehash
 import numpy as np
 
-from memeguard.data.hm import image_path, read_split, split_path, write_jsonl
+from memeguard.data.hm import format_jsonl, image_path, read_split, split_path
 from memeguard.data.images import open_image_raw
 from memeguard.data.meme import Meme
 from memeguard.errors import DataError
-from memeguard.io import write_json_atomic
+from memeguard.io import atomic_write, write_json_atomic, write_text_atomic
 from memeguard.names import (
     CLEANING_REPORT_FILE,
     DEV_SEEN,
@@ -82,6 +83,9 @@ ISIS_DUPS: tuple[int, ...] = (
 ADD_DUPS: tuple[int, ...] = (54981, 71903, 69087)
 DIM_ERROR_IDS: tuple[int, ...] = (63805, 73026, 16845, 27058)
 HASH_CACHE_VERSION = 1
+# Written first into every output folder: re-running into a folder with it is allowed, any other
+# non-empty folder is refused (``data synth`` marks its folders the same way).
+CLEAN_MARKER_FILE = ".memeguard_clean"
 
 
 def crude_hash(pixels: np.ndarray) -> str:
@@ -242,10 +246,7 @@ def clean_dataset(
     """
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
-    if out_dir.resolve() == data_dir.resolve():
-        raise DataError(
-            f"{out_dir}: the output folder must differ from the dataset folder (inputs are never overwritten)"
-        )
+    _check_out_dir(data_dir, out_dir)
     train = read_split(data_dir, TRAIN)
     dev_seen = read_split(data_dir, DEV_SEEN)
     dev_unseen = read_split(data_dir, DEV_UNSEEN) if split_path(data_dir, DEV_UNSEEN).is_file() else []
@@ -258,7 +259,7 @@ def clean_dataset(
 
     sources = ((TRAIN, train), (DEV_SEEN, dev_seen), (DEV_UNSEEN, dev_unseen_new))
     rows = [(split, meme) for split, memes in sources for meme in memes]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_out_dir(out_dir)
     cache = HashCache(out_dir / HASH_CACHE_FILE)
     hashes: dict[tuple[str, int], ImageHashes] = {}
     if not remove_duplicates:
@@ -319,25 +320,76 @@ def clean_dataset(
         "conflicting_label_pairs": conflicts,
         "listed_ids_absent": sorted(int(c["id"]) for c in listed if c["id"] not in train_ids),
     }
-    _link_dataset(data_dir, out_dir)
-    write_jsonl(out_dir / split_file(TRAIN_CLEAN), train_clean)
-    write_jsonl(out_dir / split_file(TRAINDEV), traindev)
-    write_jsonl(out_dir / split_file(PRETRAIN), pretrain)
-    write_json_atomic(out_dir / CLEANING_REPORT_FILE, report)
+    outputs = {split_file(split): source for split, source in _official_split_files(data_dir).items()}
+    for split, memes in ((TRAIN_CLEAN, train_clean), (TRAINDEV, traindev), (PRETRAIN, pretrain)):
+        outputs[split_file(split)] = format_jsonl(memes).encode("utf-8")
+    outputs[CLEANING_REPORT_FILE] = (json.dumps(report, indent=2) + "\n").encode("utf-8")
+    _publish(data_dir, out_dir, outputs)
     return CleaningResult(train_clean=train_clean, traindev=traindev, pretrain=pretrain, report=report)
 
 
-def _link_dataset(data_dir: Path, out_dir: Path) -> None:
-    """Make ``out_dir`` a complete dataset folder: copies of the official split files and an ``img`` link.
+def _check_out_dir(data_dir: Path, out_dir: Path) -> None:
+    """Refuse an output folder that is the input, not a folder, or holds files this command did not write.
 
-    Later stages then take one ``--data`` folder holding both official and cleaned splits.
+    A folder is ours when it carries :data:`CLEAN_MARKER_FILE` (written before anything else) or a
+    ``cleaning_report.json`` (folders cleaned before the marker existed): re-running into it is allowed.
     """
-    from memeguard.io import write_bytes_atomic
+    if out_dir.resolve() == data_dir.resolve():
+        raise DataError(
+            f"{out_dir}: the output folder must differ from the dataset folder (inputs are never overwritten)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: the output path exists and is not a folder")
+    ours = (out_dir / CLEAN_MARKER_FILE).is_file() or (out_dir / CLEANING_REPORT_FILE).is_file()
+    if out_dir.is_dir() and not ours and any(out_dir.iterdir()):
+        raise DataError(
+            f"{out_dir}: the output folder is not empty and was not written by 'data clean'; "
+            "give a new or empty folder"
+        )
 
+
+def _claim_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and mark it as a cleaning output before the hash cache or any output lands in it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / CLEAN_MARKER_FILE
+    if not marker.is_file():
+        write_text_atomic(marker, "written by memeguard data clean\n")
+
+
+def _official_split_files(data_dir: Path) -> dict[str, bytes]:
+    """The official split files' bytes, copied so that the output folder is a complete dataset."""
+    files: dict[str, bytes] = {}
     for split in OFFICIAL_SPLITS:
         source = split_path(data_dir, split)
         if source.is_file():
-            write_bytes_atomic(out_dir / split_file(split), source.read_bytes())
+            files[split] = source.read_bytes()
+    return files
+
+
+def _publish(data_dir: Path, out_dir: Path, outputs: dict[str, bytes]) -> None:
+    """Write ``outputs`` (file name -> bytes, the report last) into ``out_dir`` so that a crash never leaves
+    a half-written set: every file is first written in full as a temporary file, and only then are they
+    renamed into place, the report last. The old report is removed before the first rename, so a folder
+    with a report always holds the outputs that report describes.
+
+    ``atomic_write`` renames its temporary file when its block exits; the blocks are nested in reverse
+    order, so the innermost (the first file) is renamed first and the outermost (the report) last. Any
+    failure before that point removes every temporary file and leaves ``out_dir`` as it was.
+    """
+    with contextlib.ExitStack() as stack:
+        staged = [
+            (stack.enter_context(atomic_write(out_dir / name, "wb")), data)
+            for name, data in reversed(list(outputs.items()))
+        ]
+        for handle, data in staged:
+            handle.write(data)
+        _link_images(data_dir, out_dir)
+        (out_dir / CLEANING_REPORT_FILE).unlink(missing_ok=True)
+
+
+def _link_images(data_dir: Path, out_dir: Path) -> None:
+    """An ``img`` link to the dataset's images, so later stages take one ``--data`` folder holding both
+    official and cleaned splits."""
     link = out_dir / IMAGE_DIR
     if not link.exists() and (data_dir / IMAGE_DIR).is_dir():
         if link.is_symlink():

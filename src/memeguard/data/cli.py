@@ -12,6 +12,7 @@ app = typer.Typer(
 
 
 def print_check_report(report) -> None:  # noqa: ANN001 - CheckReport, imported lazily
+    """The summary table on stdout, then any warnings on stderr (errors are the caller's to print)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -34,6 +35,8 @@ def print_check_report(report) -> None:  # noqa: ANN001 - CheckReport, imported 
             f"(mean {stats['height_mean']:.0f}), width {stats['width_min']:.0f}-{stats['width_max']:.0f} "
             f"(mean {stats['width_mean']:.0f})"
         )
+    for warning in report.warnings:  # on stderr, like the errors, so that `demo` shows them too
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("check")
@@ -49,6 +52,8 @@ def check(
         print_check_report(report)
     for error in report.errors:
         typer.echo(f"error: {error}", err=True)
+    if report.errors_left_off:
+        typer.echo(f"error: ... and {report.errors_left_off} more errors", err=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -65,7 +70,8 @@ def clean(
     counts = result.report["counts"]
     typer.echo(
         f"removed {counts['removed']} duplicates, added {counts['dev_unseen_new']} dev_unseen memes: "
-        f"train_clean {counts['train_clean']}, traindev {counts['traindev']}, pretrain {counts['pretrain']} -> {out}"
+        f"train_clean {counts['train_clean']}, traindev {counts['traindev']}, "
+        f"pretrain {counts['pretrain']} -> {out}"
     )
 
 
@@ -79,7 +85,10 @@ def synth(
         "--label-noise",
         min=0.0,
         max=0.03,
-        help="Share of memes whose noun disagrees with the rule (0 gives the same memes with rule-true labels).",
+        help=(
+            "Share of memes whose noun disagrees with the rule "
+            "(0 gives the same memes with rule-true labels)."
+        ),
     ),
 ) -> None:
     """Generate the synthetic meme set in the Hateful Memes layout."""

@@ -51,7 +51,8 @@ def open_image_bytes(data: bytes, context: str = "uploaded image") -> Image.Imag
 
 
 def open_image(path: str | os.PathLike[str], context: str | None = None) -> Image.Image:
-    """Decode an image fully and return it as RGB; ``context`` (e.g. ``"train.jsonl:12 (id 1235)"``) prefixes errors."""
+    """Decode an image fully and return it as RGB; ``context`` (e.g. ``"train.jsonl:12 (id 1235)"``)
+    prefixes errors."""
     path = Path(path)
     image = _checked_open(path, context or str(path))
     if image.mode != "RGB":

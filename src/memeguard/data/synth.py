@@ -14,7 +14,8 @@ The hidden rule
   two hues of the same family. (With the class in the object alone, a tiny transformer trained from
   scratch sits on the XOR plateau for thousands of updates: the class then lives in ~3 of 41 grid
   regions and the noun in 1 of ~13 tokens, so the interaction signal at initialisation is tiny.)
-  Everything else in the picture is label-free: a gradient background with a texture (stripes, checks or blotches) and mild noise, small distractor shapes in
+  Everything else in the picture is label-free: a gradient background with a texture (stripes, checks or
+  blotches) and mild noise, small distractor shapes in
   *neutral* hues (yellow, violet, grey) that belong to neither family, and, for about a quarter of the
   memes, a 2-panel collage where each panel holds its own background and an object of the same family.
 * **Text attribute** ``t``: which group the one target noun in the caption belongs to, ``t = 0`` for
@@ -33,8 +34,8 @@ Structure copied from the real set
   background and object of its base meme with the target noun swapped to the other group (label flips);
   a *text twin* reuses the base text on a fresh picture of the other colour family (label flips).
   As in HM, where confounders are benign, the base of a pair is the hateful one (a triplet's base is
-  hateful or benign, its twins the opposite). A group is never split across splits. Label noise is only put on memes outside such groups, so twins
-  always flip.
+  hateful or benign, its twins the opposite). A group is never split across splits. Label noise is only put
+  on memes outside such groups, so twins always flip.
 * **Planted duplicates**: ~1 % of train is an exact copy (same PNG bytes, text and label) of another train
   meme under a new id: exactly what vilio's ``clean_data`` (phash + crude hash + text) removes.
 * **Splits** scaled from the real sizes to ``n`` unique ids: train 8,500 / dev_seen 500 / dev_unseen 540,
@@ -532,7 +533,8 @@ def plan_dataset(
 
 
 def find_font() -> Path:
-    """DejaVu Sans Bold: matplotlib's bundled copy (same file everywhere, so same bytes), else fontconfig's."""
+    """DejaVu Sans Bold: matplotlib's bundled copy (same file everywhere, so same bytes), else
+    fontconfig's."""
     try:
         import matplotlib
 
@@ -554,8 +556,8 @@ def find_font() -> Path:
     if found and Path(found).is_file() and found.lower().endswith((".ttf", ".otf")):
         return Path(found)
     raise ConfigError(
-        "no TrueType font for meme captions: matplotlib's DejaVuSans-Bold.ttf is missing and fc-match found none "
-        "(install matplotlib or fonts-dejavu)"
+        "no TrueType font for meme captions: matplotlib's DejaVuSans-Bold.ttf is missing and fc-match "
+        "found none (install matplotlib or fonts-dejavu)"
     )
 
 
@@ -791,7 +793,8 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise DataError(
-            f"{out_dir}: folder is not empty and was not written by the synthetic generator; choose a new folder"
+            f"{out_dir}: folder is not empty and was not written by the synthetic generator; "
+            "choose a new folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("written by memeguard.data.synth\n", encoding="utf-8")
