@@ -113,7 +113,7 @@ def _decode_line(line: str, where: str) -> object:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{where}: malformed JSON ({exc.msg}; column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:
         # json raises these for numbers over Python's 4,300-digit limit and for absurd nesting
         raise DataError(f"{where}: malformed JSON ({str(exc)[:120]})") from None

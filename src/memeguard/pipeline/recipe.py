@@ -49,8 +49,9 @@ from pydantic import (
     model_validator,
 )
 
+from memeguard.data.text import check_text
 from memeguard.ensemble.method_names import LOOP, METHODS, canonical_method
-from memeguard.errors import ConfigError
+from memeguard.errors import ConfigError, DataError
 
 # ``ENSEMBLE_METHODS`` (0.1's name) lists the readable names; vilio's aliases are accepted too.
 ENSEMBLE_METHODS = METHODS
@@ -436,8 +437,12 @@ def _strings_in(value: Any) -> list[str]:
 
 
 def _has_lone_surrogate(text: str) -> bool:
-    # TODO(h11data): call memeguard.data.text's check once it is on main (same rule: no U+D800-U+DFFF).
-    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
+    """The rule of :func:`memeguard.data.text.check_text`, the gate every user text passes."""
+    try:
+        check_text(text, "recipe", max_chars=len(text))
+    except DataError:
+        return True
+    return False
 
 
 # -- command-line overrides ---------------------------------------------------------------------------
