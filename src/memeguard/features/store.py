@@ -36,7 +36,6 @@ from filelock import FileLock, Timeout
 from memeguard.errors import FeatureStoreError
 from memeguard.features.record import RegionRecord
 from memeguard.io import write_json_atomic
-from memeguard.records import StoreLayout, StoreMeta, load_json, read_record, validate_record
 from memeguard.names import (
     STORE_BOXES_FILE,
     STORE_FEATURES_FILE,
@@ -45,6 +44,7 @@ from memeguard.names import (
     STORE_LOCK_FILE,
     STORE_META_FILE,
 )
+from memeguard.records import StoreLayout, StoreMeta, load_json, read_record, validate_record
 
 FORMAT_NAME = "memeguard-feature-store"
 FORMAT_VERSION = 1

@@ -87,6 +87,14 @@ def require_regions(memes: Sequence[Meme], source: RegionSource, split: str, sto
         )
 
 
+def verify_regions(source: RegionSource, memes: Sequence[Meme]) -> None:
+    """Refuse NaN/inf in the features the run will read, naming the store and the meme id, before the
+    first update (a store checks itself in one vectorised pass; an in-memory source is the caller's)."""
+    verify = getattr(source, "verify", None)
+    if verify is not None:
+        verify(sorted({meme.id for meme in memes}))
+
+
 class MemeRegionDataset(Dataset):
     """(meme, region record) pairs; records are read lazily from the (memory-mapped) store."""
 
