@@ -414,6 +414,13 @@ class FeatureStoreWriter:
         self._layout: dict[str, Any] | None = None
         self._ids: dict[int, int] = {}
         self._num_rows = 0
+        try:
+            self._open_existing(feature_dim, dtype, meta)
+        except BaseException:
+            self.close()  # a refused store is not kept locked
+            raise
+
+    def _open_existing(self, feature_dim: int | None, dtype: str, meta: dict[str, Any] | None) -> None:
         layout_path = self.path / STORE_LAYOUT_FILE
         if layout_path.exists():
             self._resume(layout_path, feature_dim, dtype, meta)
