@@ -94,7 +94,7 @@ def validate_record(
     try:
         return TypeAdapter(schema).validate_python(value)
     except ValidationError as exc:
-        name = getattr(schema, "__name__", "record")
+        name = schema.__name__ if isinstance(schema, type) and issubclass(schema, BaseModel) else "contents"
         raise error(f"{path}: invalid {name}: {_first_problem(exc)}") from None
 
 

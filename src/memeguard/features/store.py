@@ -708,6 +708,8 @@ def feature_statistics(
     count = 0
     for meme_id in chosen:
         features = np.asarray(source[meme_id].features, dtype=np.float64)
+        if not np.isfinite(features).all():  # one NaN would make every image's standardised input NaN
+            raise FeatureStoreError(f"meme id {meme_id}: region features hold NaN or inf (feature statistics)")
         total = features.sum(0) if total is None else total + features.sum(0)
         total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
         count += features.shape[0]

@@ -403,7 +403,7 @@ def _train_epoch(
             with autocast(state.device, cfg.precision):
                 logits = state.trained(batch)
             loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
-            refuse_non_finite_loss(mean_bce, state.run_dir, state.updates, batch["ids"].tolist())
+            refuse_non_finite_loss(mean_bce, state.run_dir, state.updates, batch["ids"])
             state.backward(loss)
         tracker.loss_sum += mean_bce
         tracker.loss_count += 1

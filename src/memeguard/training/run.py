@@ -135,10 +135,13 @@ def already_done(
     return ddp.broadcast_flag(done, info, device)
 
 
-def refuse_non_finite_loss(loss: float, run_dir: Path, update: int, meme_ids: Sequence[int]) -> None:
+def refuse_non_finite_loss(
+    loss: float, run_dir: Path, update: int, meme_ids: Sequence[int] | torch.Tensor
+) -> None:
     """Stop at the first NaN/inf loss, before it reaches the weights: the optimizer would spread it to
     every parameter and the run would go on to the end of the epoch for nothing. The check reads the
-    float the log takes anyway (no extra device sync); the last checkpoint stays the resume point."""
+    float the log takes anyway, and ``meme_ids`` (the batch's tensor) is read only to report, so the
+    normal path adds no device sync; the last checkpoint stays the resume point."""
     if math.isfinite(loss):
         return
     shown = ", ".join(str(int(i)) for i in meme_ids[:SHOWN_IDS]) + (
