@@ -90,7 +90,8 @@ def load_json(path: str | os.PathLike[str], error: type[MemeguardError] = Record
 def validate_record(
     value: Any, schema: type[Record], path: str | os.PathLike[str], error: type[MemeguardError] = RecordError
 ) -> Record:
-    """An already loaded JSON value validated as ``schema``; a problem is one ``error`` line naming ``path``."""
+    """An already loaded JSON value validated as ``schema``; a problem is one ``error`` line naming
+    ``path``."""
     try:
         return TypeAdapter(schema).validate_python(value)
     except ValidationError as exc:

@@ -256,7 +256,8 @@ def test_train_refuses_an_out_folder_of_another_kind(
     out = make(tmp_path, toy_store, data)
     before = tree(tmp_path)
     assert cli_error(train_args(toy_store, data, out), capsys) == (
-        f"error: {out}: is a {kind} (it holds {marker}), not a fine-tuning run dir; choose another --out folder"
+        f"error: {out}: is a {kind} (it holds {marker}), not a fine-tuning run dir; "
+        "choose another --out folder"
     )
     assert tree(tmp_path) == before
 

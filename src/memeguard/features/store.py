@@ -193,14 +193,16 @@ class FeatureStore:
         for name, size in expected.items():
             if recorded.get(name) != size:
                 raise FeatureStoreError(
-                    f"{path}: meta.json is inconsistent: {name} should be {size} bytes, meta says {recorded.get(name)}"
+                    f"{path}: meta.json is inconsistent: {name} should be {size} bytes, "
+                    f"meta says {recorded.get(name)}"
                 )
             file_path = path / name
             actual = file_path.stat().st_size if file_path.exists() else None
             if actual != size:
                 state = "missing" if actual is None else f"{actual} bytes"
                 raise FeatureStoreError(
-                    f"{file_path}: truncated or overwritten feature store file ({state}, expected {size} bytes)"
+                    f"{file_path}: truncated or overwritten feature store file "
+                    f"({state}, expected {size} bytes)"
                 )
 
     @staticmethod
@@ -315,7 +317,8 @@ class FeatureStore:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The whole ``meta.json``: extractor, weights sha256, parameters, created, and a ``store`` section."""
+        """The whole ``meta.json``: extractor, weights sha256, parameters, created, and a ``store``
+        section."""
         return self._meta
 
     @property
@@ -378,7 +381,10 @@ class FeatureStore:
         return (FeatureStore.open, (str(self.path),))
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r}, images={len(self)}, feature_dim={self.feature_dim}, dtype={self.dtype})"
+        return (
+            f"FeatureStore({str(self.path)!r}, images={len(self)}, "
+            f"feature_dim={self.feature_dim}, dtype={self.dtype})"
+        )
 
 
 # --------------------------------------------------------------------------------------------- writer
@@ -460,7 +466,8 @@ class FeatureStoreWriter:
         layout = _read_layout(layout_path)
         if feature_dim is not None and feature_dim != layout["feature_dim"]:
             raise FeatureStoreError(
-                f"{self.path}: existing store has feature dim {layout['feature_dim']}, asked to write {feature_dim}"
+                f"{self.path}: existing store has feature dim {layout['feature_dim']}, "
+                f"asked to write {feature_dim}"
             )
         if dtype != layout["dtype"]:
             raise FeatureStoreError(
@@ -599,7 +606,8 @@ class FeatureStoreWriter:
             stored = features.astype(np.dtype(self._dtype).newbyteorder("<"))
         if not np.isfinite(stored).all():
             raise FeatureStoreError(
-                f"{where}: feature values overflow {self._dtype} (max |x| = {float(np.abs(features).max()):.3g}); "
+                f"{where}: feature values overflow {self._dtype} "
+                f"(max |x| = {float(np.abs(features).max()):.3g}); "
                 "write this store with dtype float32"
             )
         arrays = {STORE_FEATURES_FILE: stored, STORE_BOXES_FILE: boxes.astype(BOXES_DTYPE)}
@@ -618,7 +626,8 @@ class FeatureStoreWriter:
                 arrays[f"{field}.bin"] = value.astype(dtype)
         if set(record.extras) != set(self._layout["extras"]):
             raise FeatureStoreError(
-                f"{where}: extras {sorted(record.extras)} differ from this store's {sorted(self._layout['extras'])}"
+                f"{where}: extras {sorted(record.extras)} differ from this store's "
+                f"{sorted(self._layout['extras'])}"
             )
         for name, dim in self._layout["extras"].items():
             value = np.asarray(record.extras[name], dtype=EXTRA_DTYPE).reshape(-1)
@@ -709,7 +718,9 @@ def feature_statistics(
     for meme_id in chosen:
         features = np.asarray(source[meme_id].features, dtype=np.float64)
         if not np.isfinite(features).all():  # one NaN would make every image's standardised input NaN
-            raise FeatureStoreError(f"meme id {meme_id}: region features hold NaN or inf (feature statistics)")
+            raise FeatureStoreError(
+                f"meme id {meme_id}: region features hold NaN or inf (feature statistics)"
+            )
         total = features.sum(0) if total is None else total + features.sum(0)
         total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
         count += features.shape[0]

@@ -1,8 +1,9 @@
 """Memes + region features -> model batches, with a data order that depends only on (seed, epoch).
 
 The order of epoch ``e`` is ``DistributedSampler(seed=seed).set_epoch(e)``'s permutation, for one process as
-for many, so that resuming at (epoch, batch) reproduces the uninterrupted run exactly and DDP ranks see disjoint
-shards. The region source is anything Mapping-like (``FeatureStore`` or a plain ``dict[int, RegionRecord]``).
+for many, so that resuming at (epoch, batch) reproduces the uninterrupted run exactly and DDP ranks see
+disjoint shards. The region source is anything Mapping-like (``FeatureStore`` or a plain
+``dict[int, RegionRecord]``).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def predict(
     dim = region_feature_dim(source, memes)
     if dim != model.config.visual_feat_dim:
         raise ConfigError(
-            f"{store_name}: {dim}-d region features, but {model_dir} was trained on {model.config.visual_feat_dim}-d"
+            f"{store_name}: {dim}-d region features, but {model_dir} was trained on "
+            f"{model.config.visual_feat_dim}-d"
         )
     torch_device = resolve_device(device)
     model.to(torch_device)

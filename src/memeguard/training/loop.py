@@ -2,8 +2,8 @@
 
 Differences from vilio, on purpose:
 * Loss: BCE-with-logits on the model's hateful logit. vilio used LogSoftmax + NLL over 2 classes; our 2-class
-  heads are reduced to ``logit1 - logit0`` and for that difference d, ``-log softmax = softplus(-d)`` (label 1)
-  or ``softplus(d)`` (label 0), which is exactly BCE-with-logits on d: same loss, same gradients.
+  heads are reduced to ``logit1 - logit0`` and for that difference d, ``-log softmax = softplus(-d)`` (label
+  1) or ``softplus(d)`` (label 0), which is exactly BCE-with-logits on d: same loss, same gradients.
 * ``proba`` in the CSVs is a probability in [0, 1]; vilio wrote the log-probability of class 1. AUROC is the
   same (monotone map); ensembles that averaged vilio's log-probs average geometric, not arithmetic, means.
 * Accumulation: a leftover group at the end of an epoch is stepped (vilio carried its gradients into the next
@@ -192,7 +192,8 @@ class _Tracker:
 
 
 def snapshot_features_meta(features: object, run_dir: Path) -> None:
-    """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is one."""
+    """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is
+    one."""
     meta = Path(str(features)) / STORE_META_FILE
     if meta.is_file():
         write_text_atomic(run_dir / FEATURES_META_FILE, meta.read_text(encoding="utf-8"))

@@ -1,19 +1,22 @@
-"""Task pretraining on the memes themselves (vilio's ``pretrain_bert{O,V,X}.py``): masked LM + image-text matching.
+"""Task pretraining on the memes themselves (vilio's ``pretrain_bert{O,V,X}.py``): masked LM + image-text
+matching.
 
 * MLM: 15% of the word pieces ([CLS]/[SEP]/padding excluded) are selected; 80% become [MASK], 10% a random
-  vocabulary token, 10% stay; the loss is cross-entropy on the selected positions of ``encode(batch).text_hidden``
-  through :class:`~memeguard.models.blocks.MLMHead` tied to the model's word embeddings.
+  vocabulary token, 10% stay; the loss is cross-entropy on the selected positions of
+  ``encode(batch).text_hidden`` through :class:`~memeguard.models.blocks.MLMHead` tied to the model's word
+  embeddings.
 * ITM: half of the texts are swapped for another meme's text; a linear head on ``encode(batch).pooled`` says
   whether text and image match. MLM is counted on mismatched pairs too (as vilio's O).
-* Feature masking, applied even though there is no visual loss (vilio did the same): per box with p=0.15,
-  80% zero vector, 10% the feature of a random box (vilio drew it from a random image of the dataset; we draw it
+* Feature masking, applied even though there is no visual loss (vilio did the same): per box with p=0.15, 80%
+  zero vector, 10% the feature of a random box (vilio drew it from a random image of the dataset; we draw it
   from the batch), 10% unchanged.
 * AdamW (eps 1e-6, no decay), warmup 5%, cosine (O, V) or linear (X) decay, clip 1.0, no accumulation.
 
 The randomness of masking and swapping comes from a generator seeded by (seed, epoch, batch), so a resumed run
-masks exactly as the uninterrupted one. Output: ``RUN_DIR/model/`` (our ``save_pretrained`` of the backbone with
-its untrained classifier, what ``train --init RUN_DIR`` starts from), ``RUN_DIR/pretrain_heads.safetensors``
-(``mlm.*`` without the tied decoder, ``itm.*``), ``pretrain_config.json``, ``metrics.jsonl``, ``DONE``.
+masks exactly as the uninterrupted one. Output: ``RUN_DIR/model/`` (our ``save_pretrained`` of the backbone
+with its untrained classifier, what ``train --init RUN_DIR`` starts from),
+``RUN_DIR/pretrain_heads.safetensors`` (``mlm.*`` without the tied decoder, ``itm.*``),
+``pretrain_config.json``, ``metrics.jsonl``, ``DONE``.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def mask_tokens(
 def mask_features(
     feats: torch.Tensor, visual_mask: torch.Tensor, rate: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """vilio's ``random_feat``: per real box with p=``rate``: 80% zeros, 10% another box's feature, 10% kept."""
+    """vilio's ``random_feat``: per real box with p=``rate``: 80% zeros, 10% another box's feature, 10%
+    kept."""
     batch, boxes, _ = feats.shape
     real = visual_mask.bool()
     selected = (torch.rand((batch, boxes), generator=generator) < rate) & real
