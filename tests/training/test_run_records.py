@@ -8,6 +8,7 @@ nothing else changed; the repaired run must then end exactly like an undisturbed
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,13 @@ def test_a_done_file_from_before_outputs_were_recorded_is_still_read(toy_data, t
     assert (
         str(error.value)
         == f"{run_dir}: finished run is incomplete (model/config.json is missing); {REDO_HINT}"
+    )
+    shutil.rmtree(run_dir / "checkpoints")
+    with pytest.raises(RunError) as error:
+        finetune(cfg, regions=regions)
+    assert str(error.value) == (
+        f"{run_dir}: finished run is incomplete (model/config.json is missing); "
+        "delete its DONE to train the run again (it has no checkpoint), or use another --out"
     )
 
 

@@ -107,12 +107,18 @@ def verify_finished(run_dir: Path, outputs: Sequence[str]) -> DoneRecord:
     A ``DONE`` from before outputs were recorded is checked for existence only."""
     done = read_record(run_dir / DONE_FILE, DoneRecord)
     recorded = done.outputs or {}
-    problems = output_problems(run_dir, {**{rel: recorded.get(rel) for rel in outputs}, **recorded})
+    # only the outputs this configuration makes are looked at: a DONE cannot point the check elsewhere
+    problems = output_problems(run_dir, {rel: recorded.get(rel) for rel in outputs})
     if problems:
         checkpoint = Path(CHECKPOINTS_DIR) / LAST_CHECKPOINT_FILE
+        redo = (
+            f"redo the outputs from {checkpoint} (the final state)"
+            if (run_dir / checkpoint).is_file()
+            else "train the run again (it has no checkpoint)"
+        )
         raise RunError(
-            f"{run_dir}: finished run is incomplete ({'; '.join(problems)}); delete its {DONE_FILE} "
-            f"to redo the outputs from {checkpoint} (the final state), or use another --out"
+            f"{run_dir}: finished run is incomplete ({'; '.join(problems)}); "
+            f"delete its {DONE_FILE} to {redo}, or use another --out"
         )
     return done
 
