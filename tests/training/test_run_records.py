@@ -102,6 +102,15 @@ def test_nan_in_the_store_stops_train_before_any_update(toy_data, toy_store, tmp
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--limit", "4"])
     assert exit_info.value.code == 0 and (out / "DONE").is_file()
+    # predicting a split that holds meme 5 is refused the same way, before the CSV is written
+    csv = tmp_path / "pred.csv"
+    predict = ["predict", "--checkpoint", str(out), "--features", str(toy_store), "--data", str(data)]
+    predict += ["--split", "train_clean", "--out", str(csv), "--device", "cpu", "--limit", "8"]
+    assert cli_error(predict, capsys) == (
+        f"error: {toy_store / 'features.bin'}: meme id 5 holds NaN or inf; "
+        "the store is corrupt (re-extract it, or re-import it, into a new folder)"
+    )
+    assert not csv.exists()
 
 
 def test_non_finite_loss_stops_at_that_update_and_the_run_resumes_exactly(toy_data, tmp_path):
