@@ -1,4 +1,5 @@
-"""TrainConfig / PretrainConfig: validation as one ConfigError line, the JSON round trip, the ``acc`` alias."""
+"""TrainConfig / PretrainConfig: validation as one ConfigError line, the JSON round trip, the ``acc``
+alias."""
 
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ def test_tiny_model_learns_xor_and_text_only_control_does_not(tmp_path, model, e
     regions.update(dev_regions)
     write_jsonl(data / "train_clean.jsonl", train)
     write_jsonl(data / "dev_seen.jsonl", dev)
-    # 192 memes give 12 updates an epoch: the toy run needs the faster of the two tiny learning rates that were
-    # measured (2e-3; TINY_DEFAULTS' 1.5e-3 is tuned for the full synthetic set, where it is the more reliable).
+    # 192 memes give 12 updates an epoch: the toy run needs the faster of the two tiny learning rates that
+    # were measured (2e-3; TINY_DEFAULTS' 1.5e-3 is tuned for the full synthetic set, where it is the more
+    # reliable).
     settings = {**TINY_DEFAULTS, "lr": 2e-3, "epochs": epochs}
     results = {}
     for zero_visual in (False, True):

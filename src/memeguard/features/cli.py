@@ -86,7 +86,12 @@ def import_lmdb_command(
 
 
 @app.command("info")
-def info_command(store: Annotated[Path, typer.Argument(help="Feature store directory.")]) -> None:
+def info_command(
+    store: Annotated[Path, typer.Argument(help="Feature store directory.")],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also read every value once and refuse NaN/inf (names the id).")
+    ] = False,
+) -> None:
     """Summarise a feature store: images, feature dim, box counts, dtype, extractor, meta."""
     import json
 
@@ -96,6 +101,8 @@ def info_command(store: Annotated[Path, typer.Argument(help="Feature store direc
     from memeguard.features.store import FeatureStore
 
     opened = FeatureStore.open(store)
+    if verify:
+        opened.verify()
     counts = opened.box_counts()
     table = Table(title=str(store), show_header=False)
     table.add_column("field", style="bold")
@@ -118,3 +125,5 @@ def info_command(store: Annotated[Path, typer.Argument(help="Feature store direc
             continue
         table.add_row(f"meta.{key}", value if isinstance(value, str) else json.dumps(value))
     Console(width=120).print(table)
+    if verify:
+        typer.echo(f"verified: every value of the {len(opened)} images is finite")

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,7 @@ from memeguard.names import (
     STORE_LOCK_FILE,
     STORE_META_FILE,
 )
+from memeguard.records import StoreLayout, StoreMeta, load_json, read_record, validate_record
 
 FORMAT_NAME = "memeguard-feature-store"
 FORMAT_VERSION = 1
@@ -61,7 +62,11 @@ OPTIONAL_FIELDS: dict[str, str] = {
     "attr_ids": "<i8",
     "attr_conf": "<f4",
 }
+# An extra's name becomes part of a file name (extra.<name>.bin): no path separators or dots.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 BOXES_DTYPE = "<f4"
+# Rows of one file that ``verify`` checks at a time: 16k rows of 2048 float16 features are 64 MiB read.
+VERIFY_CHUNK_ROWS = 16384
 EXTRA_DTYPE = "<f4"
 
 
@@ -91,35 +96,34 @@ def _image_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return {_extra_file(name): (EXTRA_DTYPE, 4 * int(dim)) for name, dim in layout["extras"].items()}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise FeatureStoreError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise FeatureStoreError(f"{path}: expected a JSON object")
-    return data
+def _read_layout(path: Path) -> dict[str, Any]:
+    """``layout.json``, validated (types by the schema, supported values here), as a plain dict."""
+    layout = read_record(path, StoreLayout, FeatureStoreError)
+    return _check_layout(layout.model_dump(), path)
+
+
+def _read_info(meta_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the whole ``meta.json``, its validated ``store`` section)."""
+    meta = load_json(meta_path, FeatureStoreError)
+    info = validate_record(meta, StoreMeta, meta_path, FeatureStoreError).store.model_dump()
+    return {**meta, "store": info}, _check_layout(info, meta_path)
 
 
 def _check_layout(layout: dict[str, Any], path: Path) -> dict[str, Any]:
-    if layout.get("format") != FORMAT_NAME:
+    if layout["format"] != FORMAT_NAME:
+        raise FeatureStoreError(f"{path}: not a memeguard feature store layout (format={layout['format']!r})")
+    if layout["version"] != FORMAT_VERSION:
         raise FeatureStoreError(
-            f"{path}: not a memeguard feature store layout (format={layout.get('format')!r})"
+            f"{path}: unsupported store version {layout['version']!r} (expected {FORMAT_VERSION})"
         )
-    if layout.get("version") != FORMAT_VERSION:
-        raise FeatureStoreError(
-            f"{path}: unsupported store version {layout.get('version')!r} (expected {FORMAT_VERSION})"
-        )
-    if layout.get("dtype") not in FEATURE_DTYPES:
-        raise FeatureStoreError(f"{path}: unsupported feature dtype {layout.get('dtype')!r}")
-    if not isinstance(layout.get("feature_dim"), int) or layout["feature_dim"] <= 0:
-        raise FeatureStoreError(f"{path}: bad feature_dim {layout.get('feature_dim')!r}")
-    unknown = set(layout.get("fields", [])) - set(OPTIONAL_FIELDS)
+    if layout["dtype"] not in FEATURE_DTYPES:
+        raise FeatureStoreError(f"{path}: unsupported feature dtype {layout['dtype']!r}")
+    unknown = set(layout["fields"]) - set(OPTIONAL_FIELDS)
     if unknown:
         raise FeatureStoreError(f"{path}: unknown per-box fields {sorted(unknown)}")
-    layout.setdefault("fields", [])
-    layout.setdefault("extras", {})
+    bad_extras = [name for name, dim in layout["extras"].items() if dim <= 0 or not _SAFE_NAME.match(name)]
+    if bad_extras:
+        raise FeatureStoreError(f"{path}: bad extra vector {bad_extras[0]!r}")
     return layout
 
 
@@ -173,14 +177,7 @@ class FeatureStore:
                     "re-run the same extract/import command to resume and finalise it"
                 )
             raise FeatureStoreError(f"{path}: not a feature store (no {STORE_META_FILE})")
-        meta = _read_json(meta_path)
-        info = meta.get("store")
-        if not isinstance(info, dict):
-            raise FeatureStoreError(f"{meta_path}: missing the 'store' section")
-        _check_layout(info, meta_path)
-        for key in ("num_images", "num_rows", "files"):
-            if key not in info:
-                raise FeatureStoreError(f"{meta_path}: missing store.{key}")
+        meta, info = _read_info(meta_path)
         cls._check_file_sizes(path, info)
         index = _read_index(path / STORE_INDEX_FILE)
         cls._check_index(path, info, index)
@@ -196,14 +193,16 @@ class FeatureStore:
         for name, size in expected.items():
             if recorded.get(name) != size:
                 raise FeatureStoreError(
-                    f"{path}: meta.json is inconsistent: {name} should be {size} bytes, meta says {recorded.get(name)}"
+                    f"{path}: meta.json is inconsistent: {name} should be {size} bytes, "
+                    f"meta says {recorded.get(name)}"
                 )
             file_path = path / name
             actual = file_path.stat().st_size if file_path.exists() else None
             if actual != size:
                 state = "missing" if actual is None else f"{actual} bytes"
                 raise FeatureStoreError(
-                    f"{file_path}: truncated or overwritten feature store file ({state}, expected {size} bytes)"
+                    f"{file_path}: truncated or overwritten feature store file "
+                    f"({state}, expected {size} bytes)"
                 )
 
     @staticmethod
@@ -263,6 +262,48 @@ class FeatureStore:
         for start in range(0, len(ids), batch_size):
             yield self.records(ids[start : start + batch_size])
 
+    # -- verification
+
+    def verify(self, meme_ids: Iterable[int] | None = None, chunk_rows: int = VERIFY_CHUNK_ROWS) -> None:
+        """Raise naming the store, the meme id and the file when a float value of these memes (all when
+        ``meme_ids`` is None) is NaN or inf.
+
+        Why: a flipped bit or a bad write turns into NaN that trains silently for a whole epoch. Opening
+        checks sizes only (milliseconds); this reads every float file once, in chunks of the memory map
+        (vectorised, memory bounded by ``chunk_rows``), so training calls it once before the first update.
+        """
+        wanted = np.ones(len(self._index), dtype=bool)
+        if meme_ids is not None:
+            wanted[:] = False
+            wanted[[self._lookup(meme_id) for meme_id in meme_ids]] = True
+        starts = self._index[:, 1]
+        for name, (dtype, _) in _row_files(self._layout).items():
+            if np.dtype(dtype).kind == "f":
+                self._verify_rows(name, starts, wanted, chunk_rows)
+        for name in _image_files(self._layout):
+            finite = np.isfinite(self._arrays[name]).all(axis=1)
+            bad = np.flatnonzero(~finite & wanted)
+            if len(bad):
+                self._non_finite(name, int(bad[0]))
+
+    def _verify_rows(self, name: str, starts: np.ndarray, wanted: np.ndarray, chunk_rows: int) -> None:
+        array = self._arrays[name]
+        for first in range(0, array.shape[0], chunk_rows):
+            finite = np.isfinite(array[first : first + chunk_rows]).all(axis=1)
+            if finite.all():
+                continue
+            owners = np.searchsorted(starts, first + np.flatnonzero(~finite), side="right") - 1
+            owners = owners[wanted[owners]]
+            if len(owners):
+                self._non_finite(name, int(owners[0]))
+
+    def _non_finite(self, name: str, ordinal: int) -> None:
+        meme_id = int(self._index[ordinal, 0])
+        raise FeatureStoreError(
+            f"{self.path / name}: meme id {meme_id} holds NaN or inf; "
+            "the store is corrupt (re-extract it, or re-import it, into a new folder)"
+        )
+
     # -- cheap metadata
 
     @property
@@ -276,7 +317,8 @@ class FeatureStore:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The whole ``meta.json``: extractor, weights sha256, parameters, created, and a ``store`` section."""
+        """The whole ``meta.json``: extractor, weights sha256, parameters, created, and a ``store``
+        section."""
         return self._meta
 
     @property
@@ -339,7 +381,10 @@ class FeatureStore:
         return (FeatureStore.open, (str(self.path),))
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r}, images={len(self)}, feature_dim={self.feature_dim}, dtype={self.dtype})"
+        return (
+            f"FeatureStore({str(self.path)!r}, images={len(self)}, "
+            f"feature_dim={self.feature_dim}, dtype={self.dtype})"
+        )
 
 
 # --------------------------------------------------------------------------------------------- writer
@@ -375,6 +420,13 @@ class FeatureStoreWriter:
         self._layout: dict[str, Any] | None = None
         self._ids: dict[int, int] = {}
         self._num_rows = 0
+        try:
+            self._open_existing(feature_dim, dtype, meta)
+        except BaseException:
+            self.close()  # a refused store is not kept locked
+            raise
+
+    def _open_existing(self, feature_dim: int | None, dtype: str, meta: dict[str, Any] | None) -> None:
         layout_path = self.path / STORE_LAYOUT_FILE
         if layout_path.exists():
             self._resume(layout_path, feature_dim, dtype, meta)
@@ -411,10 +463,11 @@ class FeatureStoreWriter:
     def _resume(
         self, layout_path: Path, feature_dim: int | None, dtype: str, meta: dict[str, Any] | None
     ) -> None:
-        layout = _check_layout(_read_json(layout_path), layout_path)
+        layout = _read_layout(layout_path)
         if feature_dim is not None and feature_dim != layout["feature_dim"]:
             raise FeatureStoreError(
-                f"{self.path}: existing store has feature dim {layout['feature_dim']}, asked to write {feature_dim}"
+                f"{self.path}: existing store has feature dim {layout['feature_dim']}, "
+                f"asked to write {feature_dim}"
             )
         if dtype != layout["dtype"]:
             raise FeatureStoreError(
@@ -553,7 +606,8 @@ class FeatureStoreWriter:
             stored = features.astype(np.dtype(self._dtype).newbyteorder("<"))
         if not np.isfinite(stored).all():
             raise FeatureStoreError(
-                f"{where}: feature values overflow {self._dtype} (max |x| = {float(np.abs(features).max()):.3g}); "
+                f"{where}: feature values overflow {self._dtype} "
+                f"(max |x| = {float(np.abs(features).max()):.3g}); "
                 "write this store with dtype float32"
             )
         arrays = {STORE_FEATURES_FILE: stored, STORE_BOXES_FILE: boxes.astype(BOXES_DTYPE)}
@@ -572,7 +626,8 @@ class FeatureStoreWriter:
                 arrays[f"{field}.bin"] = value.astype(dtype)
         if set(record.extras) != set(self._layout["extras"]):
             raise FeatureStoreError(
-                f"{where}: extras {sorted(record.extras)} differ from this store's {sorted(self._layout['extras'])}"
+                f"{where}: extras {sorted(record.extras)} differ from this store's "
+                f"{sorted(self._layout['extras'])}"
             )
         for name, dim in self._layout["extras"].items():
             value = np.asarray(record.extras[name], dtype=EXTRA_DTYPE).reshape(-1)
@@ -662,6 +717,10 @@ def feature_statistics(
     count = 0
     for meme_id in chosen:
         features = np.asarray(source[meme_id].features, dtype=np.float64)
+        if not np.isfinite(features).all():  # one NaN would make every image's standardised input NaN
+            raise FeatureStoreError(
+                f"meme id {meme_id}: region features hold NaN or inf (feature statistics)"
+            )
         total = features.sum(0) if total is None else total + features.sum(0)
         total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
         count += features.shape[0]

@@ -1,4 +1,5 @@
-"""Building the model a run starts from: new, from our format, from a run dir, or from an original checkpoint."""
+"""Building the model a run starts from: new, from our format, from a run dir, or from an original
+checkpoint."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def build_model(
         model = load_model_dir(init)
         if model.config.model_type != expected.model_type:
             raise ConfigError(
-                f"{init}: holds a {model.config.model_type!r} model, but --model {name} is {expected.model_type!r}"
+                f"{init}: holds a {model.config.model_type!r} model, "
+                f"but --model {name} is {expected.model_type!r}"
             )
         for key, value in overrides.items():
             if key not in INIT_ONLY_KEYS and getattr(model.config, key, value) != value:

@@ -1,9 +1,9 @@
 """Training configurations: vilio's fine-tuning (``hm.py``) and task pretraining (``pretrain_bert*.py``) flags
 as two pydantic models (the recipe's config system) that round-trip through ``train_config.json``.
 
-The defaults are vilio's (lr 1e-5, batch 8, 5 epochs, eps 1e-6, clip 5.0, warmup 10%, summed loss, SWA from 75%);
-``TINY_DEFAULTS`` holds the settings that make the ``*-tiny`` models learn on the synthetic set in a few CPU minutes.
-Each field's ``description`` is also its ``--help`` text in ``memeguard train`` / ``pretrain``.
+The defaults are vilio's (lr 1e-5, batch 8, 5 epochs, eps 1e-6, clip 5.0, warmup 10%, summed loss, SWA from
+75%); ``TINY_DEFAULTS`` holds the settings that make the ``*-tiny`` models learn on the synthetic set in a few
+CPU minutes. Each field's ``description`` is also its ``--help`` text in ``memeguard train`` / ``pretrain``.
 """
 
 from __future__ import annotations

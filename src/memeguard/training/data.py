@@ -1,8 +1,9 @@
 """Memes + region features -> model batches, with a data order that depends only on (seed, epoch).
 
 The order of epoch ``e`` is ``DistributedSampler(seed=seed).set_epoch(e)``'s permutation, for one process as
-for many, so that resuming at (epoch, batch) reproduces the uninterrupted run exactly and DDP ranks see disjoint
-shards. The region source is anything Mapping-like (``FeatureStore`` or a plain ``dict[int, RegionRecord]``).
+for many, so that resuming at (epoch, batch) reproduces the uninterrupted run exactly and DDP ranks see
+disjoint shards. The region source is anything Mapping-like (``FeatureStore`` or a plain
+``dict[int, RegionRecord]``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def require_regions(memes: Sequence[Meme], source: RegionSource, split: str, sto
             f"{store_name}: {len(missing)} memes of split {split!r} have no region features "
             f"(ids {shown}{' ...' if len(missing) > 10 else ''})"
         )
+
+
+def verify_regions(source: RegionSource, memes: Sequence[Meme]) -> None:
+    """Refuse NaN/inf in the features the run will read, naming the store and the meme id, before the
+    first update (a store checks itself in one vectorised pass; an in-memory source is the caller's)."""
+    verify = getattr(source, "verify", None)
+    if verify is not None:
+        verify(sorted({meme.id for meme in memes}))
 
 
 class MemeRegionDataset(Dataset):

@@ -23,7 +23,8 @@ def predict(
     """Write ``out_csv`` (``id,proba,label``; proba = P(hateful) in [0, 1]) for every meme of ``split``.
 
     ``model_dir``: our model dir or a run dir (its ``model/``). Fails before predicting on a missing split,
-    memes missing from the store, or a feature dimension the model was not trained on.
+    memes missing from the store, NaN/inf in their features, or a feature dimension the model was not
+    trained on.
     """
     from memeguard.data.predictions import write_predictions
     from memeguard.errors import ConfigError
@@ -34,6 +35,7 @@ def predict(
         read_memes,
         region_feature_dim,
         require_regions,
+        verify_regions,
     )
     from memeguard.training.distributed import resolve_device
     from memeguard.training.loop import predict_memes
@@ -43,10 +45,12 @@ def predict(
     memes = read_memes(data_dir, split, limit)
     store_name = str(features) if isinstance(features, (str, os.PathLike)) else "the region source"
     require_regions(memes, source, split, store_name)
+    verify_regions(source, memes)
     dim = region_feature_dim(source, memes)
     if dim != model.config.visual_feat_dim:
         raise ConfigError(
-            f"{store_name}: {dim}-d region features, but {model_dir} was trained on {model.config.visual_feat_dim}-d"
+            f"{store_name}: {dim}-d region features, but {model_dir} was trained on "
+            f"{model.config.visual_feat_dim}-d"
         )
     torch_device = resolve_device(device)
     model.to(torch_device)

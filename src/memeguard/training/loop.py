@@ -2,8 +2,8 @@
 
 Differences from vilio, on purpose:
 * Loss: BCE-with-logits on the model's hateful logit. vilio used LogSoftmax + NLL over 2 classes; our 2-class
-  heads are reduced to ``logit1 - logit0`` and for that difference d, ``-log softmax = softplus(-d)`` (label 1)
-  or ``softplus(d)`` (label 0), which is exactly BCE-with-logits on d: same loss, same gradients.
+  heads are reduced to ``logit1 - logit0`` and for that difference d, ``-log softmax = softplus(-d)`` (label
+  1) or ``softplus(d)`` (label 0), which is exactly BCE-with-logits on d: same loss, same gradients.
 * ``proba`` in the CSVs is a probability in [0, 1]; vilio wrote the log-probability of class 1. AUROC is the
   same (monotone map); ensembles that averaged vilio's log-probs average geometric, not arithmetic, means.
 * Accumulation: a leftover group at the end of an epoch is stepped (vilio carried its gradients into the next
@@ -14,7 +14,6 @@ Differences from vilio, on purpose:
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,11 +33,14 @@ from memeguard.names import (
     BEST_CHECKPOINT_FILE,
     DONE_FILE,
     FEATURES_META_FILE,
+    MODEL_CONFIG_FILE,
     MODEL_DIR,
+    MODEL_WEIGHTS_FILE,
     STORE_META_FILE,
     TRAIN_CONFIG_FILE,
     prediction_file,
 )
+from memeguard.records import DoneRecord, read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.build import build_model, standardization_overrides
@@ -56,9 +58,10 @@ from memeguard.training.data import (
     require_labels,
     require_regions,
     to_device,
+    verify_regions,
 )
 from memeguard.training.optim import ContribSWA, TorchSWA, parameter_groups
-from memeguard.training.run import RunState, already_done, launch
+from memeguard.training.run import RunState, already_done, launch, refuse_non_finite_loss
 from memeguard.training.runlog import autocast
 
 UpdateCallback = Callable[[int], None]
@@ -99,6 +102,7 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     predict = {split: read_memes(cfg.data_dir, split, cfg.limit) for split in cfg.predict_splits}
     for split, memes in [(cfg.train_split, train), (cfg.eval_split, evaluation), *predict.items()]:
         require_regions(memes, source, str(split), store_name)
+    verify_regions(source, [*train, *evaluation, *(m for memes in predict.values() for m in memes)])
     feature_dim = region_feature_dim(source, train)
     overrides = standardization_overrides(
         cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
@@ -188,16 +192,24 @@ class _Tracker:
 
 
 def snapshot_features_meta(features: object, run_dir: Path) -> None:
-    """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is one."""
+    """Copy the feature store's ``meta.json`` (extractor and its settings) into the run dir, when there is
+    one."""
     meta = Path(str(features)) / STORE_META_FILE
     if meta.is_file():
         write_text_atomic(run_dir / FEATURES_META_FILE, meta.read_text(encoding="utf-8"))
 
 
+def run_outputs(cfg: TrainConfig) -> list[str]:
+    """What a finished fine-tuning run dir holds (paths relative to it), recorded in and checked against
+    ``DONE``."""
+    model_files = [f"{MODEL_DIR}/{MODEL_CONFIG_FILE}", f"{MODEL_DIR}/{MODEL_WEIGHTS_FILE}"]
+    return [*(prediction_file(split) for split in cfg.predict_splits), *model_files]
+
+
 def _finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult:
-    done = json.loads((run_dir / DONE_FILE).read_text() or "{}")
+    done = read_record(run_dir / DONE_FILE, DoneRecord)
     predictions = {split: run_dir / prediction_file(split) for split in cfg.predict_splits}
-    return RunResult(run_dir, run_dir / MODEL_DIR, predictions, done.get("metrics", {}), skipped=True)
+    return RunResult(run_dir, run_dir / MODEL_DIR, predictions, dict(done.metrics), skipped=True)
 
 
 def finetune(
@@ -211,7 +223,7 @@ def finetune(
     """
     run_dir = Path(cfg.out_dir)
     with launch(cfg) as (device, info):
-        if already_done(run_dir, cfg, TRAIN_CONFIG_FILE, info, device):
+        if already_done(run_dir, cfg, TRAIN_CONFIG_FILE, info, device, run_outputs(cfg)):
             return _finished_result(run_dir, cfg)
         ckpt.seed_everything(cfg.seed)  # before the model is built: its random init is part of the run
         prepared = prepare(cfg, regions)
@@ -392,6 +404,7 @@ def _train_epoch(
             with autocast(state.device, cfg.precision):
                 logits = state.trained(batch)
             loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
+            refuse_non_finite_loss(mean_bce, state.run_dir, state.updates, batch["ids"])
             state.backward(loss)
         tracker.loss_sum += mean_bce
         tracker.loss_count += 1
@@ -431,5 +444,5 @@ def _finish(
             write_predictions(predictions[split], ids, proba)
         model.save_pretrained(run_dir / MODEL_DIR)
 
-    state.finish(write_outputs, lambda: {"metrics": metrics, "finished": time.time()})
+    state.finish(write_outputs, lambda: {"metrics": metrics, "finished": time.time()}, run_outputs(cfg))
     return RunResult(run_dir, run_dir / MODEL_DIR, predictions, metrics, resumed=state.resumed, model=model)

@@ -1,16 +1,19 @@
 """vilio's optimiser, schedules and the two forms of stochastic weight averaging.
 
 * AdamW (betas 0.9/0.999, eps 1e-6) with up to four parameter groups: (backbone | head) x (decay | no decay).
-  The head groups run at ``lr x head_lr_mult``: vilio's ``--reg`` gave every parameter whose name contains none of
-  ``encoder``/``embeddings``/``pooler`` 500x the lr. Here that rule is generic, so it applies to any architecture.
+  The head groups run at ``lr x head_lr_mult``: vilio's ``--reg`` gave every parameter whose name contains
+  none of ``encoder``/``embeddings``/``pooler`` 500x the lr. Here that rule is generic, so it applies to any
+  architecture.
 * Linear warmup then linear decay to 0 (transformers' ``get_linear_schedule_with_warmup``, vilio's ``hm.py``),
   or half-cosine (``get_cosine_schedule_with_warmup``, vilio's ``pretrain_bertO.py`` / ``pretrain_bertV.py``).
-* SWA "torch": ``AveragedModel`` (equal-weight mean, updated every update after ``swa_start``) + ``SWALR``, which
-  replaces the linear schedule from ``swa_start`` on (cosine anneal over 10 updates to ``swa_lr``, then constant).
-* SWA "contrib": torchcontrib's auto mode re-implemented: from update ``swa_start`` on the lr of every group is
-  reset to ``swa_lr`` before each step (overriding the decay), and every ``swa_freq``-th update after ``swa_start``
-  folds the weights into a running mean; :meth:`ContribSWA.swap_in` puts the mean into the model at the end.
-  [The semantics of torchcontrib 0.0.2's ``torchcontrib/optim/swa.py``, not run against the original.]
+* SWA "torch": ``AveragedModel`` (equal-weight mean, updated every update after ``swa_start``) + ``SWALR``,
+  which replaces the linear schedule from ``swa_start`` on (cosine anneal over 10 updates to ``swa_lr``, then
+  constant).
+* SWA "contrib": torchcontrib's auto mode re-implemented: from update ``swa_start`` on the lr of every group
+  is reset to ``swa_lr`` before each step (overriding the decay), and every ``swa_freq``-th update after
+  ``swa_start`` folds the weights into a running mean; :meth:`ContribSWA.swap_in` puts the mean into the model
+  at the end. [The semantics of torchcontrib 0.0.2's ``torchcontrib/optim/swa.py``, not run against the
+  original.]
 """
 
 from __future__ import annotations

@@ -1,28 +1,31 @@
-"""Task pretraining on the memes themselves (vilio's ``pretrain_bert{O,V,X}.py``): masked LM + image-text matching.
+"""Task pretraining on the memes themselves (vilio's ``pretrain_bert{O,V,X}.py``): masked LM + image-text
+matching.
 
 * MLM: 15% of the word pieces ([CLS]/[SEP]/padding excluded) are selected; 80% become [MASK], 10% a random
-  vocabulary token, 10% stay; the loss is cross-entropy on the selected positions of ``encode(batch).text_hidden``
-  through :class:`~memeguard.models.blocks.MLMHead` tied to the model's word embeddings.
+  vocabulary token, 10% stay; the loss is cross-entropy on the selected positions of
+  ``encode(batch).text_hidden`` through :class:`~memeguard.models.blocks.MLMHead` tied to the model's word
+  embeddings.
 * ITM: half of the texts are swapped for another meme's text; a linear head on ``encode(batch).pooled`` says
   whether text and image match. MLM is counted on mismatched pairs too (as vilio's O).
-* Feature masking, applied even though there is no visual loss (vilio did the same): per box with p=0.15,
-  80% zero vector, 10% the feature of a random box (vilio drew it from a random image of the dataset; we draw it
+* Feature masking, applied even though there is no visual loss (vilio did the same): per box with p=0.15, 80%
+  zero vector, 10% the feature of a random box (vilio drew it from a random image of the dataset; we draw it
   from the batch), 10% unchanged.
 * AdamW (eps 1e-6, no decay), warmup 5%, cosine (O, V) or linear (X) decay, clip 1.0, no accumulation.
 
 The randomness of masking and swapping comes from a generator seeded by (seed, epoch, batch), so a resumed run
-masks exactly as the uninterrupted one. Output: ``RUN_DIR/model/`` (our ``save_pretrained`` of the backbone with
-its untrained classifier, what ``train --init RUN_DIR`` starts from), ``RUN_DIR/pretrain_heads.safetensors``
-(``mlm.*`` without the tied decoder, ``itm.*``), ``pretrain_config.json``, ``metrics.jsonl``, ``DONE``.
+masks exactly as the uninterrupted one. Output: ``RUN_DIR/model/`` (our ``save_pretrained`` of the backbone
+with its untrained classifier, what ``train --init RUN_DIR`` starts from),
+``RUN_DIR/pretrain_heads.safetensors`` (``mlm.*`` without the tied decoder, ``itm.*``),
+``pretrain_config.json``, ``metrics.jsonl``, ``DONE``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,14 @@ from memeguard.features.record import RegionRecord
 from memeguard.io import write_bytes_atomic
 from memeguard.models.base import MemeModel
 from memeguard.models.blocks import MLMHead
-from memeguard.names import MODEL_DIR, PRETRAIN_CONFIG_FILE, PRETRAIN_HEADS_FILE
+from memeguard.names import (
+    MODEL_CONFIG_FILE,
+    MODEL_DIR,
+    MODEL_WEIGHTS_FILE,
+    PRETRAIN_CONFIG_FILE,
+    PRETRAIN_HEADS_FILE,
+)
+from memeguard.records import read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.build import build_model, standardization_overrides
@@ -47,12 +57,19 @@ from memeguard.training.data import (
     region_feature_dim,
     require_regions,
     to_device,
+    verify_regions,
 )
 from memeguard.training.optim import parameter_groups
-from memeguard.training.run import RunState, already_done, launch
+from memeguard.training.run import RunState, already_done, launch, refuse_non_finite_loss
 from memeguard.training.runlog import autocast
 
 IGNORE = -100
+# What a finished pretraining run dir holds, recorded in and checked against DONE.
+PRETRAIN_OUTPUTS = (
+    f"{MODEL_DIR}/{MODEL_CONFIG_FILE}",
+    f"{MODEL_DIR}/{MODEL_WEIGHTS_FILE}",
+    PRETRAIN_HEADS_FILE,
+)
 
 
 class PretrainingModel(nn.Module):
@@ -106,7 +123,8 @@ def mask_tokens(
 def mask_features(
     feats: torch.Tensor, visual_mask: torch.Tensor, rate: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """vilio's ``random_feat``: per real box with p=``rate``: 80% zeros, 10% another box's feature, 10% kept."""
+    """vilio's ``random_feat``: per real box with p=``rate``: 80% zeros, 10% another box's feature, 10%
+    kept."""
     batch, boxes, _ = feats.shape
     real = visual_mask.bool()
     selected = (torch.rand((batch, boxes), generator=generator) < rate) & real
@@ -207,12 +225,13 @@ def pretrain(
     refused."""
     run_dir = Path(cfg.out_dir)
     with launch(cfg) as (device, info):
-        if already_done(run_dir, cfg, PRETRAIN_CONFIG_FILE, info, device):
+        if already_done(run_dir, cfg, PRETRAIN_CONFIG_FILE, info, device, PRETRAIN_OUTPUTS):
             return run_dir
         ckpt.seed_everything(cfg.seed)
         source = open_regions(regions if regions is not None else cfg.features)
         memes = read_memes(cfg.data_dir, cfg.split, cfg.limit)
         require_regions(memes, source, cfg.split, str(cfg.features))
+        verify_regions(source, memes)
         overrides = standardization_overrides(
             cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in memes]
         )
@@ -298,9 +317,11 @@ def _run(
                 batch = to_device(batch, device)
                 with autocast(device, cfg.precision):
                     loss = pretrain_loss(state.trained, batch, cfg)
+                loss_value = float(loss.detach())
+                refuse_non_finite_loss(loss_value, run_dir, state.updates, [m.id for m in chosen])
                 state.backward(loss)
                 state.update()
-                loss_sum, count = loss_sum + float(loss.detach()), count + 1
+                loss_sum, count = loss_sum + loss_value, count + 1
                 state.show(loss_sum / count, math.nan)
                 if on_update is not None:
                     on_update(state.updates)
@@ -321,8 +342,9 @@ def _run(
         heads = save(model.heads_state(), metadata={"format": "pt"})  # the bytes save_file would write
         write_bytes_atomic(run_dir / PRETRAIN_HEADS_FILE, heads)
 
-    state.finish(write_outputs, lambda: {"finished": time.time(), "updates": state.updates})
+    state.finish(write_outputs, lambda: {"finished": time.time(), "updates": state.updates}, PRETRAIN_OUTPUTS)
 
 
 def read_pretrain_config(run_dir: str | Path) -> PretrainConfig:
-    return PretrainConfig.from_dict(json.loads((Path(run_dir) / PRETRAIN_CONFIG_FILE).read_text()))
+    saved = read_record(Path(run_dir) / PRETRAIN_CONFIG_FILE, dict[str, Any], ConfigError)
+    return PretrainConfig.from_dict(saved)

@@ -10,17 +10,25 @@ batch is and what its loss is.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from memeguard.errors import ConfigError
+from memeguard.errors import ConfigError, MemeguardError
 from memeguard.io import write_json_atomic
-from memeguard.names import CHECKPOINTS_DIR, DONE_FILE, METRICS_FILE
+from memeguard.names import (
+    CHECKPOINTS_DIR,
+    DONE_FILE,
+    LAST_CHECKPOINT_FILE,
+    METRICS_FILE,
+    PRETRAIN_CONFIG_FILE,
+    TRAIN_CONFIG_FILE,
+)
+from memeguard.records import DoneRecord, folder_kinds, output_problems, output_records, read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.config import PretrainConfig, TrainConfig
@@ -30,6 +38,14 @@ from memeguard.training.runlog import Progress, append_metrics, trim_metrics
 # Keys that may change between a run and its resume without changing the result.
 AnyConfig = TrainConfig | PretrainConfig
 VOLATILE_KEYS = ("device", "num_workers", "progress", "eval_batch_size", "out_dir", "features", "data_dir")
+# A run dir's config file -> the kind of folder it makes (``records.FOLDER_MARKERS``' names).
+RUN_KINDS = {TRAIN_CONFIG_FILE: "fine-tuning run dir", PRETRAIN_CONFIG_FILE: "pretraining run dir"}
+# Ids shown in a one-line error about a batch.
+SHOWN_IDS = 10
+
+
+class RunError(MemeguardError):
+    """A run dir that cannot be used as it is, or a run that had to stop (non-finite loss)."""
 
 
 class Averaging(Protocol):
@@ -59,7 +75,7 @@ def check_same_config(run_dir: Path, cfg: AnyConfig, config_file: str) -> None:
     path = run_dir / config_file
     if not path.is_file():
         return
-    saved = type(cfg).canonical(json.loads(path.read_text()))
+    saved = type(cfg).canonical(read_record(path, dict[str, Any], ConfigError))
     current = cfg.to_dict()
     changed = sorted(
         k for k in set(saved) | set(current) if k not in VOLATILE_KEYS and saved.get(k) != current.get(k)
@@ -71,12 +87,77 @@ def check_same_config(run_dir: Path, cfg: AnyConfig, config_file: str) -> None:
         )
 
 
+def refuse_foreign_folder(run_dir: Path, config_file: str) -> None:
+    """``--out`` must be a new folder or a run dir of this kind: training into a feature store, a dataset,
+    a pipeline output (or a run of the other kind) would mix its files with theirs."""
+    if not run_dir.is_dir():
+        return
+    own = RUN_KINDS[config_file]
+    foreign = {kind: marker for kind, marker in folder_kinds(run_dir).items() if kind != own}
+    if foreign:
+        kind, marker = next(iter(foreign.items()))
+        raise RunError(
+            f"{run_dir}: is a {kind} (it holds {marker}), not a {own}; choose another --out folder"
+        )
+
+
+def verify_finished(run_dir: Path, outputs: Sequence[str]) -> DoneRecord:
+    """A finished run's ``DONE``, after checking that its outputs are still what it wrote: every one of
+    ``outputs`` exists, and those ``DONE`` records (since it records them) have their size and sha256.
+    A ``DONE`` from before outputs were recorded is checked for existence only."""
+    done = read_record(run_dir / DONE_FILE, DoneRecord)
+    recorded = done.outputs or {}
+    # only the outputs this configuration makes are looked at: a DONE cannot point the check elsewhere
+    problems = output_problems(run_dir, {rel: recorded.get(rel) for rel in outputs})
+    if problems:
+        checkpoint = Path(CHECKPOINTS_DIR) / LAST_CHECKPOINT_FILE
+        redo = (
+            f"redo the outputs from {checkpoint} (the final state)"
+            if (run_dir / checkpoint).is_file()
+            else "train the run again (it has no checkpoint)"
+        )
+        raise RunError(
+            f"{run_dir}: finished run is incomplete ({'; '.join(problems)}); "
+            f"delete its {DONE_FILE} to {redo}, or use another --out"
+        )
+    return done
+
+
 def already_done(
-    run_dir: Path, cfg: AnyConfig, config_file: str, info: ddp.DistInfo, device: torch.device
+    run_dir: Path,
+    cfg: AnyConfig,
+    config_file: str,
+    info: ddp.DistInfo,
+    device: torch.device,
+    outputs: Sequence[str] = (),
 ) -> bool:
-    """Whether the run dir is finished (rank 0's answer, shared); a different configuration is refused."""
+    """Whether the run dir is finished, with ``outputs`` intact (rank 0's answer, shared); a folder of
+    another kind, a different configuration or a finished run with missing outputs is refused."""
+    refuse_foreign_folder(run_dir, config_file)
     check_same_config(run_dir, cfg, config_file)
-    return ddp.broadcast_flag((run_dir / DONE_FILE).is_file(), info, device)
+    done = (run_dir / DONE_FILE).is_file()
+    if done:
+        verify_finished(run_dir, outputs)
+    return ddp.broadcast_flag(done, info, device)
+
+
+def refuse_non_finite_loss(
+    loss: float, run_dir: Path, update: int, meme_ids: Sequence[int] | torch.Tensor
+) -> None:
+    """Stop at the first NaN/inf loss, before it reaches the weights: the optimizer would spread it to
+    every parameter and the run would go on to the end of the epoch for nothing. The check reads the
+    float the log takes anyway, and ``meme_ids`` (the batch's tensor) is read only to report, so the
+    normal path adds no device sync; the last checkpoint stays the resume point."""
+    if math.isfinite(loss):
+        return
+    shown = ", ".join(str(int(i)) for i in meme_ids[:SHOWN_IDS]) + (
+        " ..." if len(meme_ids) > SHOWN_IDS else ""
+    )
+    raise RunError(
+        f"{run_dir}: loss is {loss} at update {update + 1} (batch of meme ids {shown}); stopped before the "
+        f"update, the run resumes from {CHECKPOINTS_DIR}/{LAST_CHECKPOINT_FILE} (check the features with "
+        "`memeguard features info --verify`, or lower --lr)"
+    )
 
 
 class RunState:
@@ -184,9 +265,13 @@ class RunState:
             ckpt.save_checkpoint(self.checkpoint_dir, position, self.stateful)
         ddp.barrier(self.info)
 
-    def finish(self, write_outputs: Callable[[], None], done: Callable[[], dict[str, Any]]) -> None:
-        """Rank 0 writes the outputs, then ``done()`` as ``DONE`` (last: a folder with it is finished)."""
+    def finish(
+        self, write_outputs: Callable[[], None], done: Callable[[], dict[str, Any]], outputs: Sequence[str]
+    ) -> None:
+        """Rank 0 writes the outputs, then ``done()`` as ``DONE`` (last: a folder with it is finished), with
+        the size and sha256 of every one of ``outputs`` so that a later run can tell they are intact."""
         if self.info.is_main:
             write_outputs()
-            write_json_atomic(self.run_dir / DONE_FILE, done())
+            recorded = {rel: r.model_dump() for rel, r in output_records(self.run_dir, list(outputs)).items()}
+            write_json_atomic(self.run_dir / DONE_FILE, {**done(), "outputs": recorded})
         ddp.barrier(self.info)

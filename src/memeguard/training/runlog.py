@@ -55,12 +55,25 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def _parsed(line: str) -> dict[str, Any] | None:
+    """One log line; None for the partial line a kill during an append leaves (it is dropped)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def trim_metrics(run_dir: Path, update: int) -> None:
-    """On resume, drop the log lines written after the checkpoint (they will be written again)."""
+    """On resume, drop the log lines written after the checkpoint (they will be written again): later
+    updates, and the final evaluation (written after the last checkpoint, so always after it)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
+    records = [(line, _parsed(line)) for line in path.read_text().splitlines() if line]
     kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line).get("update", 0) <= update
+        line
+        for line, record in records
+        if record is not None and record.get("update", 0) <= update and not record.get("final")
     ]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
