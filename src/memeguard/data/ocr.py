@@ -31,6 +31,21 @@ OCR_EXTRA_HINT = "reading text from images needs the 'ocr' extra: pip install 'm
 ROW_OVERLAP = 0.5
 
 
+# Memes are upright: the 180-degree text classifier only costs time. The detector sees the image at its
+# own size (shrunk only above 960 px): the default upscaling to a 736-px short side is slower and, on the
+# rendered test memes, lost a caption word on a busy background that this setting reads. Quiet logging:
+# rapidocr prints a line per call otherwise.
+ENGINE_PARAMS = {
+    "Global.use_cls": False,
+    "Global.log_level": "error",
+    "Det.limit_type": "max",
+    "Det.limit_side_len": 960,
+}
+# A one-character "line" this many times taller than the caption's median line is a round shape read as
+# "O", not a letter.
+SHAPE_HEIGHT_RATIO = 1.8
+
+
 @dataclass(frozen=True)
 class OcrLine:
     """One detected piece of text and its axis-aligned box (x0, y0, x1, y1) in image pixels."""
@@ -75,8 +90,7 @@ def get_engine() -> Any:
         from rapidocr import RapidOCR
     except ImportError as exc:
         raise ConfigError(OCR_EXTRA_HINT) from exc
-    # Memes are upright: the 180-degree text classifier only costs time. Quiet: one line per call otherwise.
-    engine = RapidOCR(params={"Global.use_cls": False, "Global.log_level": "error"})
+    engine = RapidOCR(params=ENGINE_PARAMS)
     logging.getLogger("RapidOCR").setLevel(logging.ERROR)
     return engine
 
@@ -98,7 +112,21 @@ def read_lines(image: Image.Image, context: str = "image") -> list[OcrLine]:
         points = np.asarray(quad, dtype=np.float64)
         box = (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max())
         lines.append(OcrLine(str(text), tuple(float(v) for v in box), float(confidence)))  # type: ignore[arg-type]
-    return lines
+    return drop_shapes(lines)
+
+
+def _height(line: OcrLine) -> float:
+    return line.box[3] - line.box[1]
+
+
+def drop_shapes(lines: Sequence[OcrLine]) -> list[OcrLine]:
+    """Without single characters far taller than the caption's lines (a circle behind the text read as
+    "O"): detections are kept when there is no multi-character line to compare with."""
+    words = [_height(line) for line in lines if len(line.text.strip()) > 1]
+    if not words:
+        return list(lines)
+    limit = SHAPE_HEIGHT_RATIO * float(np.median(words))
+    return [line for line in lines if len(line.text.strip()) > 1 or _height(line) <= limit]
 
 
 def read_caption(image: Image.Image, context: str = "image") -> str:
