@@ -78,3 +78,8 @@ def test_a_big_round_shape_is_not_a_letter():
     letter = line("a", 100, 120, 120, 150)
     assert ocr.drop_shapes([*caption, circle, letter]) == [*caption, letter]
     assert ocr.drop_shapes([circle]) == [circle]
+
+
+def test_stray_foreign_script_is_dropped_but_accents_and_punctuation_stay():
+    boxes = [line("send help 唯", 0, 0, 100, 20), line("café? !", 0, 30, 100, 50)]
+    assert join_lines(boxes) == "send help café? !"

@@ -60,6 +60,13 @@ def normalise_caption(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _foreign_script(word: str) -> bool:
+    """A word of letters outside ASCII only: the bundled recogniser also knows Chinese, and reads picture
+    texture as a stray CJK character now and then; an English caption word always has an ASCII letter."""
+    has_ascii = any(char.isascii() and char.isalnum() for char in word)
+    return not has_ascii and any(char.isalpha() for char in word)
+
+
 def _shares_row(box: tuple[float, ...], row_box: tuple[float, ...]) -> bool:
     overlap = min(box[3], row_box[3]) - max(box[1], row_box[1])
     shorter = min(box[3] - box[1], row_box[3] - row_box[1])
@@ -80,7 +87,8 @@ def reading_order(lines: Sequence[OcrLine]) -> list[list[OcrLine]]:
 
 def join_lines(lines: Sequence[OcrLine]) -> str:
     """The caption as one normalised string, in reading order."""
-    return normalise_caption(" ".join(line.text for row in reading_order(lines) for line in row))
+    text = normalise_caption(" ".join(line.text for row in reading_order(lines) for line in row))
+    return " ".join(word for word in text.split() if not _foreign_script(word))
 
 
 @functools.lru_cache(maxsize=1)
