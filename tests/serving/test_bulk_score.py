@@ -139,6 +139,8 @@ def test_bulk_cli_errors(served, tmp_path):
     image = served.image(served.ids[0])
     result = run_cli("score", image, image, "-m", served.runs[0])
     assert isinstance(result.exception, ConfigError) and "needs --out" in str(result.exception)
+    result = run_cli("score", served.data_dir / "img", "-m", served.runs[0])
+    assert isinstance(result.exception, ConfigError) and "a folder, a glob" in str(result.exception)
     result = run_cli("score", image, "--out", tmp_path / "o.csv", "--text", "x", "-m", served.runs[0])
     assert isinstance(result.exception, ConfigError) and "--text goes with one IMAGE" in str(result.exception)
     result = run_cli("score", image, "--out", tmp_path / "o.csv")

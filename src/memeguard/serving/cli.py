@@ -132,6 +132,8 @@ def score(
 
 def _score_mode(paths: list[str], jsonl: Path | None, out: Path | None, text: str | None, ocr: str) -> str:
     """``one`` (JSON to stdout), ``bulk`` (images to a CSV) or ``jsonl``; ConfigError for a bad mix."""
+    from memeguard.serving.bulk import IMAGE_SUFFIXES
+
     if bool(paths) == (jsonl is not None):
         raise ConfigError("give either IMAGE (or images) with --model, or --jsonl with --out")
     if jsonl is not None:
@@ -140,7 +142,7 @@ def _score_mode(paths: list[str], jsonl: Path | None, out: Path | None, text: st
         if text is not None:
             raise ConfigError("--text goes with one IMAGE, not --jsonl (the jsonl has the texts)")
         return "jsonl"
-    single = len(paths) == 1 and out is None
+    single = len(paths) == 1 and out is None and Path(paths[0]).suffix.lower() in IMAGE_SUFFIXES
     if not single and text is not None:
         raise ConfigError("--text goes with one IMAGE without --out; images in bulk are read by OCR")
     if text is None and ocr == "never":
@@ -148,7 +150,7 @@ def _score_mode(paths: list[str], jsonl: Path | None, out: Path | None, text: st
     if single:
         return "one"
     if out is None:
-        raise ConfigError("scoring several images needs --out for the CSV")
+        raise ConfigError("scoring several images (a folder, a glob or many files) needs --out for the CSV")
     return "bulk"
 
 
