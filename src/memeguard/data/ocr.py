@@ -41,9 +41,6 @@ ENGINE_PARAMS = {
     "Det.limit_type": "max",
     "Det.limit_side_len": 960,
 }
-# A one-character "line" this many times taller than the caption's median line is a round shape read as
-# "O", not a letter.
-SHAPE_HEIGHT_RATIO = 1.8
 
 
 @dataclass(frozen=True)
@@ -123,18 +120,13 @@ def read_lines(image: Image.Image, context: str = "image") -> list[OcrLine]:
     return drop_shapes(lines)
 
 
-def _height(line: OcrLine) -> float:
-    return line.box[3] - line.box[1]
-
-
 def drop_shapes(lines: Sequence[OcrLine]) -> list[OcrLine]:
-    """Without single characters far taller than the caption's lines (a circle behind the text read as
-    "O"): detections are kept when there is no multi-character line to compare with."""
-    words = [_height(line) for line in lines if len(line.text.strip()) > 1]
-    if not words:
+    """Without detections of one character when longer ones exist: the detector finds a caption line as
+    one box, so a box holding a lone "o" or "a" is a circle or a triangle of the picture read as a letter
+    (seen on the synthetic set). A caption of one character is kept."""
+    if all(len(line.text.strip()) <= 1 for line in lines):
         return list(lines)
-    limit = SHAPE_HEIGHT_RATIO * float(np.median(words))
-    return [line for line in lines if len(line.text.strip()) > 1 or _height(line) <= limit]
+    return [line for line in lines if len(line.text.strip()) > 1]
 
 
 def read_caption(image: Image.Image, context: str = "image") -> str:

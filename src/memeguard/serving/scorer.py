@@ -463,9 +463,7 @@ class MemeScorer:
             chunk = items[start : start + size]
             images = [load_image(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
             contexts = [f"item {start + k}" for k in range(len(chunk))]
-            texts, sources = resolve_texts(images, [text for _, text in chunk], ocr, contexts)
-            scores = self._score_texts(images, texts)
-            results.extend(_with_texts(scores, texts, sources))
+            results.extend(self.score_images(images, [text for _, text in chunk], ocr, contexts))
         return results
 
     def score_images(
