@@ -229,14 +229,21 @@ def score_inputs(
     done: set[str] | frozenset[str] = frozenset(),
     advance: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Score the inputs not in ``done`` into ``out`` (appending), ``scorer.batch_size`` at a time."""
+    """Score the inputs not in ``done`` into ``out`` (appending), ``scorer.batch_size`` at a time.
+
+    Batches are cut from the whole input list before the done ones are dropped: a resumed run then puts
+    the same memes in one model call as an uninterrupted one (a kill loses whole batches), and padding
+    to the same text length gives the same bits."""
     from memeguard.serving.scorer import load_image
 
-    todo = [item for item in inputs if item.id not in done]
-    advance(len(inputs) - len(todo))
+    scored = 0
     appender = ScoreAppender(out)
     try:
-        for batch in _batches(todo, scorer.batch_size):
+        for whole in _batches(inputs, scorer.batch_size):
+            batch = [item for item in whole if item.id not in done]
+            advance(len(whole) - len(batch))
+            if not batch:
+                continue
             names = [str(item.path) for item in batch]
             images = [load_image(item.path, name) for item, name in zip(batch, names, strict=True)]
             scores = scorer.score_images(images, None, ocr=ocr, contexts=names)
@@ -247,9 +254,10 @@ def score_inputs(
                 ]
             )
             advance(len(batch))
+            scored += len(batch)
     finally:
         appender.close()
-    return len(todo)
+    return scored
 
 
 @dataclass(frozen=True)
