@@ -25,7 +25,9 @@ from PIL import Image
 
 from memeguard.errors import ConfigError, DataError
 
-OCR_EXTRA_HINT = "reading text from images needs the 'ocr' extra: pip install 'memeguard[ocr]'"
+OCR_EXTRA_HINT = (
+    "reading text from images needs the 'ocr' extra: pip install 'memeguard[ocr]' (or give the meme's text)"
+)
 # Two boxes share a row when they overlap vertically by at least this share of the shorter one's height:
 # stacked caption lines touch or overlap a little (outlined text), boxes of one line overlap by far more.
 ROW_OVERLAP = 0.5
@@ -101,7 +103,8 @@ def get_engine() -> Any:
 
 
 def read_lines(image: Image.Image, context: str = "image") -> list[OcrLine]:
-    """Every text box rapidocr finds in an RGB image, with its text and confidence (unordered)."""
+    """The text boxes rapidocr finds in an RGB image, with text and confidence (unordered; lone characters
+    beside real lines are dropped, see :func:`drop_shapes`)."""
     pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
     engine = get_engine()
     try:
