@@ -125,6 +125,7 @@ class DoneRecord(Schema):
     metrics: dict[str, float] = Field(default_factory=dict)
     updates: StrictInt | None = None
     outputs: dict[str, OutputRecord] | None = None
+    seconds: float | None = None  # a pipeline stage's running time, added by the runner
 
 
 def file_sha256(path: Path) -> str:

@@ -7,45 +7,41 @@ for scipy and scikit-learn.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memeguard.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
-    "METHODS": "method_names",
-    "METHOD_ALIASES": "method_names",
-    "TEST_LABEL_RULES": "method_names",
-    "canonical_method": "method_names",
-    "SPLITS": "folder",
-    "EnsembleResult": "folder",
-    "decision_threshold": "folder",
-    "ensemble_folder": "folder",
-    "resolve_families": "folder",
-    "scan_folder": "folder",
-    "fast_auroc": "methods",
-    "mean_average": "methods",
-    "minmax_normalize": "methods",
-    "power_average": "methods",
-    "rank_average": "methods",
-    "simple_average": "methods",
-    "spearman_matrix": "methods",
-    "weighted_average": "methods",
-    "optimize_weights": "optimize",
-    "SimplexTuner": "simplex",
-    "WeightSearch": "simplex",
-    "simplex_weights": "simplex",
-    "ScoreTable": "table",
-    "ground_truth_labels": "table",
-    "stack_predictions": "table",
-    "LoopResult": "vilio_loop",
-    "blend": "vilio_loop",
-    "seed_average": "vilio_loop",
-    "vilio_loop": "vilio_loop",
+    "METHODS": "memeguard.ensemble.method_names",
+    "METHOD_ALIASES": "memeguard.ensemble.method_names",
+    "TEST_LABEL_RULES": "memeguard.ensemble.method_names",
+    "canonical_method": "memeguard.ensemble.method_names",
+    "SPLITS": "memeguard.ensemble.folder",
+    "EnsembleResult": "memeguard.ensemble.folder",
+    "decision_threshold": "memeguard.ensemble.folder",
+    "ensemble_folder": "memeguard.ensemble.folder",
+    "resolve_families": "memeguard.ensemble.folder",
+    "scan_folder": "memeguard.ensemble.folder",
+    "fast_auroc": "memeguard.ensemble.methods",
+    "mean_average": "memeguard.ensemble.methods",
+    "minmax_normalize": "memeguard.ensemble.methods",
+    "power_average": "memeguard.ensemble.methods",
+    "rank_average": "memeguard.ensemble.methods",
+    "simple_average": "memeguard.ensemble.methods",
+    "spearman_matrix": "memeguard.ensemble.methods",
+    "weighted_average": "memeguard.ensemble.methods",
+    "optimize_weights": "memeguard.ensemble.optimize",
+    "SimplexTuner": "memeguard.ensemble.simplex",
+    "WeightSearch": "memeguard.ensemble.simplex",
+    "simplex_weights": "memeguard.ensemble.simplex",
+    "ScoreTable": "memeguard.ensemble.table",
+    "ground_truth_labels": "memeguard.ensemble.table",
+    "stack_predictions": "memeguard.ensemble.table",
+    "LoopResult": "memeguard.ensemble.vilio_loop",
+    "blend": "memeguard.ensemble.vilio_loop",
+    "seed_average": "memeguard.ensemble.vilio_loop",
+    "vilio_loop": "memeguard.ensemble.vilio_loop",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'memeguard.ensemble' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"memeguard.ensemble.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -40,6 +40,7 @@ from memeguard.names import (
     prediction_file,
 )
 from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
+from memeguard.records import DoneRecord, load_json, read_record
 
 # vilio's two fine-tunes of every run, by the label their stages carry: (a) and (b).
 FINETUNES: tuple[tuple[str, tuple[str, tuple[str, ...]]], ...] = (("train", RUN_A), ("traindev", RUN_B))
@@ -382,8 +383,8 @@ class RecipeRunner:
     def _announce_cached(self, stage: Stage, number: int, timings: dict[str, dict[str, Any]]) -> None:
         name = f"{stage.kind} {stage.label}"
         self.console.print(f"[{number}/{len(self.stages)}] {name}: cached")
-        previous = json.loads((stage.directory / DONE_FILE).read_text() or "{}")
-        timings[name] = {"seconds": previous.get("seconds", 0.0), "cached": True}
+        previous = read_record(stage.directory / DONE_FILE, DoneRecord)
+        timings[name] = {"seconds": previous.seconds or 0.0, "cached": True}
 
     def _execute_sequential(self, timings: dict[str, dict[str, Any]]) -> None:
         for number, stage in enumerate(self.stages, start=1):
@@ -484,7 +485,10 @@ def run_stage(stage: Stage) -> float:
     start = time.perf_counter()
     stage.action(stage.directory)
     seconds = time.perf_counter() - start
-    write_json_atomic(stage.directory / DONE_FILE, {"seconds": seconds})
+    done = stage.directory / DONE_FILE
+    # A training stage's folder is its run dir: keep the run's own record (its outputs' hashes).
+    record = load_json(done) if done.is_file() else {}
+    write_json_atomic(done, {**record, "seconds": seconds})
     return seconds
 
 

@@ -1,17 +1,19 @@
-"""Scoring new memes: ``MemeScorer`` (Python), ``memeguard score`` / ``memeguard serve`` (CLI), ``create_app`` (HTTP).
+"""Scoring new memes: ``MemeScorer`` (Python), ``memeguard score`` / ``serve`` / ``export`` (CLI),
+``create_app`` (HTTP).
 
 Names are imported lazily: the package must import without torch, fastapi or uvicorn being loaded.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memeguard.lazy import lazy_exports
 
 _EXPORTS = {
     "MemeScorer": "memeguard.serving.scorer",
     "Score": "memeguard.serving.scorer",
     "load_image": "memeguard.serving.scorer",
+    "load_scorer": "memeguard.serving.bundle",
+    "export_bundle": "memeguard.serving.bundle",
     "create_app": "memeguard.serving.http",
     "ServiceLimits": "memeguard.serving.http",
 }
@@ -19,7 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'memeguard.serving' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

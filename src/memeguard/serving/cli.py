@@ -1,4 +1,4 @@
-"""``memeguard score`` (one meme, or a jsonl of memes into a submission CSV) and ``memeguard serve`` (HTTP)."""
+"""``memeguard score`` (one meme, folders of memes or a jsonl into a CSV) and ``memeguard serve`` (HTTP)."""
 
 from __future__ import annotations
 
@@ -63,16 +63,29 @@ def _build_scorer(
     )
 
 
+OCR_HELP = "Read the caption from the image: auto (only when no text is given), always, never."
+PATHS_HELP = (
+    "Meme images: files, folders (searched recursively) or quoted globs. One image without --out prints "
+    "JSON; several, or --out, write a CSV (id,proba,label,text,text_source). Omit with --jsonl or --merge."
+)
+
+
 @app.command("score")
 def score(
-    image: Path | None = typer.Argument(None, help="The meme image (omit with --jsonl)."),
-    model: list[Path] = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    text: str | None = typer.Option(None, "--text", "-t", help="The meme's text (with IMAGE)."),
+    paths: list[str] | None = typer.Argument(None, help=PATHS_HELP),
+    model: list[Path] | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text: str | None = typer.Option(None, "--text", "-t", help="The meme's text (one IMAGE; default: OCR)."),
     jsonl: Path | None = typer.Option(None, "--jsonl", help="Hateful Memes lines {id, img, text} to score."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Folder the jsonl's img paths are relative to (default: the jsonl's folder)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Submission CSV (id,proba,label) for --jsonl."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output CSV: id,proba,label for --jsonl; +text,text_source for images."
+    ),
+    ocr: str = typer.Option("auto", "--ocr", help=OCR_HELP),
+    merge: bool = typer.Option(
+        False, "--merge", help="Only merge the OUT.part* files of a multi-machine torchrun into --out."
+    ),
     threshold: float = typer.Option(0.5, "--threshold", help="Label = proba >= threshold."),
     weight: list[float] | None = typer.Option(
         None, "--weight", help="One weight per --model (default equal)."
@@ -85,30 +98,97 @@ def score(
     ),
     boxes: str | None = typer.Option(None, "--boxes", help="BUTD box variant(s) for --extractor butd."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Score one meme (prints JSON: proba, label, per_model) or a jsonl of memes (writes --out)."""
-    if (image is None) == (jsonl is None):
-        raise ConfigError("give either IMAGE with --text, or --jsonl with --out")
-    if image is not None and text is None:
-        raise ConfigError('scoring an image needs its text: --text "..." (use --text "" for none)')
-    if jsonl is not None and out is None:
-        raise ConfigError("--jsonl needs --out for the submission CSV")
+    """Score memes: one image (prints JSON), many images (CSV, resumable, torchrun-shardable) or a jsonl."""
+    from memeguard.serving.scorer import OCR_MODES
+
+    if ocr not in OCR_MODES:
+        raise ConfigError(f"--ocr must be one of {', '.join(OCR_MODES)}, got {ocr!r}")
+    if merge:
+        _merge_only(paths, jsonl, out)
+        return
+    mode = _score_mode(paths or [], jsonl, out, text, ocr)
+    if not model:
+        raise ConfigError("give at least one --model RUN_DIR")
     scorer = _build_scorer(
         model, device, threshold, weight, batch_size, extractor, extractor_weights, boxes, threads
     )
-    if image is not None:
-        result = scorer.score(image, text or "")
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    assert jsonl is not None and out is not None
-    written, count = score_jsonl(scorer, jsonl, out, data_dir)
-    typer.echo(f"scored {count} memes -> {written}")
+    if mode == "one":
+        assert paths is not None
+        typer.echo(json.dumps(_score_one(scorer, Path(paths[0]), text, ocr).to_dict(include_text=True)))
+    elif mode == "bulk":
+        from memeguard.serving.bulk import bulk_score
+
+        assert paths is not None and out is not None
+        total, scored = bulk_score(scorer, paths, out, ocr=ocr, progress=progress)
+        if total:  # under torchrun only rank 0 merges and reports
+            typer.echo(f"scored {scored} new memes; {total} in {out}")
+    else:
+        assert jsonl is not None and out is not None
+        written, count = score_jsonl(scorer, jsonl, out, data_dir, progress=progress, ocr=ocr)
+        typer.echo(f"scored {count} memes -> {written}")
+
+
+def _score_mode(paths: list[str], jsonl: Path | None, out: Path | None, text: str | None, ocr: str) -> str:
+    """``one`` (JSON to stdout), ``bulk`` (images to a CSV) or ``jsonl``; ConfigError for a bad mix."""
+    from memeguard.serving.bulk import IMAGE_SUFFIXES
+
+    if bool(paths) == (jsonl is not None):
+        raise ConfigError("give either IMAGE (or images) with --model, or --jsonl with --out")
+    if jsonl is not None:
+        if out is None:
+            raise ConfigError("--jsonl needs --out for the submission CSV")
+        if text is not None:
+            raise ConfigError("--text goes with one IMAGE, not --jsonl (the jsonl has the texts)")
+        return "jsonl"
+    single = len(paths) == 1 and out is None and Path(paths[0]).suffix.lower() in IMAGE_SUFFIXES
+    if not single and text is not None:
+        raise ConfigError("--text goes with one IMAGE without --out; images in bulk are read by OCR")
+    if text is None and ocr == "never":
+        raise ConfigError('--ocr never needs the text: give one IMAGE with --text "..." or use --jsonl')
+    if single:
+        return "one"
+    if out is None:
+        raise ConfigError("scoring several images (a folder, a glob or many files) needs --out for the CSV")
+    return "bulk"
+
+
+def _score_one(scorer: Any, image: Path, text: str | None, ocr: str) -> Any:
+    """One meme; when OCR finds no caption the user is asked for it (a meme without text is rare)."""
+    from memeguard.serving.scorer import TEXT_OCR, load_image
+
+    result = scorer.score(load_image(image, str(image)), text, ocr=ocr)
+    if result.text_source == TEXT_OCR and not result.text:
+        raise ConfigError(
+            f'{image}: no text given and OCR found none in the image: give it with --text "..." '
+            '(--text "" for none)'
+        )
+    return result
+
+
+def _merge_only(paths: list[str] | None, jsonl: Path | None, out: Path | None) -> None:
+    from memeguard.serving.bulk import merge_parts, part_files
+
+    if paths or jsonl is not None or out is None:
+        raise ConfigError("--merge takes only --out (the CSV whose OUT.part* files to merge)")
+    parts = part_files(out)
+    if not parts:
+        raise ConfigError(f"{out}: no part files ({out.name}.partRofW) to merge next to it")
+    total = merge_parts(out)
+    typer.echo(f"merged {len(parts)} parts: {total} memes in {out}")
 
 
 def score_jsonl(
-    scorer: Any, jsonl: Path, out: Path, data_dir: Path | None = None, progress: bool = True
+    scorer: Any,
+    jsonl: Path,
+    out: Path,
+    data_dir: Path | None = None,
+    progress: bool = True,
+    ocr: str = "auto",
 ) -> tuple[Path, int]:
-    """Score every meme of an HM jsonl file and write ``id,proba,label`` (labels at the scorer's threshold)."""
+    """Score every meme of an HM jsonl file and write ``id,proba,label`` (labels at the scorer's
+    threshold)."""
     from memeguard.data.hm import image_path, load_jsonl
     from memeguard.data.predictions import write_predictions
     from memeguard.serving.scorer import load_image
@@ -122,7 +202,8 @@ def score_jsonl(
         for start in range(0, len(memes), size):
             chunk = memes[start : start + size]
             images = [load_image(image_path(root, m), f"{jsonl} (id {m.id})") for m in chunk]
-            for meme, result in zip(chunk, scorer.score_images(images, [m.text for m in chunk]), strict=True):
+            texts = [m.text for m in chunk]
+            for meme, result in zip(chunk, scorer.score_images(images, texts, ocr=ocr), strict=True):
                 ids.append(meme.id)
                 probas.append(result.proba)
             advance(len(chunk))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,16 +202,58 @@ def round_to_dtype(record: RegionRecord, dtype: str | None) -> RegionRecord:
 # ---------------------------------------------------------------------------------------- scorer
 
 
+OCR_MODES = ("auto", "always", "never")
+TEXT_GIVEN, TEXT_OCR = "given", "ocr"
+
+
 @dataclass(frozen=True)
 class Score:
-    """One meme's result: ensemble probability, its label at the threshold, and each model's probability."""
+    """One meme's result: ensemble probability, its label at the threshold, each model's probability, and
+    the text the models read with where it came from (``given`` by the caller, or ``ocr`` from the image)."""
 
     proba: float
     label: int
     per_model: dict[str, float]
+    text: str = ""
+    text_source: str = TEXT_GIVEN
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"proba": self.proba, "label": self.label, "per_model": dict(self.per_model)}
+    def to_dict(self, include_text: bool = False) -> dict[str, Any]:
+        """proba, label and per_model; with ``include_text`` also text and text_source (off by default: the
+        HTTP response's keys are a contract)."""
+        fields = {"proba": self.proba, "label": self.label, "per_model": dict(self.per_model)}
+        if include_text:
+            fields.update(text=self.text, text_source=self.text_source)
+        return fields
+
+
+def resolve_texts(
+    images: Sequence[Image.Image],
+    texts: Sequence[str | None] | None,
+    ocr: str = "auto",
+    contexts: Sequence[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(the text each meme is scored with, ``given``/``ocr``): ``auto`` reads the image only when its text is
+    None, ``always`` reads every image, ``never`` refuses a missing text. ``contexts`` name the items in
+    errors (default ``item K``)."""
+    if ocr not in OCR_MODES:
+        raise ConfigError(f"ocr must be one of {', '.join(OCR_MODES)}, got {ocr!r}")
+    texts = [None] * len(images) if texts is None else list(texts)
+    if len(images) != len(texts):
+        raise DataError(f"{len(images)} images but {len(texts)} texts")
+    used, sources = [], []
+    for k, (image, text) in enumerate(zip(images, texts, strict=True)):
+        context = contexts[k] if contexts is not None else f"item {k}"
+        if ocr == "always" or (text is None and ocr == "auto"):
+            from memeguard.data.ocr import read_caption
+
+            used.append(read_caption(image, context))
+            sources.append(TEXT_OCR)
+        elif text is None:
+            raise DataError(f"{context}: no text given and OCR is off (ocr='never')")
+        else:
+            used.append(_check_text(text, context))
+            sources.append(TEXT_GIVEN)
+    return used, sources
 
 
 @dataclass
@@ -271,7 +313,8 @@ def _plan_run(run: Path, explicit: bool, device: str) -> _RunPlan:
 
 
 def _build_shared_extractors(plans: Sequence[_RunPlan], device: str) -> dict[str, Extractor]:
-    """One extractor per distinct setting, emitting every variant its runs need (one BUTD pass: 36 and 50)."""
+    """One extractor per distinct setting, emitting every variant its runs need (one BUTD pass gives 36
+    and 50)."""
     specs: dict[str, FeatureSpec] = {}
     variants: dict[str, list[str]] = {}
     for plan in plans:
@@ -431,26 +474,42 @@ class MemeScorer:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def score(self, image: ImageSource, text: str) -> Score:
-        """Score one meme (image as PIL image, encoded bytes or path; text as printed on the meme)."""
-        return self.score_batch([(image, text)])[0]
+    def score(self, image: ImageSource, text: str | None = None, ocr: str = "auto") -> Score:
+        """Score one meme (image as PIL image, encoded bytes or path; text as printed on the meme, or None
+        to read it from the image; ``ocr``: see :func:`resolve_texts`)."""
+        return self.score_batch([(image, text)], ocr=ocr)[0]
 
     def score_batch(
-        self, items: Iterable[tuple[ImageSource, str]], batch_size: int | None = None
+        self,
+        items: Iterable[tuple[ImageSource, str | None]],
+        batch_size: int | None = None,
+        ocr: str = "auto",
     ) -> list[Score]:
-        """Score many memes; images are decoded, extracted and run through the models ``batch_size`` at a time."""
+        """Score many memes; images are decoded, extracted and run through the models ``batch_size`` at a
+        time."""
         items = list(items)
         size = int(batch_size or self.batch_size)
         results: list[Score] = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             images = [load_image(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
-            texts = [_check_text(text, f"item {start + k}") for k, (_, text) in enumerate(chunk)]
-            results.extend(self.score_images(images, texts))
+            contexts = [f"item {start + k}" for k in range(len(chunk))]
+            results.extend(self.score_images(images, [text for _, text in chunk], ocr, contexts))
         return results
 
-    def score_images(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[Score]:
-        """Score already-decoded RGB images (one forward pass per model)."""
+    def score_images(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str | None] | None = None,
+        ocr: str = "auto",
+        contexts: Sequence[str] | None = None,
+    ) -> list[Score]:
+        """Score already-decoded RGB images (one forward pass per model); a None text is read by OCR.
+        ``contexts`` name the images in error messages (a file name reads better than ``item 3``)."""
+        used, sources = resolve_texts(images, texts, ocr, contexts)
+        return _with_texts(self._score_texts(images, used), used, sources)
+
+    def _score_texts(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[Score]:
         probs = self.member_probabilities(images, texts)
         mean = self._weights @ probs
         names = [member.name for member in self.members]
@@ -536,6 +595,13 @@ class MemeScorer:
         if self.operating_point is None:
             return {"rule": "fixed", "target": self.threshold, "threshold": self.threshold}
         return self.operating_point.model_dump(mode="json")
+
+
+def _with_texts(scores: Sequence[Score], texts: Sequence[str], sources: Sequence[str]) -> list[Score]:
+    return [
+        replace(score, text=text, text_source=source)
+        for score, text, source in zip(scores, texts, sources, strict=True)
+    ]
 
 
 def _check_text(text: object, context: str) -> str:

@@ -6,8 +6,7 @@ free of torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from memeguard.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "memeguard.training.config",
@@ -22,7 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'memeguard.training' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
