@@ -4,8 +4,9 @@ Four tables, each with its baseline timed in the same run on the same device:
 
 1. forward: every ``*-base`` model (random weights) on a batch of memes with 50 regions, fp32 vs bf16 vs fp16
    autocast: memes/s and the largest |P(hateful) - P_fp32| (the half-precision paths must agree with fp32);
-2. fine-tune: ``visualbert-tiny`` / ``lxmert-tiny`` on the synthetic set's grid features with ``TINY_DEFAULTS``
-   in fp32, bf16 and fp16 (GradScaler): dev AUROC, whether every logged loss is finite, seconds;
+2. fine-tune: ``visualbert-tiny`` / ``lxmert-tiny`` on the synthetic set's grid features with
+   ``TINY_DEFAULTS`` in fp32, bf16 and fp16 (GradScaler): dev AUROC, whether every logged loss is finite,
+   seconds;
 3. pretrain: one epoch of MLM + ITM in each precision: final loss finite;
 4. BUTD: the full-size ResNet-101 C4 detector (random weights) on 600 px images, fp32 vs fp16: images/s.
 
@@ -24,7 +25,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,6 +103,29 @@ def forward_table(device: torch.device, batch_size: int, boxes: int, names: list
     return rows
 
 
+def run_options(
+    model: str, features: Path, data: Path, out: Path, device: torch.device, precision: str
+) -> dict[str, Any]:
+    """The options the fine-tune and pre-train configs share here: one model on one device at one
+    precision, writing to ``out``, without progress bars (the tables print one line a run)."""
+    return {
+        "model": model,
+        "features": features,
+        "data_dir": data,
+        "out_dir": out,
+        "device": str(device),
+        "precision": precision,
+        "progress": False,
+    }
+
+
+def run_timed(run: Callable[[Any], Any], config: Any) -> tuple[Any, float]:
+    """``run(config)``'s result and the wall-clock seconds it took."""
+    start = time.perf_counter()
+    result = run(config)
+    return result, time.perf_counter() - start
+
+
 def finetune_table(
     device: torch.device, data: Path, features: Path, work: Path, models: list[str], epochs: int
 ) -> list[dict]:
@@ -113,21 +139,13 @@ def finetune_table(
             out = work / f"ft-{model}-{precision}"
             settings = {**TINY_DEFAULTS, "epochs": epochs, "eval_every": 200}
             cfg = TrainConfig(
-                model=model,
-                features=features,
-                data_dir=data,
-                out_dir=out,
+                **run_options(model, features, data, out, device, precision),
                 train_split="train",
                 predict_splits=("dev_seen",),
                 seed=0,
-                device=str(device),
-                precision=precision,
-                progress=False,
                 **settings,
             )
-            start = time.perf_counter()
-            result = finetune(cfg)
-            seconds = time.perf_counter() - start
+            result, seconds = run_timed(finetune, cfg)
             losses = [
                 json.loads(line).get("train_loss")
                 for line in (out / "metrics.jsonl").read_text().splitlines()
@@ -156,20 +174,9 @@ def pretrain_table(device: torch.device, data: Path, features: Path, work: Path,
     for precision in precisions_for(device):
         out = work / f"pt-{model}-{precision}"
         cfg = PretrainConfig(
-            model=model,
-            features=features,
-            data_dir=data,
-            out_dir=out,
-            split="train",
-            epochs=1,
-            lr=1e-4,
-            device=str(device),
-            precision=precision,
-            progress=False,
+            **run_options(model, features, data, out, device, precision), split="train", epochs=1, lr=1e-4
         )
-        start = time.perf_counter()
-        run_dir = pretrain(cfg)
-        seconds = time.perf_counter() - start
+        run_dir, seconds = run_timed(pretrain, cfg)
         last = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1]
         loss = float(json.loads(last).get("loss", float("nan")))
         rows.append(

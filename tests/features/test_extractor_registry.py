@@ -25,7 +25,7 @@ from memeguard.features import factory
 from memeguard.features.butd import ButdExtractor
 from memeguard.features.clip import ClipExtractor
 from memeguard.features.extract import extract_features
-from memeguard.features.extractor import BaseExtractor, ExtractorParams
+from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.factory import extractor_class, extractor_names, make_extractor
 from memeguard.features.grid import GridExtractor
 from memeguard.features.record import RegionRecord
@@ -59,15 +59,9 @@ class ToyExtractor(BaseExtractor):
         return items
 
     @classmethod
-    def create(
-        cls,
-        weights: str | None,
-        variants: tuple[str, ...] | None,
-        device: str | None,
-        params: ExtractorParams,
-    ) -> ToyExtractor:
-        assert isinstance(params, ToyParams)
-        return cls(variants or (cls.default_variant,), params.scale)
+    def create(cls, options: ExtractorOptions) -> ToyExtractor:
+        assert isinstance(options.params, ToyParams)
+        return cls(options.variants_or(cls.default_variant), options.params.scale)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from vl_test_inputs import random_batch as shared_random_batch
+from vl_test_inputs import randomize as shared_randomize
+from vl_test_inputs import square_region_record
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError, ConfigError
-from memeguard.features.record import RegionRecord
 from memeguard.models import create_model, get_config
 from memeguard.models.lxmert import LxmertModel, convert_huggingface
 
@@ -31,31 +35,16 @@ def tiny(**overrides) -> LxmertModel:
     return create_model("lxmert-tiny", **{**kwargs, **overrides}).eval()
 
 
+# LXMERT's norm gains: BERT-style LayerNorms, the visual feature/box layer_norms, the answer head's "2".
+LXMERT_NORM_GAINS = ("LayerNorm.weight", "layer_norm.weight", "2.weight")
+
+
 def randomize(module: torch.nn.Module, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=gen) * 0.1
-            is_norm = name.endswith(("LayerNorm.weight", "layer_norm.weight", "2.weight"))
-            param.copy_(noise + 1.0 if is_norm and param.dim() == 1 else noise)
+    shared_randomize(module, seed, LXMERT_NORM_GAINS)
 
 
-def random_batch(
-    batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2
-) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    attention_mask = torch.ones(batch_size, text_len, dtype=torch.long)
-    attention_mask[1, 5:] = 0
-    visual_mask = torch.ones(batch_size, regions, dtype=torch.long)
-    visual_mask[0, 3:] = 0
-    return {
-        "input_ids": torch.randint(1, VOCAB, (batch_size, text_len), generator=gen) * attention_mask,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros(batch_size, text_len, dtype=torch.long),
-        "visual_feats": torch.randn(batch_size, regions, FEAT_DIM, generator=gen),
-        "visual_boxes": torch.rand(batch_size, regions, 4, generator=gen),
-        "visual_mask": visual_mask,
-    }
+# Keyword defaults as before: batch_size=3, text_len=9, regions=6, seed=2.
+random_batch = partial(shared_random_batch, VOCAB, FEAT_DIM, text_padding=(1, 5), region_padding=(0, 3))
 
 
 def hf_model(cls_name: str = "LxmertModel", l_layers: int = 2, r_layers: int = 2, x_layers: int = 2):
@@ -357,15 +346,7 @@ def test_load_huggingface_folder_matches_hf_outputs(tmp_path):
 # -- processor --------------------------------------------------------------------------------
 
 
-def region_record(meme_id: int, boxes: int, seed: int) -> RegionRecord:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 100, size=(boxes, 2)).astype(np.float32)
-    return RegionRecord(
-        meme_id=meme_id,
-        features=rng.normal(size=(boxes, FEAT_DIM)).astype(np.float32),
-        boxes=np.concatenate([xy, xy + 20], axis=1),
-        image_size=(150, 200),
-    )
+region_record = partial(square_region_record, feat_dim=FEAT_DIM)
 
 
 def test_processor_batch_scores_and_padding_does_not_change_scores():

@@ -7,6 +7,14 @@ import numpy as np
 import pytest
 import torch
 from bert_reference import gelu, lin, ln, reference_layer
+from vl_test_inputs import (
+    VILIO_CLASSIFIER_KEYS,
+    assert_vilio_finetuned_loads_exactly,
+    bert_sizes,
+    random_records,
+    random_state,
+    vilio_finetuned,
+)
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError, ConfigError
@@ -22,24 +30,7 @@ HEADS = 2
 def make_records(
     counts: list[int], seed: int = 0, object_ids: list[list[int]] | None = None
 ) -> list[RegionRecord]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for meme_id, n in enumerate(counts, start=1):
-        x1 = rng.uniform(0, 200, n)
-        y1 = rng.uniform(0, 100, n)
-        boxes = np.stack([x1, y1, x1 + rng.uniform(5, 100, n), y1 + rng.uniform(5, 50, n)], axis=1)
-        records.append(
-            RegionRecord(
-                meme_id=meme_id,
-                features=rng.normal(size=(n, FEAT_DIM)).astype(np.float32),
-                boxes=boxes.astype(np.float32),
-                image_size=(160, 320),
-                object_ids=None
-                if object_ids is None
-                else np.asarray(object_ids[meme_id - 1], dtype=np.int64),
-            )
-        )
-    return records
+    return random_records(counts, FEAT_DIM, seed, object_ids)
 
 
 MEMES = [
@@ -58,11 +49,6 @@ def tiny(**overrides) -> OscarModel:
 # ---------------------------------------------------------------------------------------------
 # Original layouts, written from our tiny shapes through the inverse of the converter
 # ---------------------------------------------------------------------------------------------
-def random_state(model: OscarModel, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) * 0.5 for k, v in model.state_dict().items()}
-
-
 def pretraining_heads(vocab: int, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     shapes = {
@@ -93,13 +79,6 @@ def vilio_pretrained(state: dict[str, torch.Tensor], seed: int = 2) -> dict[str,
     out = {f"bert.{k}": v for k, v in state.items() if not k.startswith("classifier.")}
     out["bert.embeddings.position_ids"] = torch.arange(512).expand(1, -1)
     out.update(pretraining_heads(state["embeddings.word_embeddings.weight"].shape[0], seed))
-    return out
-
-
-def vilio_finetuned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ModelO.state_dict(): ``model.`` + BertO keys and ``classifier.*``."""
-    out = {(k if k.startswith("classifier.") else f"model.{k}"): v for k, v in state.items()}
-    out["model.embeddings.position_ids"] = torch.arange(512).expand(1, -1)
     return out
 
 
@@ -175,17 +154,7 @@ def check_parity(
 # ---------------------------------------------------------------------------------------------
 def test_named_configs():
     large = get_config("oscar-large")
-    assert (
-        large.hidden_size,
-        large.num_hidden_layers,
-        large.num_attention_heads,
-        large.intermediate_size,
-    ) == (
-        1024,
-        24,
-        16,
-        4096,
-    )
+    assert bert_sizes(large) == (1024, 24, 16, 4096)
     assert large.vocab_size == 30522 and large.tokenizer == "bert-large-uncased"
     assert large.hidden_dropout_prob == 0.3 and large.attention_probs_dropout_prob == 0.1  # vilio's BertO
     assert large.object_tags is False
@@ -222,13 +191,7 @@ def test_finetuned_checkpoint_parity_with_reference(tmp_path):
     original = vilio_finetuned(random_state(model, seed=3))
     for key, shape in LITERAL_VILIO_KEYS.items():
         assert tuple(original[key].shape) == shape, key
-    torch.save(original, tmp_path / "LASTtrain.pth")
-    missing, unexpected = model.load_original(tmp_path / "LASTtrain.pth")
-    assert missing == [] and unexpected == ["embeddings.position_ids"]
-    own = model.state_dict()
-    for key, value in original.items():
-        if key != "model.embeddings.position_ids":
-            torch.testing.assert_close(own[key.removeprefix("model.")], value, rtol=0, atol=0)
+    assert_vilio_finetuned_loads_exactly(model, original, tmp_path / "LASTtrain.pth")
     check_parity(model, original, model.build_processor()(MEMES, make_records([4, 2, 6], seed=5)))
 
 
@@ -239,14 +202,7 @@ def test_oscar_release_slices_img_embedding_to_feature_plus_four_columns(tmp_pat
         assert tuple(original[key].shape) == shape, key
     torch.save(original, tmp_path / "pytorch_model.bin")
     missing, unexpected = model.load_original(tmp_path)
-    assert missing == [
-        "classifier.0.bias",
-        "classifier.0.weight",
-        "classifier.2.bias",
-        "classifier.2.weight",
-        "classifier.3.bias",
-        "classifier.3.weight",
-    ]
+    assert missing == VILIO_CLASSIFIER_KEYS
     assert sorted(unexpected) == sorted(k for k in original if k.startswith("cls."))
     own = model.state_dict()
     torch.testing.assert_close(

@@ -7,6 +7,14 @@ import numpy as np
 import pytest
 import torch
 from bert_reference import gelu, lin, ln, reference_layer
+from vl_test_inputs import (
+    VILIO_CLASSIFIER_KEYS,
+    assert_vilio_finetuned_loads_exactly,
+    bert_sizes,
+    random_records,
+    random_state,
+    vilio_finetuned,
+)
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError
@@ -23,21 +31,7 @@ HEADS = 2
 # Inputs
 # ---------------------------------------------------------------------------------------------
 def make_records(counts: list[int], seed: int = 0) -> list[RegionRecord]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for meme_id, n in enumerate(counts, start=1):
-        x1 = rng.uniform(0, 200, n)
-        y1 = rng.uniform(0, 100, n)
-        boxes = np.stack([x1, y1, x1 + rng.uniform(5, 100, n), y1 + rng.uniform(5, 50, n)], axis=1)
-        records.append(
-            RegionRecord(
-                meme_id=meme_id,
-                features=rng.normal(size=(n, FEAT_DIM)).astype(np.float32),
-                boxes=boxes.astype(np.float32),
-                image_size=(160, 320),
-            )
-        )
-    return records
+    return random_records(counts, FEAT_DIM, seed)
 
 
 MEMES = [
@@ -56,11 +50,6 @@ def tiny(**overrides) -> UniterModel:
 # ---------------------------------------------------------------------------------------------
 # Original layouts, written from our tiny shapes through the inverse of the converter
 # ---------------------------------------------------------------------------------------------
-def random_state(model: UniterModel, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) * 0.5 for k, v in model.state_dict().items()}
-
-
 def uniter_release(state: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
     """UniterForPretraining's state dict: ``uniter.`` + backbone, plus the pretraining heads."""
     gen = torch.Generator().manual_seed(seed)
@@ -92,13 +81,6 @@ def uniter_release(state: dict[str, torch.Tensor], seed: int = 1) -> dict[str, t
     out["cls.predictions.decoder.weight"] = out[
         "uniter.embeddings.word_embeddings.weight"
     ]  # tied, saved twice
-    return out
-
-
-def vilio_finetuned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """vilio ModelU.state_dict(): ``model.`` + BertU keys (with HF's position_ids buffer) and ``classifier.*``."""
-    out = {(k if k.startswith("classifier.") else f"model.{k}"): v for k, v in state.items()}
-    out["model.embeddings.position_ids"] = torch.arange(512).expand(1, -1)
     return out
 
 
@@ -168,17 +150,7 @@ def reference_uniter(sd, ids, feats, pos7, num_layers=2):
 # ---------------------------------------------------------------------------------------------
 def test_named_configs():
     large = get_config("uniter-large")
-    assert (
-        large.hidden_size,
-        large.num_hidden_layers,
-        large.num_attention_heads,
-        large.intermediate_size,
-    ) == (
-        1024,
-        24,
-        16,
-        4096,
-    )
+    assert bert_sizes(large) == (1024, 24, 16, 4096)
     assert large.vocab_size == 28996 and large.tokenizer == "bert-large-cased"
     base = get_config("uniter-base")
     assert (base.hidden_size, base.num_hidden_layers, base.vocab_size) == (768, 12, 28996)
@@ -218,15 +190,7 @@ def test_finetuned_checkpoint_parity_with_reference(tmp_path):
     original = vilio_finetuned(random_state(model, seed=3))
     for key, shape in LITERAL_VILIO_KEYS.items():
         assert tuple(original[key].shape) == shape, key
-    path = tmp_path / "LASTtrain.pth"
-    torch.save(original, path)
-
-    missing, unexpected = model.load_original(path)
-    assert missing == [] and unexpected == ["embeddings.position_ids"]
-    own = model.state_dict()
-    for key, value in original.items():
-        if key != "model.embeddings.position_ids":
-            torch.testing.assert_close(own[key.removeprefix("model.")], value, rtol=0, atol=0)
+    assert_vilio_finetuned_loads_exactly(model, original, tmp_path / "LASTtrain.pth")
 
     records = make_records([3, 5, 2], seed=4)
     batch = model.build_processor()(MEMES, records)
@@ -253,14 +217,7 @@ def test_release_checkpoint_loads_backbone_and_documents_heads(tmp_path):
         assert tuple(original[key].shape) == shape, key
     torch.save(original, tmp_path / "uniter-base.pt")
     missing, unexpected = model.load_original(tmp_path)  # a folder holding the release file
-    assert missing == [
-        "classifier.0.bias",
-        "classifier.0.weight",
-        "classifier.2.bias",
-        "classifier.2.weight",
-        "classifier.3.bias",
-        "classifier.3.weight",
-    ]
+    assert missing == VILIO_CLASSIFIER_KEYS
     assert "img_embeddings.mask_embedding.weight" in unexpected
     assert {
         "itm_output.weight",

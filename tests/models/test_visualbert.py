@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
+
 import pytest
 import torch
+from vl_test_inputs import random_batch as shared_random_batch
+from vl_test_inputs import randomize, square_region_record
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError
-from memeguard.features.record import RegionRecord
 from memeguard.models import create_model
 from memeguard.models.visualbert import VisualBertModel, convert_huggingface
 
@@ -22,31 +24,8 @@ def tiny(**overrides) -> VisualBertModel:
     return create_model("visualbert-tiny", **{**kwargs, **overrides}).eval()
 
 
-def randomize(module: torch.nn.Module, seed: int = 1) -> None:
-    """Non-trivial values everywhere (LayerNorms included) so a misplaced tensor changes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=gen) * 0.1
-            param.copy_(noise + 1.0 if name.endswith("LayerNorm.weight") else noise)
-
-
-def random_batch(
-    batch_size: int = 3, text_len: int = 9, regions: int = 6, seed: int = 2
-) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    attention_mask = torch.ones(batch_size, text_len, dtype=torch.long)
-    attention_mask[1, 6:] = 0
-    visual_mask = torch.ones(batch_size, regions, dtype=torch.long)
-    visual_mask[2, 4:] = 0
-    return {
-        "input_ids": torch.randint(1, VOCAB, (batch_size, text_len), generator=gen) * attention_mask,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros(batch_size, text_len, dtype=torch.long),
-        "visual_feats": torch.randn(batch_size, regions, FEAT_DIM, generator=gen),
-        "visual_boxes": torch.rand(batch_size, regions, 4, generator=gen),
-        "visual_mask": visual_mask,
-    }
+# Keyword defaults as before: batch_size=3, text_len=9, regions=6, seed=2.
+random_batch = partial(shared_random_batch, VOCAB, FEAT_DIM, text_padding=(1, 6), region_padding=(2, 4))
 
 
 def hf_model(add_prefix_model: bool = False):
@@ -336,15 +315,7 @@ def test_load_huggingface_pretraining_checkpoint_folder(tmp_path):
 # -- processor --------------------------------------------------------------------------------
 
 
-def region_record(meme_id: int, boxes: int, seed: int) -> RegionRecord:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 100, size=(boxes, 2)).astype(np.float32)
-    return RegionRecord(
-        meme_id=meme_id,
-        features=rng.normal(size=(boxes, FEAT_DIM)).astype(np.float32),
-        boxes=np.concatenate([xy, xy + 20], axis=1),
-        image_size=(150, 200),
-    )
+region_record = partial(square_region_record, feat_dim=FEAT_DIM)
 
 
 def test_processor_batch_scores_and_padding_does_not_change_scores():

@@ -5,32 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from grid_recipes import grid_recipe, model_entry, write_recipe
 
 from memeguard.errors import ConfigError
 from memeguard.pipeline.recipe import ModelSpec, load_recipe
 
-TWO_MODELS = """\
-name: t
-features:
-  grid: {extractor: grid}
-models:
-  - name: V
-    model: visualbert-tiny
-    features: grid
-    seeds: [1, 2]
-    train: {lr: 0.001, epochs: 1}
-  - name: U
-    model: uniter-tiny
-    features: grid
-    train: {epochs: 1}
-ensemble: {method: loop}
-"""
+TWO_MODELS = grid_recipe(
+    "t",
+    [model_entry("V", "visualbert-tiny", "[1, 2]"), model_entry("U", "uniter-tiny", train="{epochs: 1}")],
+    ensemble="loop",
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "r.yaml"
-    path.write_text(text)
-    return path
+    return write_recipe(tmp_path, text, "r.yaml")
 
 
 def test_the_old_key_architecture_still_loads_as_model(tmp_path: Path) -> None:

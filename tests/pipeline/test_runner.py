@@ -5,28 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from grid_recipes import grid_recipe, model_entry, write_recipe
 
 from memeguard.data.predictions import read_predictions
 from memeguard.pipeline.recipe import load_recipe
 from memeguard.pipeline.runner import RecipeRunner
 
-RECIPE = """\
-name: small
-features:
-  grid: {extractor: grid}
-models:
-  - name: V
-    model: visualbert-tiny
-    features: grid
-    seeds: [1]
-    train: {lr: 0.001, epochs: 1, batch_size: 32, sum_loss: false, eval_every: 0}
-  - name: X
-    model: lxmert-tiny
-    features: grid
-    seeds: [2]
-    train: {lr: 0.001, epochs: 1, batch_size: 32, sum_loss: false, eval_every: 0}
-ensemble: {method: loop}
-"""
+FULL_TRAIN = "{lr: 0.001, epochs: 1, batch_size: 32, sum_loss: false, eval_every: 0}"
+RECIPE = grid_recipe(
+    "small",
+    [
+        model_entry("V", "visualbert-tiny", "[1]", FULL_TRAIN),
+        model_entry("X", "lxmert-tiny", "[2]", FULL_TRAIN),
+    ],
+    ensemble="loop",
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +32,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_runner(tmp_path: Path, data: Path, out: Path) -> RecipeRunner:
-    path = tmp_path / "small.yaml"
-    path.write_text(RECIPE)
-    return RecipeRunner(load_recipe(path), data, out)
+    return RecipeRunner(load_recipe(write_recipe(tmp_path, RECIPE)), data, out)
 
 
 def test_run_writes_outputs_then_caches_everything(synthetic: Path, tmp_path: Path) -> None:
@@ -128,7 +119,8 @@ def test_runner_rejects_missing_data(tmp_path: Path) -> None:
 
 
 def test_inference_only_reproduces_the_trained_runs(synthetic: Path, tmp_path: Path) -> None:
-    """--inference-only with the fine-tuned model folders as checkpoints gives the trained runs' predictions."""
+    """--inference-only with the fine-tuned model folders as checkpoints gives the trained runs'
+    predictions."""
     out = tmp_path / "trained"
     trained = make_runner(tmp_path, synthetic, out)
     trained.execute()
@@ -137,7 +129,8 @@ def test_inference_only_reproduces_the_trained_runs(synthetic: Path, tmp_path: P
     for family, seed in (("V", 1), ("X", 2)):
         run = f"{family}{seed}"
         entry = (
-            f"    runs:\n      - {{seed: {seed}, checkpoints: {{train: {finetunes[run + '-train'] / 'model'}, "
+            f"    runs:\n      - {{seed: {seed}, "
+            f"checkpoints: {{train: {finetunes[run + '-train'] / 'model'}, "
             f"traindev: {finetunes[run + '-traindev'] / 'model'}}}}}\n"
         )
         text = text.replace(f"    seeds: [{seed}]\n", entry)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grid_recipes import grid_recipe, model_entry, write_recipe
 from typer.testing import CliRunner
 
 from memeguard import __version__
@@ -16,17 +17,7 @@ from memeguard.pipeline.recipe import load_recipe
 from memeguard.pipeline.runner import RecipeRunner
 from memeguard.pipeline.stages import average_seeds
 
-RECIPE = """\
-name: small
-features:
-  grid: {extractor: grid}
-models:
-  - name: V
-    model: visualbert-tiny
-    features: grid
-    seeds: [1, 2]
-    train: {lr: 0.001, epochs: 1}
-"""
+RECIPE = grid_recipe("small", [model_entry("V", "visualbert-tiny", "[1, 2]")])
 
 
 def test_average_seeds_is_the_mean_by_id_in_the_first_runs_order(tmp_path: Path) -> None:
@@ -51,8 +42,7 @@ def test_average_seeds_is_the_mean_by_id_in_the_first_runs_order(tmp_path: Path)
 
 
 def _runner(tmp_path: Path, overrides: tuple[str, ...] = ()) -> RecipeRunner:
-    path = tmp_path / "small.yaml"
-    path.write_text(RECIPE)
+    path = write_recipe(tmp_path, RECIPE)
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     runner = RecipeRunner(load_recipe(path, overrides=overrides), data, tmp_path / "out")

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
-from memeguard.features.extractor import BaseExtractor, ExtractorParams
+from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 VARIANT_PATTERN = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -119,7 +119,8 @@ def read_butd_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], 
 
 
 def config_from_state_dict(state: Mapping[str, Any], base: Any = None, source: str = "<weights>") -> Any:
-    """Architecture read off the tensor shapes (classes, attributes, depth, widths); the rest from ``base``."""
+    """Architecture read off the tensor shapes (classes, attributes, depth, widths); the rest from
+    ``base``."""
     from memeguard.features.butd_model import ButdConfig
 
     base = base or ButdConfig()
@@ -295,18 +296,12 @@ class ButdExtractor(BaseExtractor):
         return variants
 
     @classmethod
-    def create(
-        cls,
-        weights: str | None,
-        variants: tuple[str, ...] | None,
-        device: str | None,
-        params: ExtractorParams,
-    ) -> ButdExtractor:
+    def create(cls, options: ExtractorOptions) -> ButdExtractor:
         return cls(
-            weights=weights,
-            box_variants=variants or (cls.default_variant,),
-            device=device or "cpu",
-            **dict(params),
+            weights=options.weights,
+            box_variants=options.variants_or(cls.default_variant),
+            device=options.device or "cpu",
+            **dict(options.params),
         )
 
     @classmethod

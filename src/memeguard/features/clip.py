@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import Field
 
 from memeguard.errors import CheckpointError, ConfigError, DataError
-from memeguard.features.extractor import BaseExtractor, ExtractorParams
+from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 
@@ -133,15 +133,9 @@ class ClipExtractor(BaseExtractor):
         )
 
     @classmethod
-    def create(
-        cls,
-        weights: str | None,
-        variants: tuple[str, ...] | None,
-        device: str | None,
-        params: ExtractorParams,
-    ) -> ClipExtractor:
-        assert weights is not None  # check_options requires it
-        return cls(model_dir=weights, device=device or "cpu", **dict(params))
+    def create(cls, options: ExtractorOptions) -> ClipExtractor:
+        assert options.weights is not None  # check_options requires it
+        return cls(model_dir=options.weights, device=options.device or "cpu", **dict(options.params))
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
@@ -238,6 +232,9 @@ class ClipExtractor(BaseExtractor):
             "projection_dim": int(self.model.config.projection_dim),
             "features": "last layer patch tokens after post_layernorm",
             "embeddings": "image_embeds/text_embeds projected and L2-normalised",
-            "crop": f"shortest side {self.geometry.shortest_edge}, centre crop {self.geometry.crop_h}x{self.geometry.crop_w}",
+            "crop": (
+                f"shortest side {self.geometry.shortest_edge}, "
+                f"centre crop {self.geometry.crop_h}x{self.geometry.crop_w}"
+            ),
             "box_format": "xyxy pixels of the original image",
         }

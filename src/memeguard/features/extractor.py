@@ -14,6 +14,7 @@ registration line.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
@@ -50,6 +51,24 @@ class ExtractorParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+@dataclass(frozen=True)
+class ExtractorOptions:
+    """The checked options ``make_extractor`` hands to :meth:`BaseExtractor.create`.
+
+    One object rather than four arguments, so that every extractor's ``create`` keeps one short signature
+    and a new option is added here once, not in every override.
+    """
+
+    weights: str | None  # file or folder; None for extractors without weights
+    variants: tuple[str, ...] | None  # parsed ``--boxes``; None: the extractor's default variant
+    device: str | None  # None: the extractor's default (CPU-only extractors ignore it)
+    params: ExtractorParams  # the typed ``Params`` of the extractor
+
+    def variants_or(self, default: str) -> tuple[str, ...]:
+        """The variants asked for, or ``(default,)`` when none were."""
+        return self.variants or (default,)
 
 
 class BaseExtractor:
@@ -109,13 +128,7 @@ class BaseExtractor:
             raise ConfigError(f"the {cls.name} extractor's params: {problems}") from None
 
     @classmethod
-    def create(
-        cls,
-        weights: str | None,
-        variants: tuple[str, ...] | None,
-        device: str | None,
-        params: ExtractorParams,
-    ) -> Extractor:
+    def create(cls, options: ExtractorOptions) -> Extractor:
         """Build from checked options (``device`` None: the extractor's default; CPU-only ones ignore it)."""
         raise NotImplementedError(f"{cls.__name__}.create")
 

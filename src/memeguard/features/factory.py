@@ -59,9 +59,11 @@ def make_extractor(
     """Build a registered extractor from its options: ``weights`` (file or folder), ``boxes`` (variants
     that share a pass, e.g. ``"36,50"``), ``device`` and its typed ``params``; ConfigError for options it
     does not take."""
+    from memeguard.features.extractor import ExtractorOptions  # imported on use, as the classes are
+
     cls = extractor_class(name)
     variants, typed = cls.check_options(weights, boxes, params)
-    return cls.create(weights, variants, device, typed)
+    return cls.create(ExtractorOptions(weights, variants, device, typed))
 
 
 def parse_box_variants(boxes: str | Sequence[str] | None) -> tuple[str, ...] | None:

@@ -34,7 +34,7 @@ from pydantic import Field
 from scipy import ndimage
 
 from memeguard.errors import ConfigError
-from memeguard.features.extractor import BaseExtractor, ExtractorParams
+from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.record import RegionRecord
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -196,14 +196,8 @@ class GridExtractor(BaseExtractor):
         self.cell_px = cell_px
 
     @classmethod
-    def create(
-        cls,
-        weights: str | None,
-        variants: tuple[str, ...] | None,
-        device: str | None,
-        params: ExtractorParams,
-    ) -> GridExtractor:
-        return cls(**dict(params))  # numpy on the CPU: weights, variants and device do not apply
+    def create(cls, options: ExtractorOptions) -> GridExtractor:
+        return cls(**dict(options.params))  # numpy on the CPU: weights, variants and device do not apply
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 from memeguard.errors import ConfigError, FeatureStoreError
 from memeguard.features.record import RegionRecord
 from memeguard.features.safe_pickle import safe_loads
-from memeguard.features.tsv import ImportReport, store_records
+from memeguard.features.tsv import ImportReport, ImportSource
 
 _LEADING_DIGITS = re.compile(rb"^(\d+)")
 REQUIRED_KEYS = ("features", "bbox", "image_height", "image_width")
@@ -168,15 +168,5 @@ def import_lmdb(
 ) -> ImportReport:
     """Import an MMF ``detectron.lmdb`` into a feature store at ``out`` (resumable)."""
     _lmdb()  # a missing extra fails before the store folder is made
-    path = Path(path)
-    report = ImportReport(str(path), str(out))
-    store_meta = {"extractor": "import-lmdb", "source": str(path.resolve()), "source_format": "mmf-lmdb"}
-    return store_records(
-        iter_lmdb(path, report),
-        out,
-        dtype,
-        {**store_meta, **(meta or {})},
-        report,
-        progress,
-        f"importing {path.name}",
-    )
+    source = ImportSource(Path(path), extractor="import-lmdb", source_format="mmf-lmdb")
+    return source.import_into(out, lambda report: iter_lmdb(source.path, report), dtype, meta, progress)

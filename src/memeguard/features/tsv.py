@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,18 +201,48 @@ def import_tsv(
     progress: bool = False,
 ) -> ImportReport:
     """Import a vilio TSV into a feature store at ``out`` (resumable: ids already there are skipped)."""
-    path = Path(path)
-    report = ImportReport(str(path), str(out))
-    store_meta = {"extractor": "import-tsv", "source": str(path.resolve()), "source_format": "vilio-tsv"}
-    return store_records(
-        iter_tsv(path, report, skip_bad_lines),
-        out,
-        dtype,
-        {**store_meta, **(meta or {})},
-        report,
-        progress,
-        f"importing {path.name}",
+    source = ImportSource(Path(path), extractor="import-tsv", source_format="vilio-tsv")
+    return source.import_into(
+        out, lambda report: iter_tsv(source.path, report, skip_bad_lines), dtype, meta, progress
     )
+
+
+@dataclass(frozen=True)
+class ImportSource:
+    """A file or folder of features made elsewhere, and how its store's meta.json names it.
+
+    The importers differ only in how they read records; building the report, the store's meta and the
+    progress label is here once, so every imported store records its source the same way.
+    """
+
+    path: Path
+    extractor: str  # meta.json's "extractor", e.g. "import-tsv"
+    source_format: str  # meta.json's "source_format", e.g. "vilio-tsv"
+
+    def import_into(
+        self,
+        out: str | os.PathLike[str],
+        read: Callable[[ImportReport], Iterator[RegionRecord]],
+        dtype: str,
+        meta: dict[str, Any] | None,
+        progress: bool,
+    ) -> ImportReport:
+        """Stream ``read(report)`` into the store at ``out``; ``meta`` adds to (or overrides) the source's."""
+        report = ImportReport(str(self.path), str(out))
+        store_meta = {
+            "extractor": self.extractor,
+            "source": str(self.path.resolve()),
+            "source_format": self.source_format,
+        }
+        return store_records(
+            read(report),
+            out,
+            dtype,
+            {**store_meta, **(meta or {})},
+            report,
+            progress,
+            f"importing {self.path.name}",
+        )
 
 
 def store_records(

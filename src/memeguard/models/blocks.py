@@ -9,6 +9,7 @@ Masks are additive float tensors broadcastable to [B, heads, Lq, Lk] (0 = attend
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -224,6 +225,39 @@ class BertTextEmbeddings(nn.Module):
             + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.LayerNorm(embeddings))
+
+
+class RegionEmbeddings(nn.Module):
+    """ViLBERT-style region input: feature and location projections, summed, LayerNorm, dropout.
+
+    No global image token. DeVLBERT and ERNIE-ViL both keep these parameter names (``image_embeddings``,
+    ``image_location_embeddings``, ``LayerNorm``), so one module serves both checkpoint layouts.
+    """
+
+    def __init__(
+        self, feat_dim: int, hidden_size: int, num_locations: int, dropout: float, eps: float
+    ) -> None:
+        super().__init__()
+        self.image_embeddings = nn.Linear(feat_dim, hidden_size)
+        self.image_location_embeddings = nn.Linear(num_locations, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+        embeddings = self.image_embeddings(features) + self.image_location_embeddings(locations)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def batch_masks(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text mask, region mask) of a model batch; all ones where the batch has none (every token and
+    region real), as the two-stream models' original batchers assume."""
+    input_ids = batch["input_ids"]
+    text_mask = batch.get("attention_mask", torch.ones_like(input_ids))
+    feats = batch["visual_feats"]
+    vision_mask = batch.get("visual_mask")
+    if vision_mask is None:
+        vision_mask = torch.ones(feats.shape[:2], dtype=torch.long, device=feats.device)
+    return text_mask, vision_mask
 
 
 class BertPooler(nn.Module):

@@ -29,7 +29,9 @@ from memeguard.models.blocks import (
     BertIntermediate,
     BertLayer,
     DenseResidualNorm,
+    RegionEmbeddings,
     ReluPooler,
+    batch_masks,
     extended_attention_mask,
     layer_kwargs_from_config,
     text_embeddings_from_config,
@@ -99,19 +101,17 @@ class DevlbertProcessor(RegionTextProcessor):
 # --------------------------------------------------------------------------------------------
 
 
-class DevlbertImageEmbeddings(nn.Module):
+class DevlbertImageEmbeddings(RegionEmbeddings):
     """Region feature + location projections, summed, LayerNorm, dropout (no global image token)."""
 
     def __init__(self, config: DevlbertConfig) -> None:
-        super().__init__()
-        self.image_embeddings = nn.Linear(config.visual_feat_dim, config.v_hidden_size)
-        self.image_location_embeddings = nn.Linear(config.num_locations, config.v_hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.v_hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, features: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        embeddings = self.image_embeddings(features) + self.image_location_embeddings(locations)
-        return self.dropout(self.LayerNorm(embeddings))
+        super().__init__(
+            config.visual_feat_dim,
+            config.v_hidden_size,
+            config.num_locations,
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+        )
 
 
 class DevlbertBiAttention(nn.Module):
@@ -319,7 +319,8 @@ class WeightNormLinear(nn.Module):
 
 
 class WeightNormClassifier(nn.Module):
-    """vilio's ``SimpleClassifier``: ``main`` = WN-Linear(bi, 2bi) -> ReLU -> Dropout(0.5) -> WN-Linear(2bi, 2)."""
+    """vilio's ``SimpleClassifier``: ``main`` = WN-Linear(bi, 2bi) -> ReLU -> Dropout(0.5) ->
+    WN-Linear(2bi, 2)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
@@ -401,12 +402,8 @@ class DevlbertModel(MemeModel):
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
         bert = self.bert
-        input_ids = batch["input_ids"]
-        text_mask = batch.get("attention_mask", torch.ones_like(input_ids))
-        feats = batch["visual_feats"]
-        vision_mask = batch.get("visual_mask")
-        if vision_mask is None:
-            vision_mask = torch.ones(feats.shape[:2], dtype=torch.long, device=feats.device)
+        input_ids, feats = batch["input_ids"], batch["visual_feats"]
+        text_mask, vision_mask = batch_masks(batch)
         dtype = feats.dtype
         text = bert.embeddings(input_ids, batch.get("token_type_ids"))
         vision = bert.v_embeddings(feats, batch["visual_boxes"].to(dtype))

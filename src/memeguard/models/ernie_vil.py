@@ -38,7 +38,9 @@ from memeguard.models.blocks import (
     BertLayer,
     DenseResidualNorm,
     MultiHeadAttention,
+    RegionEmbeddings,
     ReluPooler,
+    batch_masks,
     layer_kwargs_from_config,
     text_embeddings_from_config,
 )
@@ -193,19 +195,17 @@ def pair_attention_bias(query_mask: torch.Tensor, key_mask: torch.Tensor, dtype:
     return ((product - 1.0) * 10000.0)[:, None]
 
 
-class ErnieVilImageEmbeddings(nn.Module):
+class ErnieVilImageEmbeddings(RegionEmbeddings):
     """``image_emb`` fc + ``image_loc`` fc (5-d locations), summed, LayerNorm, dropout."""
 
     def __init__(self, config: ErnieVilConfig) -> None:
-        super().__init__()
-        self.image_embeddings = nn.Linear(config.visual_feat_dim, config.v_hidden_size)
-        self.image_location_embeddings = nn.Linear(5, config.v_hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.v_hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, features: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        embeddings = self.image_embeddings(features) + self.image_location_embeddings(locations)
-        return self.dropout(self.LayerNorm(embeddings))
+        super().__init__(
+            config.visual_feat_dim,
+            config.v_hidden_size,
+            5,  # the release's 5-d box locations
+            config.hidden_dropout_prob,
+            config.layer_norm_eps,
+        )
 
 
 class CrossAttention(nn.Module):
@@ -345,12 +345,8 @@ class ErnieVilModel(MemeModel):
         return self.embeddings.word_embeddings
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
-        input_ids = batch["input_ids"]
-        text_mask = batch.get("attention_mask", torch.ones_like(input_ids))
-        feats = batch["visual_feats"]
-        vision_mask = batch.get("visual_mask")
-        if vision_mask is None:
-            vision_mask = torch.ones(feats.shape[:2], dtype=torch.long, device=feats.device)
+        input_ids, feats = batch["input_ids"], batch["visual_feats"]
+        text_mask, vision_mask = batch_masks(batch)
         # The Paddle batcher pads position ids with 0, like the token ids.
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] * text_mask.long()
         text = self.embeddings(input_ids, batch.get("token_type_ids"), positions)

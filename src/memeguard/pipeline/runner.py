@@ -1,4 +1,5 @@
-"""The recipe runner: clean -> features -> pretrain -> fine-tune (both runs) -> seed average -> ensemble -> report.
+"""The recipe runner: clean -> features -> pretrain -> fine-tune (both runs) -> seed average -> ensemble
+-> report.
 
 Every stage is cached under ``OUT/stages/<kind>/<label>-<key>/`` where ``key`` hashes the stage's
 config and the keys of the stages it reads, so
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from rich.console import Console
 
@@ -41,6 +42,10 @@ from memeguard.names import (
 )
 from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
 from memeguard.records import DoneRecord, load_json, read_record
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
 
 # vilio's two fine-tunes of every run, by the label their stages carry: (a) and (b).
 FINETUNES: tuple[tuple[str, tuple[str, tuple[str, ...]]], ...] = (("train", RUN_A), ("traindev", RUN_B))
@@ -517,32 +522,35 @@ def _run_stage_in_child(spec: dict[str, Any], key: str) -> float:
     return run_stage(stage)
 
 
+class RunnerOptions(TypedDict, total=False):
+    """:class:`RecipeRunner`'s keyword options, which ``run_recipe`` passes on as they are.
+
+    Declared once here so that ``run_recipe`` does not repeat the runner's signature; the defaults are
+    the runner's (``inference_only=False``, ``device="auto"``, ``limit=None``, ``console=None``,
+    ``workers=1``).
+    """
+
+    inference_only: bool
+    device: str
+    limit: int | None
+    console: Console | None
+    workers: int
+
+
 def run_recipe(
     recipe_path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    inference_only: bool = False,
-    device: str = "auto",
-    limit: int | None = None,
-    console: Console | None = None,
-    workers: int = 1,
     overrides: Sequence[str] = (),
+    **options: Unpack[RunnerOptions],
 ) -> RunReport:
-    """Load, validate and run a recipe (the ``memeguard run`` command); ``overrides`` are key.path=value."""
+    """Load, validate and run a recipe (the ``memeguard run`` command); ``overrides`` are key.path=value,
+    ``options`` the :class:`RecipeRunner` keywords."""
     from memeguard.pipeline.recipe import load_recipe
 
+    inference_only = options.get("inference_only", False)
     recipe = load_recipe(recipe_path, inference_only=inference_only, overrides=overrides)
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise ConfigError("--out must differ from --data (inputs are never overwritten)")
-    runner = RecipeRunner(
-        recipe,
-        data_dir,
-        out_dir,
-        inference_only=inference_only,
-        device=device,
-        limit=limit,
-        console=console,
-        workers=workers,
-    )
-    return runner.execute()
+    return RecipeRunner(recipe, data_dir, out_dir, **options).execute()
