@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from xor_memes import DIM, make_meme_set, write_jsonl
 
 from memeguard.features.record import RegionRecord
@@ -43,3 +44,12 @@ def toy_store(toy_data: tuple[Path, dict[int, RegionRecord]], tmp_path: Path) ->
         writer.add(record)
     writer.finalize()
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on 2 shared cores run several times faster single-threaded (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,18 +7,11 @@ The full-size proof (synthetic images + grid features, both tiny architectures, 
 from __future__ import annotations
 
 import pytest
-import torch
 from xor_memes import make_meme_set, write_jsonl
 
 from memeguard.training import TINY_DEFAULTS, TrainConfig, finetune
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,7 @@ from memeguard.training import TrainConfig, finetune
 MODEL = "visualbert-tiny"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores run several times faster single-threaded (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:

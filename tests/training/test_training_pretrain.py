@@ -13,13 +13,7 @@ from memeguard.names import PRETRAIN_HEADS_FILE
 from memeguard.training import TINY_DEFAULTS, PretrainConfig, TrainConfig, finetune, pretrain
 from memeguard.training.pretraining import IGNORE, itm_texts, mask_features, mask_tokens
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_token_masking_is_15_percent_80_10_10_and_spares_special_tokens():
