@@ -9,16 +9,12 @@ from __future__ import annotations
 from memeguard.lazy import lazy_exports
 
 _EXPORTS = {
-    "MemeScorer": "memeguard.serving.scorer",
-    "Score": "memeguard.serving.scorer",
-    "load_image": "memeguard.serving.scorer",
-    "load_scorer": "memeguard.serving.bundle",
-    "export_bundle": "memeguard.serving.bundle",
-    "create_app": "memeguard.serving.http",
-    "ServiceLimits": "memeguard.serving.http",
+    "scorer": ("MemeScorer", "Score", "load_image"),
+    "bundle": ("load_scorer", "export_bundle"),
+    "http": ("create_app", "ServiceLimits"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

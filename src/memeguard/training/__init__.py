@@ -9,16 +9,13 @@ from __future__ import annotations
 from memeguard.lazy import lazy_exports
 
 _EXPORTS = {
-    "TrainConfig": "memeguard.training.config",
-    "PretrainConfig": "memeguard.training.config",
-    "TINY_DEFAULTS": "memeguard.training.config",
-    "finetune": "memeguard.training.loop",
-    "RunResult": "memeguard.training.loop",
-    "pretrain": "memeguard.training.pretraining",
-    "predict": "memeguard.training.inference",
+    "config": ("TrainConfig", "PretrainConfig", "TINY_DEFAULTS"),
+    "loop": ("finetune", "RunResult"),
+    "pretraining": ("pretrain",),
+    "inference": ("predict",),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
