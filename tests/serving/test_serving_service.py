@@ -310,3 +310,31 @@ def test_json_depth_against_the_parsed_value(text):
         return 0
 
     assert json_depth(text.encode()) == depth(json.loads(text))
+
+
+def test_inflight_budget_is_shared_and_given_back():
+    from memeguard.serving.edge import BodyGuard, InflightBytes
+
+    def chunk(size):
+        async def receive():
+            return {"type": "http.request", "body": b"x" * size, "more_body": True}
+
+        return receive
+
+    async def run():
+        inflight = InflightBytes(1000)
+        first = BodyGuard(chunk(600), ServiceLimits(), inflight)
+        await first.receive()
+        second = BodyGuard(chunk(600), ServiceLimits(), inflight)
+        with pytest.raises(Exception) as caught:
+            await second.receive()
+        held_during = inflight.held
+        second.release()
+        first.release()
+        return caught.value, held_during, inflight.held
+
+    error, held_during, held_after = asyncio.run(run())
+    assert (
+        error.status == 503 and error.headers == {"Retry-After": "1"} and "too much at once" in error.message
+    )
+    assert held_during == 600 and held_after == 0

@@ -126,7 +126,7 @@ class BodyGuard:
 
     def __init__(self, receive: Receive, limits: ServiceLimits, inflight: InflightBytes) -> None:
         self._receive, self.limits, self.inflight = receive, limits, inflight
-        self.size, self.complete = 0, False
+        self.size, self.taken, self.complete = 0, 0, False
         self.deadline = time.monotonic() + limits.body_total_s
 
     async def receive(self) -> Message:
@@ -149,9 +149,12 @@ class BodyGuard:
         if self.size > self.limits.max_request_bytes:
             raise RequestError(413, f"request body is over the {self.limits.max_request_bytes:,}-byte limit")
         self.inflight.take(size)
+        self.taken += size
 
     def release(self) -> None:
-        self.inflight.held -= min(self.size, self.inflight.held)
+        """Give back what this request's body holds of the shared in-flight budget."""
+        self.inflight.held -= self.taken
+        self.taken = 0
 
 
 class EdgeMiddleware:
