@@ -338,3 +338,25 @@ def test_inflight_budget_is_shared_and_given_back():
         error.status == 503 and error.headers == {"Retry-After": "1"} and "too much at once" in error.message
     )
     assert held_during == 600 and held_after == 0
+
+
+def test_serve_options_reach_the_app(served, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from memeguard.cli import app as cli_app
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: captured.update(app=app, **kw))
+    base = ["serve", "-m", str(served.runs[0]), "--device", "cpu"]
+    options = ["--max-request-mb", "2", "--max-wait-ms", "0", "--max-queue", "9", "--no-docs"]
+    result = CliRunner().invoke(cli_app, [*base, *options])
+    assert result.exit_code == 0, result.output
+    limits = captured["app"].state.limits
+    assert limits.max_request_bytes == 2 * 1024 * 1024 and limits.max_wait_ms == 0 and limits.max_queue == 9
+    assert captured["timeout_graceful_shutdown"] > 0 and captured["access_log"] is False
+    assert captured["log_config"]["loggers"]["memeguard.access"]["level"] == "INFO"
+    with TestClient(captured["app"]) as test_client:
+        assert test_client.get("/docs").status_code == 404
+    bad = CliRunner().invoke(cli_app, [*base, "--max-queue", "0"])
+    assert bad.exit_code == 1 and str(bad.exception) == "service limit max_queue must be >= 1, got 0"

@@ -205,7 +205,6 @@ def serve(
         model, device, threshold, weight, max_batch, extractor, extractor_weights, boxes, threads
     )
     scorer.warmup()
-    _log_access_lines()
     uvicorn.run(
         create_app(scorer, limits, docs=docs),
         host=host,
@@ -215,17 +214,26 @@ def serve(
         access_log=False,  # the service writes its own line per request, with a request id
         limit_concurrency=1024,  # connections beyond this get 503 from uvicorn itself
         timeout_graceful_shutdown=30,  # on SIGTERM: finish in-flight requests and drain the queue
+        log_config=_log_config(),
     )
 
 
-def _log_access_lines() -> None:
-    """Print the service's JSON access lines (logger ``memeguard.access``) on stderr."""
-    import logging
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the service's JSON access lines (logger ``memeguard.access``) on stderr."""
+    import copy
 
-    access = logging.getLogger("memeguard.access")
-    if not access.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["memeguard_access"] = {"format": "%(message)s"}
+    config["handlers"]["memeguard_access"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "memeguard_access",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["memeguard.access"] = {
+        "handlers": ["memeguard_access"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
