@@ -182,7 +182,12 @@ class FakeScorer:
         self.delay, self.gate, self.batches, self.entered = delay, gate, [], threading.Event()
 
     def describe(self):
-        return {"models": [{"name": "fake", "path": "/secret/run"}], "extractors": [], "device": "cpu"}
+        extractor = {"name": "butd", "settings": {"weights": "/secret/butd.pth", "boxes": [36]}}
+        return {
+            "models": [{"name": "fake", "path": "/secret/run"}],
+            "extractors": [extractor],
+            "device": "cpu",
+        }
 
     def score_images(self, images, texts):
         from memeguard.serving.scorer import Score
@@ -258,7 +263,9 @@ def test_probes_show_no_paths_and_the_key_guards_scoring(served):
         assert test_client.get("/healthz").json() == {"status": "alive"}
         ready = test_client.get("/readyz").json()
         assert ready == {"status": "ready", "models": ["fake"], "threshold": 0.5, "reads_text": False}
-        assert "/secret" not in test_client.get("/health").text
+        health = test_client.get("/health").json()
+        assert "/secret" not in json.dumps(health) and health["models"] == [{"name": "fake"}]
+        assert health["extractors"] == [{"name": "butd", "settings": {"weights": "butd.pth", "boxes": [36]}}]
         refused = test_client.post("/v1/score", json={"image_b64": image, "text": "x"})
         assert refused.status_code == 401 and "API key" in refused.json()["detail"]
         wrong = test_client.post(

@@ -362,6 +362,17 @@ def create_app(
     return app
 
 
+def without_paths(value: Any) -> Any:
+    """``value`` with every string that looks like a path cut to its last part (probes leak no layout)."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return value
+
+
 def _add_probe_routes(
     app: Any, scorer: Any, limits: ServiceLimits, batcher: MicroBatcher, metrics: Any
 ) -> None:
@@ -377,13 +388,12 @@ def _add_probe_routes(
     def health() -> dict[str, Any]:
         described = scorer.describe()
         models = [
-            {k: v for k, v in model.items() if k not in ("path", "features")}
-            for model in described.get("models", [])
+            {k: v for k, v in model.items() if k not in ("path", "features")} for model in described["models"]
         ]
         return {
             "status": "ok",
-            **described,
-            "models": models,
+            **without_paths(described),
+            "models": without_paths(models),
             "limits": {"max_image_bytes": limits.max_image_bytes, "max_batch": limits.max_batch},
         }
 
