@@ -241,17 +241,31 @@ def serve(
         None, "--weight", help="One weight per --model (default equal)."
     ),
     device: str = typer.Option("auto", "--device"),
-    max_image_mb: float = typer.Option(
-        10.0, "--max-image-mb", help="Largest accepted image (decoded base64)."
+    max_image_mb: float = typer.Option(10.0, "--max-image-mb", help="Largest accepted image file."),
+    max_request_mb: float = typer.Option(
+        8.0, "--max-request-mb", help="Largest request body (cut while it streams in)."
     ),
-    max_batch: int = typer.Option(32, "--max-batch", help='Most memes in one {"items": [...]} request.'),
+    max_image_megapixels: float = typer.Option(
+        16.0, "--max-image-megapixels", help="Most decoded pixels per image (read from its header)."
+    ),
+    max_batch: int = typer.Option(
+        32, "--max-batch", help="Most memes per request and per scoring batch (1: no micro-batching)."
+    ),
+    max_wait_ms: float = typer.Option(
+        5.0, "--max-wait-ms", help="How long a batch waits for more requests to join it."
+    ),
+    max_queue: int = typer.Option(128, "--max-queue", help="Memes waiting before requests get 503."),
     max_concurrency: int = typer.Option(1, "--max-concurrency", help="Batches scored at the same time."),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Serve /docs and /openapi.json."),
     extractor: str | None = typer.Option(None, "--extractor", help=EXTRACTOR_HELP),
     extractor_weights: str | None = typer.Option(None, "--extractor-weights"),
     boxes: str | None = typer.Option(None, "--boxes"),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
-    """Serve POST /score and GET /health over HTTP (models and extractors load once, at startup)."""
+    """Serve the scoring API, the moderator page (/) and probes over HTTP (models load once, at startup).
+
+    Set MEMEGUARD_API_KEY to require that key (X-API-Key header) on the scoring routes and /metrics.
+    """
     try:
         import uvicorn
     except ImportError as exc:
@@ -261,11 +275,46 @@ def serve(
     limits = ServiceLimits(
         max_image_bytes=int(max_image_mb * 1024 * 1024),
         max_batch=max_batch,
-        max_request_bytes=max(int(max_image_mb * 1024 * 1024 * 4 / 3) * max_batch + 65536, 1 << 20),
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
         max_concurrency=max_concurrency,
+        max_image_pixels=int(max_image_megapixels * 1_000_000),
+        max_request_pixels=max(int(max_image_megapixels * 1_000_000), 40_000_000),
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
     )
     scorer = _build_scorer(
         model, device, threshold, weight, max_batch, extractor, extractor_weights, boxes, threads
     )
     scorer.warmup()
-    uvicorn.run(create_app(scorer, limits), host=host, port=port, workers=1, log_level="info")
+    uvicorn.run(
+        create_app(scorer, limits, docs=docs),
+        host=host,
+        port=port,
+        workers=1,
+        log_level="info",
+        access_log=False,  # the service writes its own line per request, with a request id
+        limit_concurrency=1024,  # connections beyond this get 503 from uvicorn itself
+        timeout_graceful_shutdown=30,  # on SIGTERM: finish in-flight requests and drain the queue
+        log_config=_log_config(),
+    )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the service's JSON access lines (logger ``memeguard.access``) on stderr."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["memeguard_access"] = {"format": "%(message)s"}
+    config["handlers"]["memeguard_access"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "memeguard_access",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["memeguard.access"] = {
+        "handlers": ["memeguard_access"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
