@@ -577,6 +577,41 @@ def _clean_killed(ctx: Ctx) -> Outcome:
     return Outcome(f"{note}; rerun {outcome.actual}", outcome.passed)
 
 
+FULL_AT_REPORT = """
+import builtins, errno, os, sys
+from memeguard.cli import main
+
+def refuse(name):
+    if "cleaning_report" in os.path.basename(str(name)):
+        raise OSError(errno.ENOSPC, "No space left on device", str(name))
+
+real_open, real_os_open = builtins.open, os.open
+def fake_open(file, mode="r", *args, **kwargs):
+    if any(flag in mode for flag in "wax+"):
+        refuse(file)
+    return real_open(file, mode, *args, **kwargs)
+def fake_os_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        refuse(path)
+    return real_os_open(path, flags, *args, **kwargs)
+builtins.open, os.open = fake_open, fake_os_open
+main(["data", "clean", sys.argv[1], "--out", sys.argv[2]])
+"""
+
+
+@row("data", "disk full while clean writes its report", "fails; OUT holds no partial outputs")
+def _clean_crash(ctx: Ctx) -> Outcome:
+    ds = ctx.copy(ctx.base.ds)
+    out = ctx.work / "clean"
+    with ctx.watching([out]):
+        proc = run_process([PYTHON, "-c", FULL_AT_REPORT, str(ds), str(out)], ctx.work)
+    outputs = ("train_clean.jsonl", "traindev.jsonl", "pretrain.jsonl", "cleaning_report.json")
+    present = [name for name in outputs if (out / name).exists()]
+    partial = 0 < len(present) < len(outputs)
+    ok = proc.rc != 0 and not partial
+    return Outcome(f"{describe(proc)}; OUT holds {present or 'no outputs'}", ok)
+
+
 @row("data", "synth --n 60 twice with one seed", "rc 0, byte-identical sets")
 def _synth_deterministic(ctx: Ctx) -> Outcome:
     out = ctx.work / "again"
