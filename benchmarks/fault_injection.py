@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -621,19 +622,29 @@ def _synth_deterministic(ctx: Ctx) -> Outcome:
 
 
 # -- features: stores, imports, pickles ---------------------------------------------------------------
-STORE_BINS = ("features.bin", "boxes.bin", "index.bin", "layout.json")
-
-
 def same_store(a: Path, b: Path) -> bool:
-    """Byte-identical data files and the same meta.json apart from its creation time."""
+    """The same memes with bit-identical values (and the same meta.json apart from its creation time).
+
+    Compared record by record through the store's reader, not file by file: a resumed store may hold
+    the same records in a different byte layout (a recovered tail, another batch order)."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    from memeguard.features.store import FeatureStore
 
     def meta(store: Path) -> dict:
         data = json.loads((store / "meta.json").read_text())
         data.pop("created", None)
         return data
 
-    bins_equal = all((a / n).read_bytes() == (b / n).read_bytes() for n in STORE_BINS if (b / n).exists())
-    return bins_equal and meta(a) == meta(b)
+    def same_record(x: object, y: object) -> bool:
+        return all(
+            np.array_equal(np.asarray(getattr(x, f.name)), np.asarray(getattr(y, f.name)))
+            for f in dataclasses.fields(x)
+        )
+
+    left, right = FeatureStore.open(a), FeatureStore.open(b)
+    same_ids = sorted(left.ids()) == sorted(right.ids())
+    return same_ids and meta(a) == meta(b) and all(same_record(left[i], right[i]) for i in right.ids())
 
 
 def store_attack(ctx: Ctx, damage: Callable[[Path], None], pattern: str, *args: str) -> Outcome:
@@ -1437,24 +1448,31 @@ def print_table(results: Sequence[Result]) -> None:
         print(f"| {i} | {r.area} | {' | '.join(cells)} | {r.verdict} |", flush=True)
 
 
-def select(only: str | None) -> list[Row]:
-    if not only:
-        return list(ROWS)
-    areas = {a.strip() for a in only.split(",")}
-    unknown = areas - {r.area for r in ROWS}
-    if unknown:
-        raise SystemExit(f"error: unknown area(s) {sorted(unknown)}; areas: {sorted({r.area for r in ROWS})}")
-    return [r for r in ROWS if r.area in areas]
+def select(only: str | None, match: str | None) -> list[Row]:
+    """The rows of the ``only`` areas (comma-separated) whose input contains one of ``match``'s parts."""
+    rows = list(ROWS)
+    if only:
+        areas = {a.strip() for a in only.split(",")}
+        unknown = areas - {r.area for r in ROWS}
+        if unknown:
+            known = sorted({r.area for r in ROWS})
+            raise SystemExit(f"error: unknown area(s) {sorted(unknown)}; areas: {known}")
+        rows = [r for r in rows if r.area in areas]
+    if match:
+        parts = [p.strip() for p in match.split(",") if p.strip()]
+        rows = [r for r in rows if any(p in r.input for p in parts)]
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated areas: " + ", ".join(sorted({r.area for r in ROWS})))
+    parser.add_argument("--match", help="comma-separated substrings: only rows whose input contains one")
     parser.add_argument("--list", action="store_true", help="list the rows without running them")
     parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
-    rows = select(args.only)
+    rows = select(args.only, args.match)
     if args.list:
         for i, r in enumerate(rows, 1):
             print(f"{i:3d}  {r.area:10s}  {r.input}  ->  {r.expected}")
