@@ -1489,7 +1489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, entry in enumerate(rows, 1):
             results.append(run_row(entry, i, base, root / "rows"))
             r = results[-1]
-            print(f"[{i}/{len(rows)}] {r.verdict} {r.area}: {r.input} ({r.seconds:.1f} s)", file=sys.stderr)
+            print(f"[{i}/{len(rows)}] {r.verdict} {r.area}: {r.input} ({r.seconds:.1f} s): {r.actual}",
+                  file=sys.stderr)  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
