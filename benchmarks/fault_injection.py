@@ -1356,8 +1356,9 @@ RECIPE_ATTACKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "extractor param that does not exist": (
         TINY_RECIPE.replace("extractor: grid", "extractor: grid\n    params: {bogus: 1}"),
         r"r\.yaml:\d+.*bogus", ()),
-    "name: ../../../escaped": (TINY_RECIPE.replace("name: tiny", "name: ../../../escaped"),
-                               r"r\.yaml:\d+.*name", ()),
+    "run name: ../../../escaped": (
+        TINY_RECIPE.replace("    seeds: [43]\n", "    runs: [{seed: 43, name: ../../../escaped}]\n"),
+        r"r\.yaml:\d+.*name", ()),
     "feature set named ../fs": (TINY_RECIPE.replace("  grid:", "  ../fs:").replace("features: grid",
                                                                                     "features: ../fs"),
                                 r"r\.yaml:\d+.*fs", ()),
