@@ -57,6 +57,27 @@ def test_unreadable_inputs_are_one_line_checkpoint_errors(tmp_path):
         resolve_checkpoint_file(tmp_path)
 
 
+class _OpensAFile:
+    """Pickles as a call of builtins.open: what a booby-trapped checkpoint would run on load."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_that_asks_to_run_code_is_refused_in_one_line_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned"
+    torch.save({"layer.weight": torch.zeros(1), "trap": _OpensAFile(str(target))}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError) as caught:
+        read_torch_checkpoint(tmp_path / "evil.pth")
+    message = str(caught.value)
+    refused = "refused to unpickle (Unsupported global: GLOBAL io.open); only weights are loaded"
+    assert message == f"{tmp_path / 'evil.pth'}: {refused}"
+    assert not target.exists()
+
+
 def test_strict_loading_accounts_for_every_key():
     model = nn.Sequential()
     model.add_module("layer", nn.Linear(3, 2))

@@ -11,8 +11,11 @@ Only ``torch.load(weights_only=True)`` and safetensors are used, so a checkpoint
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +27,23 @@ CHECKPOINT_FILE_NAMES = ("model.pth", "pytorch_model.bin", "model.safetensors")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 KeyRule = Iterable[str] | Callable[[str], bool]
+# What torch's weights-only unpickler names when a file asks for more than tensors.
+_REFUSED_GLOBAL = re.compile(r"Unsupported (?:global|operand):? (?:GLOBAL )?[\w.]+")
+
+
+def torch_load_weights_only(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors: a file that asks to import or call
+    anything (``builtins.open``, ``os.system``) is refused without running it, and the message does not
+    repeat torch's advice to retry with ``weights_only=False``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _REFUSED_GLOBAL.search(str(exc))
+        detail = found.group(0).rstrip(". ") if found else "it holds more than tensors"
+        raise CheckpointError(f"{path}: refused to unpickle ({detail}); only weights are loaded") from None
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint ({lines[0][:200]})") from None
 
 
 def read_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -31,10 +51,7 @@ def read_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tenso
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable weights-only torch checkpoint ({exc})") from exc
+    obj = torch_load_weights_only(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             if not any(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -307,6 +307,15 @@ def test_writer_refuses_foreign_dir_other_writer_and_mismatched_layout(tmp_path:
         FeatureStoreWriter(tmp_path / "s", DIM, dtype="float32")
 
 
+def test_a_refused_foreign_folder_is_left_exactly_as_it_was(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FeatureStoreError, match="is not empty and is not a feature store"):
+        FeatureStoreWriter(folder, DIM)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # no .lock left behind
+
+
 HOLD_SCRIPT = textwrap.dedent(
     """
     import sys, time

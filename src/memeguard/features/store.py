@@ -413,6 +413,8 @@ class FeatureStoreWriter:
             raise FeatureStoreError(f"{path}: 'store' is a reserved meta.json key")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / STORE_LAYOUT_FILE).exists():
+            self._refuse_foreign_directory()  # before the lock: a refused folder gets no .lock file
         self._lock = self._acquire_lock()
         self._handles: dict[str, IO[bytes]] = {}
         self._finalised_on_disk = (self.path / STORE_META_FILE).exists()
@@ -431,7 +433,6 @@ class FeatureStoreWriter:
         if layout_path.exists():
             self._resume(layout_path, feature_dim, dtype, meta)
         else:
-            self._refuse_foreign_directory()
             self._feature_dim, self._dtype = feature_dim, dtype
             self._user_meta = dict(meta or {})
             self._created = _now()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memeguard.checkpoint_io import torch_load_weights_only
 from memeguard.errors import CheckpointError
 from memeguard.io import write_bytes_atomic
 from memeguard.names import LAST_CHECKPOINT_FILE
@@ -92,11 +93,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: unreadable resume checkpoint ({exc}); delete it to start over"
-        ) from exc
+        payload = torch_load_weights_only(path, map_location)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; delete it to start over") from None
     if not isinstance(payload, dict) or payload.get("format") != 1:
         raise CheckpointError(f"{path}: not a memeguard resume checkpoint")
     return payload
