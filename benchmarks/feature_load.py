@@ -128,7 +128,10 @@ def butd_throughput(images: int = 2) -> str:
         start = time.perf_counter()
         extractor.extract(batch, list(range(images)), [""] * images)
         elapsed = time.perf_counter() - start
-        return f"{images / elapsed:.2f} images/s ({elapsed / images:.2f} s/image, 600x800 input, random weights, 36 boxes)"
+        return (
+            f"{images / elapsed:.2f} images/s ({elapsed / images:.2f} s/image, "
+            "600x800 input, random weights, 36 boxes)"
+        )
     except Exception as exc:  # a benchmark reports, it does not crash on an unfinished extractor
         return f"skipped (ButdExtractor failed: {type(exc).__name__}: {exc})"
 
@@ -157,8 +160,9 @@ def main() -> None:
         t_import, report = timed(lambda: import_tsv(tsv, store_path, dtype=args.dtype))
         ids = set(range(10000, 10000 + args.images))
         print(
-            f"{args.images} images x {args.boxes} boxes x {args.dim} dims; TSV {tsv.stat().st_size / 1e9:.2f} GB "
-            f"(written in {t_write:.1f} s), store {sum(f.stat().st_size for f in store_path.iterdir()) / 1e9:.2f} GB "
+            f"{args.images} images x {args.boxes} boxes x {args.dim} dims; "
+            f"TSV {tsv.stat().st_size / 1e9:.2f} GB (written in {t_write:.1f} s), "
+            f"store {sum(f.stat().st_size for f in store_path.iterdir()) / 1e9:.2f} GB "
             f"{args.dtype} (imported in {t_import:.1f} s, once)"
         )
 

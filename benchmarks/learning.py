@@ -7,8 +7,8 @@ multimodal AUROC >= 0.95 within 3 minutes on 2 CPU cores, text-only <= 0.60.
 
 The set is generated with ``--label-noise 0`` by default: the same memes and pictures as the usual set, but
 every noun follows the rule. With the usual 3 % of rule-breaking memes, a model that applies the rule with
-full confidence scores 0.951 on the default dev split (2 rule-breaking memes of 82, each ranked below the 41 of
-the other class), so the 0.95 target would measure the noise as much as the model. ``--label-noise 0.03``
+full confidence scores 0.951 on the default dev split (2 rule-breaking memes of 82, each ranked below the 41
+of the other class), so the 0.95 target would measure the noise as much as the model. ``--label-noise 0.03``
 runs the usual set (measured 2026-11-27: visualbert-tiny 0.973, lxmert-tiny 0.974).
 
 What ``TINY_DEFAULTS`` (memeguard/training/config.py) holds and why, as measured with this benchmark and
@@ -19,8 +19,8 @@ later); the wider init and no dropout shorten the plateau of a model trained fro
 lr 1.5e-3 rather than 2e-3: on the noise-free synthetic set (n=2000) lxmert-tiny then finds the rule with 8 of
 8 seeds (2e-3: 5 of 6), visualbert-tiny with 4 of 4.
 
-    .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000] [--models visualbert-tiny lxmert-tiny]
-        [--train-seeds 0 1 2 3] [--label-noise 0.03]
+    .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000]
+        [--models visualbert-tiny lxmert-tiny] [--train-seeds 0 1 2 3] [--label-noise 0.03]
 """
 
 from __future__ import annotations

@@ -117,8 +117,9 @@ def main() -> None:
     names = [n for n in args.names.split(",") if n] or [n for n in list_models() if n.endswith("-base")]
     baseline = Baseline()
     print(
-        f"CPU forward, fp32, batch {args.batch_size}, {args.boxes} boxes, torch threads {torch.get_num_threads()}, "
-        f"{args.repeats} timed calls each, model and baseline alternating (medians; ratio = median of ratios)"
+        f"CPU forward, fp32, batch {args.batch_size}, {args.boxes} boxes, "
+        f"torch threads {torch.get_num_threads()}, {args.repeats} timed calls each, "
+        "model and baseline alternating (medians; ratio = median of ratios)"
     )
     header = (
         f"{'model':<18}{'params (M)':>11}{'text':>6}{'regions':>9}{'ms/batch':>10}{'memes/s':>9}"

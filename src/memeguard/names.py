@@ -84,7 +84,8 @@ def fin_file(split: str) -> str:
 
 
 def family_file(family: str, split: str) -> str:
-    """A family's seed-averaged predictions, the ensemble's input: ``V``, ``dev_seen`` -> ``V_dev_seen.csv``."""
+    """A family's seed-averaged predictions, the ensemble's input: ``V``, ``dev_seen`` ->
+    ``V_dev_seen.csv``."""
     return f"{family}_{split}.csv"
 
 

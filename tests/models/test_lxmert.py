@@ -156,7 +156,8 @@ def test_depths_are_configurable():
 
 
 def epoch18_state(l_layers: int, r_layers: int, x_layers: int, seed: int = 3) -> dict[str, torch.Tensor]:
-    """``LXRTPretraining`` under DataParallel, as airsplay's ``Epoch18_LXRT.pth`` (names from HF = original)."""
+    """``LXRTPretraining`` under DataParallel, as airsplay's ``Epoch18_LXRT.pth`` (names from HF =
+    original)."""
     hf = hf_model("LxmertForPreTraining", l_layers, r_layers, x_layers)
     randomize(hf, seed)
     state = {}
@@ -171,13 +172,27 @@ EPOCH18_LITERAL = {
     "module.bert.embeddings.token_type_embeddings.weight": "bert.embeddings.token_type_embeddings.weight",
     "module.bert.encoder.visn_fc.visn_fc.weight": "bert.encoder.visn_fc.visn_fc.weight",
     "module.bert.encoder.visn_fc.box_layer_norm.bias": "bert.encoder.visn_fc.box_layer_norm.bias",
-    "module.bert.encoder.layer.1.attention.self.query.weight": "bert.encoder.layer.1.attention.self.query.weight",
-    "module.bert.encoder.r_layers.0.output.LayerNorm.weight": "bert.encoder.r_layers.0.output.LayerNorm.weight",
-    "module.bert.encoder.x_layers.1.visual_attention.att.key.weight": "bert.encoder.x_layers.1.visual_attention.att.key.weight",
-    "module.bert.encoder.x_layers.0.visual_attention.output.dense.bias": "bert.encoder.x_layers.0.visual_attention.output.dense.bias",
-    "module.bert.encoder.x_layers.0.lang_self_att.self.value.weight": "bert.encoder.x_layers.0.lang_self_att.self.value.weight",
-    "module.bert.encoder.x_layers.1.visn_output.LayerNorm.bias": "bert.encoder.x_layers.1.visn_output.LayerNorm.bias",
-    "module.bert.encoder.x_layers.1.lang_inter.dense.weight": "bert.encoder.x_layers.1.lang_inter.dense.weight",
+    "module.bert.encoder.layer.1.attention.self.query.weight": (
+        "bert.encoder.layer.1.attention.self.query.weight"
+    ),
+    "module.bert.encoder.r_layers.0.output.LayerNorm.weight": (
+        "bert.encoder.r_layers.0.output.LayerNorm.weight"
+    ),
+    "module.bert.encoder.x_layers.1.visual_attention.att.key.weight": (
+        "bert.encoder.x_layers.1.visual_attention.att.key.weight"
+    ),
+    "module.bert.encoder.x_layers.0.visual_attention.output.dense.bias": (
+        "bert.encoder.x_layers.0.visual_attention.output.dense.bias"
+    ),
+    "module.bert.encoder.x_layers.0.lang_self_att.self.value.weight": (
+        "bert.encoder.x_layers.0.lang_self_att.self.value.weight"
+    ),
+    "module.bert.encoder.x_layers.1.visn_output.LayerNorm.bias": (
+        "bert.encoder.x_layers.1.visn_output.LayerNorm.bias"
+    ),
+    "module.bert.encoder.x_layers.1.lang_inter.dense.weight": (
+        "bert.encoder.x_layers.1.lang_inter.dense.weight"
+    ),
     "module.bert.pooler.dense.weight": "bert.pooler.dense.weight",
 }
 
@@ -234,7 +249,8 @@ def test_epoch18_with_a_half_missing_layer_fails(tmp_path):
 
 
 def bert_checkpoint(model: LxmertModel, layers: int) -> dict[str, torch.Tensor]:
-    """An original ``bert-base-uncased`` ``pytorch_model.bin`` at tiny size (TF-style LayerNorm gamma/beta)."""
+    """An original ``bert-base-uncased`` ``pytorch_model.bin`` at tiny size (TF-style LayerNorm
+    gamma/beta)."""
     gen = torch.Generator().manual_seed(11)
     own = model.state_dict()
     state = {}
@@ -257,7 +273,9 @@ def test_bert_then_epoch18_fills_the_layers_the_checkpoint_lacks(tmp_path):
     bert = bert_checkpoint(model, layers=3)
     literal = {
         "bert.embeddings.LayerNorm.gamma": "bert.embeddings.LayerNorm.weight",
-        "bert.encoder.layer.2.attention.output.LayerNorm.beta": "bert.encoder.layer.2.attention.output.LayerNorm.bias",
+        "bert.encoder.layer.2.attention.output.LayerNorm.beta": (
+            "bert.encoder.layer.2.attention.output.LayerNorm.bias"
+        ),
         "bert.encoder.layer.2.intermediate.dense.weight": "bert.encoder.layer.2.intermediate.dense.weight",
     }
     assert set(literal) <= set(bert)
@@ -282,7 +300,8 @@ def test_bert_then_epoch18_fills_the_layers_the_checkpoint_lacks(tmp_path):
 
 
 def vilio_finetuned_state(model: LxmertModel) -> dict[str, torch.Tensor]:
-    """``AveragedModel(ModelX).state_dict()``: n_averaged, module.model.bert.*, module.classifier.{0,2,3}.*."""
+    """``AveragedModel(ModelX).state_dict()``: n_averaged, module.model.bert.*,
+    module.classifier.{0,2,3}.*."""
     gen = torch.Generator().manual_seed(7)
     state = {"n_averaged": torch.tensor(12)}
     for key, value in model.state_dict().items():
@@ -302,7 +321,9 @@ def test_load_vilio_finetuned_swa_strictly(tmp_path):
         "module.model.bert.encoder.x_layers.0.visn_self_att.output.dense.weight": (
             "bert.encoder.x_layers.0.visn_self_att.output.dense.weight"
         ),
-        "module.model.bert.encoder.r_layers.1.intermediate.dense.bias": "bert.encoder.r_layers.1.intermediate.dense.bias",
+        "module.model.bert.encoder.r_layers.1.intermediate.dense.bias": (
+            "bert.encoder.r_layers.1.intermediate.dense.bias"
+        ),
         "module.model.bert.pooler.dense.bias": "bert.pooler.dense.bias",
     }
     assert set(literal) <= set(state)

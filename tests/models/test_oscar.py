@@ -1,5 +1,6 @@
-"""OSCAR: processor (incl. optional object tags), original checkpoints (OSCAR pytorch_model.bin, vilio LAST_BO.pth,
-vilio LASTtrain.pth) and parity with a plain per-example reference forward that reads the original key names."""
+"""OSCAR: processor (incl. optional object tags), original checkpoints (OSCAR pytorch_model.bin, vilio
+LAST_BO.pth, vilio LASTtrain.pth) and parity with a plain per-example reference forward that reads the
+original key names."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def oscar_release(state: dict[str, torch.Tensor], seed: int = 1) -> dict[str, to
 
 
 def vilio_pretrained(state: dict[str, torch.Tensor], seed: int = 2) -> dict[str, torch.Tensor]:
-    """vilio's LAST_BO.pth (BertOPretraining): ``bert.*`` (2052-wide img_embedding, position_ids) + ``cls.*``."""
+    """vilio's LAST_BO.pth (BertOPretraining): ``bert.*`` (2052-wide img_embedding, position_ids) +
+    ``cls.*``."""
     out = {f"bert.{k}": v for k, v in state.items() if not k.startswith("classifier.")}
     out["bert.embeddings.position_ids"] = torch.arange(512).expand(1, -1)
     out.update(pretraining_heads(state["embeddings.word_embeddings.weight"].shape[0], seed))

@@ -167,11 +167,19 @@ def assert_landed(
 MMF_LITERAL = {
     "model.bert.embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
     "model.bert.embeddings.projection.weight": "bert.embeddings.projection.weight",
-    "model.bert.embeddings.token_type_embeddings_visual.weight": "bert.embeddings.token_type_embeddings_visual.weight",
-    "model.bert.embeddings.position_embeddings_visual.weight": "bert.embeddings.position_embeddings_visual.weight",
+    "model.bert.embeddings.token_type_embeddings_visual.weight": (
+        "bert.embeddings.token_type_embeddings_visual.weight"
+    ),
+    "model.bert.embeddings.position_embeddings_visual.weight": (
+        "bert.embeddings.position_embeddings_visual.weight"
+    ),
     "model.bert.embeddings.LayerNorm.weight": "bert.embeddings.LayerNorm.weight",
-    "model.bert.encoder.layer.1.attention.self.query.weight": "bert.encoder.layer.1.attention.self.query.weight",
-    "model.bert.encoder.layer.0.attention.output.LayerNorm.bias": "bert.encoder.layer.0.attention.output.LayerNorm.bias",
+    "model.bert.encoder.layer.1.attention.self.query.weight": (
+        "bert.encoder.layer.1.attention.self.query.weight"
+    ),
+    "model.bert.encoder.layer.0.attention.output.LayerNorm.bias": (
+        "bert.encoder.layer.0.attention.output.LayerNorm.bias"
+    ),
     "model.bert.encoder.layer.1.intermediate.dense.weight": "bert.encoder.layer.1.intermediate.dense.weight",
     "model.bert.encoder.layer.1.output.dense.weight": "bert.encoder.layer.1.output.dense.weight",
     "model.bert.pooler.dense.weight": "bert.pooler.dense.weight",
@@ -242,7 +250,9 @@ def test_load_vilio_finetuned_swa_strictly(tmp_path):
         "module.classifier.weight": "classifier.weight",
         "module.classifier.bias": "classifier.bias",
         "module.model.embeddings.projection.bias": "bert.embeddings.projection.bias",
-        "module.model.encoder.layer.0.attention.self.value.weight": "bert.encoder.layer.0.attention.self.value.weight",
+        "module.model.encoder.layer.0.attention.self.value.weight": (
+            "bert.encoder.layer.0.attention.self.value.weight"
+        ),
     }
     assert set(literal) <= set(state)
     assert state["module.model.layer_weights"].shape == (3,) and state["module.classifier.weight"].shape == (
@@ -294,9 +304,15 @@ def test_load_huggingface_pretraining_checkpoint_folder(tmp_path):
         hf_state,
         {
             "visual_bert.embeddings.visual_projection.weight": "bert.embeddings.projection.weight",
-            "visual_bert.embeddings.visual_token_type_embeddings.weight": "bert.embeddings.token_type_embeddings_visual.weight",
-            "visual_bert.embeddings.visual_position_embeddings.weight": "bert.embeddings.position_embeddings_visual.weight",
-            "visual_bert.encoder.layer.1.output.LayerNorm.weight": "bert.encoder.layer.1.output.LayerNorm.weight",
+            "visual_bert.embeddings.visual_token_type_embeddings.weight": (
+                "bert.embeddings.token_type_embeddings_visual.weight"
+            ),
+            "visual_bert.embeddings.visual_position_embeddings.weight": (
+                "bert.embeddings.position_embeddings_visual.weight"
+            ),
+            "visual_bert.encoder.layer.1.output.LayerNorm.weight": (
+                "bert.encoder.layer.1.output.LayerNorm.weight"
+            ),
             "visual_bert.pooler.dense.bias": "bert.pooler.dense.bias",
         },
     )

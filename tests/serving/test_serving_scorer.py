@@ -216,7 +216,8 @@ def test_runs_on_one_feature_setting_share_one_extractor(served, scorer, tmp_pat
 
 
 class StubButd:
-    """Stands in for the BUTD detector (whose real weights cannot be had here): grid rows under box-variant names."""
+    """Stands in for the BUTD detector (whose real weights cannot be had here): grid rows under box-variant
+    names."""
 
     name = "butd"
     builds: list[dict] = []
@@ -275,7 +276,8 @@ def test_butd_runs_share_one_detector_pass_and_weights_are_checked(served, tmp_p
 
 
 def test_scores_equal_the_training_runs_own_predictions(served, tmp_path):
-    """End to end: ``finetune`` writes RUN_DIR/dev_seen.csv from the store; the scorer, from the images, agrees."""
+    """End to end: ``finetune`` writes RUN_DIR/dev_seen.csv from the store; the scorer, from the images,
+    agrees."""
     from memeguard.data.predictions import read_predictions
     from memeguard.training import TrainConfig, finetune
 

@@ -247,7 +247,8 @@ def _layers_absent_from(source: Mapping[str, torch.Tensor], target: Mapping[str,
 
 
 def convert_lxmert_pretrained(state: Mapping[str, torch.Tensor], config: Any = None) -> StateDict:
-    """airsplay ``Epoch18_LXRT.pth`` (DataParallel ``LXRTPretraining``): strip ``module.``, drop ``*answer*``."""
+    """airsplay ``Epoch18_LXRT.pth`` (DataParallel ``LXRTPretraining``): strip ``module.``, drop
+    ``*answer*``."""
     return {key.removeprefix("module."): value for key, value in state.items() if "answer" not in key}
 
 
@@ -382,11 +383,12 @@ class LxmertModel(MemeModel):
 # -- named configs ----------------------------------------------------------------------------
 
 register_config("lxmert-base", "lxmert", num_hidden_layers=12, r_layers=2, x_layers=5)
-# The tiny config is the cross-modality encoder alone (L = R = 0). Trained from scratch, single-modality layers
-# in front of the cross layers let each stream fit the training set on its own, and the model then never finds
-# a rule that needs both: on the synthetic set L/R/X = 2/2/2, 1/0/2, 0/1/2, 0/2/2 and 1/1/2 stayed at dev AUROC
-# 0.39-0.57 (24 runs over seeds, lr 1e-3..5e-3, init std, heads, width, dropout), while 0/0/2 reaches 1.0 with
-# 8 of 8 seeds (benchmarks/learning.py). Every layer is then multimodal, as in a single-stream model.
+# The tiny config is the cross-modality encoder alone (L = R = 0). Trained from scratch, single-modality
+# layers in front of the cross layers let each stream fit the training set on its own, and the model then
+# never finds a rule that needs both: on the synthetic set L/R/X = 2/2/2, 1/0/2, 0/1/2, 0/2/2 and 1/1/2
+# stayed at dev AUROC 0.39-0.57 (24 runs over seeds, lr 1e-3..5e-3, init std, heads, width, dropout), while
+# 0/0/2 reaches 1.0 with 8 of 8 seeds (benchmarks/learning.py). Every layer is then multimodal, as in a
+# single-stream model.
 register_config(
     "lxmert-tiny",
     "lxmert",

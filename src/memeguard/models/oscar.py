@@ -3,10 +3,10 @@
 Layout follows ``microsoft/Oscar`` ``oscar/modeling/modeling_bert.py`` (``BertImgModel``) and vilio's
 ``src/vilio/modeling_bertO.py`` / ``entryO.py``:
 
-* text: BERT embeddings of ``[CLS] tokens [SEP]`` (optionally ``[CLS] tokens [SEP] object tags [SEP]`` with the
-  tags as segment 1, OSCAR's "word-tag-image" triple; vilio leaves tags off, and so do we by default);
-* regions: ``img_embedding`` = Linear(D + 4 -> hidden) over ``[features ; x1 y1 x2 y2]`` then dropout; no position
-  or type embedding for regions and no image LayerNorm (``use_img_layernorm`` absent in vilio);
+* text: BERT embeddings of ``[CLS] tokens [SEP]`` (optionally ``[CLS] tokens [SEP] object tags [SEP]`` with
+  the tags as segment 1, OSCAR's "word-tag-image" triple; vilio leaves tags off, and so do we by default);
+* regions: ``img_embedding`` = Linear(D + 4 -> hidden) over ``[features ; x1 y1 x2 y2]`` then dropout; no
+  position or type embedding for regions and no image LayerNorm (``use_img_layernorm`` absent in vilio);
 * the sequence ``[text (padded to the batch maximum) ; regions]`` runs through a BERT encoder; BERT pooler;
   vilio's head ``Linear(h, 2h) -> GELU -> LayerNorm -> Linear(2h, 2)`` (keys ``classifier.{0,2,3}``).
 
@@ -48,7 +48,8 @@ from memeguard.models.checkpoints import (
 from memeguard.models.registry import register_architecture, register_config
 
 OSCAR_BOX_DIM = BOX_ENCODING_DIMS["xyxy"]
-# OSCAR's released checkpoints were trained with 6 position values per region; vilio keeps the first 4 columns.
+# OSCAR's released checkpoints were trained with 6 position values per region; vilio keeps the first 4
+# columns.
 OSCAR_RELEASE_BOX_DIM = 6
 
 
@@ -60,10 +61,10 @@ class OscarConfig(VLConfig):
     """OSCAR sizes follow BERT (uncased vocabulary).
 
     ``object_tags``: append the detector's object labels as a second text segment (OSCAR's tags). Labels come
-    from ``RegionRecord.object_ids`` mapped through ``object_tag_vocab`` (a Visual Genome ``objects_vocab.txt``:
-    line i names class i, synonyms after a comma are dropped); without that file, or without object ids in a
-    record, tags are skipped. ``use_img_layernorm`` adds OSCAR's optional LayerNorm (key ``LayerNorm``) after
-    ``img_embedding``.
+    from ``RegionRecord.object_ids`` mapped through ``object_tag_vocab`` (a Visual Genome
+    ``objects_vocab.txt``: line i names class i, synonyms after a comma are dropped); without that file, or
+    without object ids in a record, tags are skipped. ``use_img_layernorm`` adds OSCAR's optional LayerNorm
+    (key ``LayerNorm``) after ``img_embedding``.
     """
 
     model_type: ClassVar[str] = "oscar"
@@ -106,7 +107,8 @@ class OscarProcessor(RegionTextProcessor):
         bad = ids[(ids < 0) | (ids >= len(vocab))]
         if bad.size:
             raise ConfigError(
-                f"meme {record.meme_id}: object id {int(bad[0])} outside the {len(vocab)}-class vocabulary {vocab_path}"
+                f"meme {record.meme_id}: object id {int(bad[0])} outside the {len(vocab)}-class "
+                f"vocabulary {vocab_path}"
             )
         return " ".join(vocab[i] for i in ids)
 

@@ -1,7 +1,8 @@
 """Tokenizers from local files only (no hub access): BERT WordPiece (cased/uncased) and RoBERTa BPE.
 
 ``load_tokenizer(spec)`` accepts
-* a directory holding ``vocab.txt`` (BERT) or ``vocab.json`` + ``merges.txt`` (RoBERTa), or ``tokenizer.json``;
+* a directory holding ``vocab.txt`` (BERT) or ``vocab.json`` + ``merges.txt`` (RoBERTa), or
+  ``tokenizer.json``;
 * a path to a ``vocab.txt`` file;
 * ``"bert-base-uncased"`` / ``"bert-large-uncased"``: the standard 30,522-token uncased WordPiece vocabulary,
   shipped in ``memeguard/assets`` (or the file in ``$MEMEGUARD_BERT_UNCASED_VOCAB``).
@@ -61,7 +62,8 @@ def _load(spec: str, lowercase: bool | None) -> Any:
         override = os.environ.get("MEMEGUARD_BERT_CASED_VOCAB")
         if not override:
             raise ConfigError(
-                f"tokenizer {spec!r} needs a local cased vocab.txt: pass its path or set MEMEGUARD_BERT_CASED_VOCAB"
+                f"tokenizer {spec!r} needs a local cased vocab.txt: "
+                "pass its path or set MEMEGUARD_BERT_CASED_VOCAB"
             )
         return _bert(override, False)
     path = Path(spec)

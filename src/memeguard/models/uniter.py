@@ -177,7 +177,8 @@ class UniterImageEmbeddings(nn.Module):
 def pack_text_and_regions(
     text_mask: torch.Tensor, visual_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """UNITER's ``gather_index``: where each packed position reads from in ``cat([text [B,T], regions [B,N]])``.
+    """UNITER's ``gather_index``: where each packed position reads from in
+    ``cat([text [B,T], regions [B,N]])``.
 
     Example i's packed sequence is ``text (len t_i), regions (len n_i), padding`` with length
     ``L = max_i(t_i + n_i)``; padding positions read an arbitrary (masked) slot, as in UNITER.

@@ -154,7 +154,8 @@ _POSITION_IDS = "bert.embeddings.position_ids"
 
 
 def _vilio_model_key(key: str) -> str:
-    """A ``ModelV.model`` (BertV) key -> ours: ``layer_weights`` stays at the top, the rest goes under ``bert.``."""
+    """A ``ModelV.model`` (BertV) key -> ours: ``layer_weights`` stays at the top, the rest goes under
+    ``bert.``."""
     return key if key == "layer_weights" else f"bert.{key}"
 
 
@@ -257,7 +258,8 @@ class VisualBertModel(MemeModel):
         return self.bert.embeddings.word_embeddings
 
     def head_parameter_names(self) -> list[str]:
-        # vilio's --reg optimiser gives everything outside encoder/embeddings/pooler lr x 500, layer_weights included.
+        # vilio's --reg optimiser gives everything outside encoder/embeddings/pooler lr x 500, layer_weights
+        # included.
         return [name for name, _ in self.named_parameters() if not name.startswith("bert.")]
 
     def _pool(self, states: list[torch.Tensor]) -> torch.Tensor:

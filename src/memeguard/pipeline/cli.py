@@ -25,7 +25,8 @@ def resolve_recipe(recipe: str) -> Path:
 
 
 def print_summary(report) -> None:  # noqa: ANN001 - RunReport, imported lazily
-    """AUROC / accuracy of every family and the ensemble on each labelled split (accuracy from the CSV labels)."""
+    """AUROC / accuracy of every family and the ensemble on each labelled split (accuracy from the CSV
+    labels)."""
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -95,14 +96,21 @@ def run(
     typer.echo(f"{fin_file('*')} and {REPORT_FILE} in {out}")
 
 
-@app.command("demo")
+@app.command(
+    "demo",
+    # The help is given here rather than as the docstring: one line in `memeguard --help`, two in the source.
+    help=(
+        "The whole pipeline on the synthetic meme set: "
+        "synth -> check -> clean -> features -> train -> ensemble -> report."
+    ),
+)
 def demo(
     out: Path = typer.Option(Path("memeguard_demo"), "--out", help="Output folder."),
     n: int = typer.Option(3000, "--n", help="Synthetic memes to generate."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(2, "--workers", help="Parallel training processes (2 fit a 2-core machine)."),
 ) -> None:
-    """The whole pipeline on the synthetic meme set: synth -> check -> clean -> features -> train -> ensemble -> report."""
+    """Synthesise the set (unless present), check it, run the demo recipe on it and print the summary."""
     from memeguard.data.check import check_dataset
     from memeguard.data.cli import print_check_report
     from memeguard.data.synth import generate_synthetic

@@ -136,7 +136,8 @@ def predict_from_checkpoint(
     device: str,
     limit: int | None,
 ) -> None:
-    """Inference only: load fine-tuned weights (ours, vilio's LASTtrain*.pth, ERNIE step_* folders), predict."""
+    """Inference only: load fine-tuned weights (ours, vilio's LASTtrain*.pth, ERNIE step_* folders),
+    predict."""
     from memeguard.features.store import FeatureStore
     from memeguard.training import predict
     from memeguard.training.build import build_model
