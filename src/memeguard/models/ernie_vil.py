@@ -32,7 +32,7 @@ from memeguard.checkpoint_io import load_mapped_state_dict
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import ernie_layout
 from memeguard.features.record import RegionRecord
-from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig, pad_stack
+from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertIntermediate,
     BertLayer,
@@ -168,16 +168,7 @@ class ErnieVilProcessor(RegionTextProcessor):
             )
             for main, gt in zip(regions, gt_regions, strict=True)
         ]
-        length = max(features.shape[0] for features, _ in encoded)
-        batch["visual_feats"] = pad_stack([f for f, _ in encoded], length, torch.float32)
-        batch["visual_boxes"] = pad_stack([p for _, p in encoded], length, torch.float32)
-        batch["visual_mask"] = pad_stack(
-            [np.ones(f.shape[0], dtype=np.int64) for f, _ in encoded], length, torch.long
-        )
-        batch["ids"] = torch.tensor([int(meme.id) for meme in memes], dtype=torch.long)
-        if all(meme.label is not None for meme in memes):
-            batch["labels"] = torch.tensor([float(meme.label) for meme in memes], dtype=torch.float32)
-        return batch
+        return self.add_regions(batch, memes, encoded)
 
 
 # --------------------------------------------------------------------------------------------
