@@ -35,15 +35,14 @@ from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertIntermediate,
-    BertLayer,
     DenseResidualNorm,
     MultiHeadAttention,
     RegionEmbeddings,
     ReluPooler,
     batch_masks,
-    layer_kwargs_from_config,
     text_embeddings_from_config,
 )
+from memeguard.models.devlbert import TwoStreamEncoder, VisionLayerSettings
 from memeguard.models.registry import register_architecture, register_config
 
 # --------------------------------------------------------------------------------------------
@@ -250,31 +249,15 @@ class ErnieVilCoLayer(nn.Module):
         return new_text, new_vision
 
 
-class ErnieVilEncoder(nn.Module):
+class ErnieVilEncoder(TwoStreamEncoder):
     """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``, scheduled as vilio's
     ``ernie-vil/model/vl_transformer_encoder.py``."""
 
     def __init__(self, config: ErnieVilConfig) -> None:
-        super().__init__()
-        eps = config.layer_norm_eps
-        self.v_biattention_id = list(config.v_biattention_id)
-        self.t_biattention_id = list(config.t_biattention_id)
-        self.layer = nn.ModuleList(
-            BertLayer(**layer_kwargs_from_config(config)) for _ in range(config.num_hidden_layers)
+        vision = VisionLayerSettings(
+            config.hidden_act, config.attention_probs_dropout_prob, config.hidden_dropout_prob
         )
-        self.v_layer = nn.ModuleList(
-            BertLayer(
-                config.v_hidden_size,
-                config.v_num_attention_heads,
-                config.v_intermediate_size,
-                config.hidden_act,
-                config.attention_probs_dropout_prob,
-                config.hidden_dropout_prob,
-                eps,
-            )
-            for _ in range(config.v_num_hidden_layers)
-        )
-        self.c_layer = nn.ModuleList(ErnieVilCoLayer(config) for _ in self.v_biattention_id)
+        super().__init__(config, vision, lambda: ErnieVilCoLayer(config))
 
     def forward(
         self, text: torch.Tensor, vision: torch.Tensor, text_mask: torch.Tensor, vision_mask: torch.Tensor
