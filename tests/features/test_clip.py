@@ -12,6 +12,11 @@ from memeguard.features.clip import ClipExtractor
 from memeguard.features.extractor import Extractor
 
 
+def tower(hidden_size: int) -> dict[str, int]:
+    """One tiny CLIP tower's sizes: two layers of two heads and a 64-wide FFN (text and vision alike)."""
+    return dict(hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     from tokenizers.pre_tokenizers import ByteLevel
@@ -28,26 +33,10 @@ def clip_dir(tmp_path_factory):
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = bos, eos
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
 
+    special_tokens = dict(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=24,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=eos,
-        ),
-        vision_config=dict(
-            hidden_size=48,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
+        text_config=dict(**tower(32), **special_tokens, vocab_size=len(vocab), max_position_embeddings=24),
+        vision_config=dict(**tower(48), image_size=32, patch_size=8),
         projection_dim=24,
     )
     torch.manual_seed(0)

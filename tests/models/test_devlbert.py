@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from two_stream_sizes import odd_two_stream_sizes
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError, ConfigError
@@ -16,23 +17,7 @@ from memeguard.models.devlbert import DevlbertConfig, DevlbertModel
 from memeguard.models.registry import create_model, get_config
 
 # Distinct widths so that a transposed or misplaced tensor cannot have the right shape.
-ODD_SIZES = dict(
-    vocab_size=50,
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=56,
-    max_position_embeddings=40,
-    v_hidden_size=48,
-    v_num_hidden_layers=2,
-    v_num_attention_heads=4,
-    v_intermediate_size=72,
-    bi_hidden_size=40,
-    bi_num_attention_heads=2,
-    v_biattention_id=[0, 1],
-    t_biattention_id=[1, 2],
-    visual_feat_dim=24,
-)
+ODD_SIZES = odd_two_stream_sizes("bi", vocab_size=50, max_position_embeddings=40)
 
 # Names as they appear in DeVLBERT's pytorch_model_11.bin / vilio's LASTtrain.pth (written out by hand).
 LITERAL_ORIGINAL_KEYS = [
@@ -147,45 +132,27 @@ def reference_forward(
         probs = torch.softmax(scores, dim=-1)
         return (probs @ split(v)).permute(0, 2, 1, 3).reshape(b, lq, width)
 
+    def attend_proj(q_in, kv_in, q, k, v, mask, heads):
+        """Attention of ``q_in``'s projection ``q`` over ``kv_in``'s projections ``k`` and ``v``."""
+        return attend(lin(q_in, q), lin(kv_in, k), lin(kv_in, v), mask, heads)
+
+    def ffn(x, inner, outer, norm):
+        return ln(lin(gelu(lin(x, inner)), outer) + x, norm)
+
     def layer(x, p, mask, heads):
-        a = attend(
-            lin(x, p + ".attention.self.query"),
-            lin(x, p + ".attention.self.key"),
-            lin(x, p + ".attention.self.value"),
-            mask,
-            heads,
-        )
+        s = p + ".attention.self."
+        a = attend_proj(x, x, s + "query", s + "key", s + "value", mask, heads)
         a = ln(lin(a, p + ".attention.output.dense") + x, p + ".attention.output.LayerNorm")
-        return ln(
-            lin(gelu(lin(a, p + ".intermediate.dense")), p + ".output.dense") + a, p + ".output.LayerNorm"
-        )
+        return ffn(a, p + ".intermediate.dense", p + ".output.dense", p + ".output.LayerNorm")
 
     def co_layer(vis, vmask, txt, tmask, p):
-        b = p + ".biattention"
-        ctx1 = attend(
-            lin(txt, b + ".query2"),
-            lin(vis, b + ".key1"),
-            lin(vis, b + ".value1"),
-            vmask,
-            cfg.bi_num_attention_heads,
-        )  # text-length
-        ctx2 = attend(
-            lin(vis, b + ".query1"),
-            lin(txt, b + ".key2"),
-            lin(txt, b + ".value2"),
-            tmask,
-            cfg.bi_num_attention_heads,
-        )  # vision-length
+        b, heads = p + ".biattention", cfg.bi_num_attention_heads
+        ctx1 = attend_proj(txt, vis, b + ".query2", b + ".key1", b + ".value1", vmask, heads)  # text-length
+        ctx2 = attend_proj(vis, txt, b + ".query1", b + ".key2", b + ".value2", tmask, heads)  # vision-length
         vis = ln(lin(ctx2, p + ".biOutput.dense1") + vis, p + ".biOutput.LayerNorm1")
         txt = ln(lin(ctx1, p + ".biOutput.dense2") + txt, p + ".biOutput.LayerNorm2")
-        vis = ln(
-            lin(gelu(lin(vis, p + ".v_intermediate.dense")), p + ".v_output.dense") + vis,
-            p + ".v_output.LayerNorm",
-        )
-        txt = ln(
-            lin(gelu(lin(txt, p + ".t_intermediate.dense")), p + ".t_output.dense") + txt,
-            p + ".t_output.LayerNorm",
-        )
+        vis = ffn(vis, p + ".v_intermediate.dense", p + ".v_output.dense", p + ".v_output.LayerNorm")
+        txt = ffn(txt, p + ".t_intermediate.dense", p + ".t_output.dense", p + ".t_output.LayerNorm")
         return vis, txt
 
     def wn_lin(x, p):

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from two_stream_sizes import odd_two_stream_sizes
 
 from memeguard.data.meme import Meme
 from memeguard.errors import CheckpointError, ConfigError
@@ -22,24 +23,8 @@ from memeguard.models.ernie_vil import (
 )
 from memeguard.models.registry import create_model, get_config
 
-# Distinct widths (d=32, v=48, c=40, F_t=56, F_v=72, feature 24) so that transposes cannot pass.
-ODD_SIZES = dict(
-    vocab_size=60,
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    intermediate_size=56,
-    max_position_embeddings=30,
-    v_hidden_size=48,
-    v_num_hidden_layers=2,
-    v_num_attention_heads=4,
-    v_intermediate_size=72,
-    co_hidden_size=40,
-    co_num_attention_heads=2,
-    v_biattention_id=[0, 1],
-    t_biattention_id=[1, 2],
-    visual_feat_dim=24,
-)
+# Distinct widths so that a transposed or misplaced tensor cannot have the right shape.
+ODD_SIZES = odd_two_stream_sizes("co", vocab_size=60, max_position_embeddings=30)
 
 # Paddle variable names and [in, out] shapes as the ERNIE-ViL code names them (written by hand).
 LITERAL_PADDLE_SHAPES = {

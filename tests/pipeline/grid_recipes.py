@@ -12,6 +12,20 @@ from pathlib import Path
 
 QUICK_TRAIN = "{lr: 0.001, epochs: 1}"
 
+# One model with two seeds, one key a line: the recipe-checking tests assert ``file:line`` positions in it.
+TWO_SEED_RECIPE = """\
+name: t
+features:
+  grid:
+    extractor: grid
+models:
+  - name: V
+    model: visualbert-tiny
+    features: grid
+    seeds: [1, 2]
+    train: {lr: 0.001, epochs: 1}
+"""
+
 
 def model_entry(name: str, model: str, seeds: str | None = None, train: str = QUICK_TRAIN) -> str:
     """One ``models:`` item on grid features; ``seeds`` as written in YAML (``"[1, 2]"``), None to omit."""
@@ -28,5 +42,5 @@ def grid_recipe(name: str, models: Sequence[str], ensemble: str | None = None) -
 def write_recipe(tmp_path: Path, text: str, file_name: str = "small.yaml") -> Path:
     """``text`` written to ``tmp_path / file_name``; the path, for ``load_recipe``."""
     path = tmp_path / file_name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path

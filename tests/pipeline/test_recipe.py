@@ -5,30 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from grid_recipes import TWO_SEED_RECIPE, write_recipe
 
 from memeguard.errors import ConfigError
 from memeguard.pipeline.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "src" / "memeguard" / "pipeline" / "recipes"
 
-GOOD = """\
-name: t
-features:
-  grid:
-    extractor: grid
-models:
-  - name: V
-    model: visualbert-tiny
-    features: grid
-    seeds: [1, 2]
-    train: {lr: 0.001, epochs: 1}
-"""
+GOOD = TWO_SEED_RECIPE
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "r.yaml"
-    path.write_text(text)
-    return path
+    """``text`` as ``r.yaml``, the file name the expected errors quote."""
+    return write_recipe(tmp_path, text, "r.yaml")
 
 
 def test_good_recipe_expands_seeds_into_runs(tmp_path: Path) -> None:

@@ -6,31 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from grid_recipes import TWO_SEED_RECIPE, write_recipe
 
 from memeguard.cli import main
 from memeguard.errors import ConfigError
 from memeguard.pipeline.recipe import load_recipe
 
-GOOD = """\
-name: t
-features:
-  grid:
-    extractor: grid
-models:
-  - name: V
-    model: visualbert-tiny
-    features: grid
-    seeds: [1, 2]
-    train: {lr: 0.001, epochs: 1}
-    pretrain: {epochs: 1}
-    overrides: {max_regions: 10}
-"""
+GOOD = TWO_SEED_RECIPE + "    pretrain: {epochs: 1}\n    overrides: {max_regions: 10}\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "r.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    """``text`` as ``r.yaml``, the file name the expected errors quote."""
+    return write_recipe(tmp_path, text, "r.yaml")
 
 
 def load_error(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xor_memes import DIM
+from xor_memes import DIM, MODEL, toy_config
 
 from memeguard.cli import main
 from memeguard.errors import ConfigError, FeatureStoreError
@@ -23,7 +23,6 @@ from memeguard.training import PretrainConfig, TrainConfig, finetune, pretrain
 from memeguard.training.data import epoch_batches
 from memeguard.training.run import RunError
 
-MODEL = "visualbert-tiny"
 REDO_HINT = (
     "delete its DONE to redo the outputs from checkpoints/last.pt (the final state), or use another --out"
 )
@@ -33,20 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        model=MODEL,
-        features="toy-regions",
-        data_dir=data,
-        out_dir=out,
-        epochs=1,
-        batch_size=8,
-        lr=1e-3,
-        eval_every=0,
-        device="cpu",
-        progress=False,
-        limit=16,
-    )
-    return TrainConfig(**{**base, **kw})
+    """One quick epoch on 16 memes, no evaluation in between."""
+    defaults = dict(features="toy-regions", epochs=1, lr=1e-3, eval_every=0, limit=16)
+    return toy_config(TrainConfig, data, out, **{**defaults, **kw})
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -276,17 +264,7 @@ def test_train_refuses_an_out_folder_of_another_kind(
 def test_pretrain_records_its_outputs_and_refuses_a_fine_tuning_run_dir(toy_data, tmp_path):
     data, regions = toy_data
     tuned = finetune(config(data, tmp_path / "tuned"), regions=regions).run_dir
-    cfg = PretrainConfig(
-        model=MODEL,
-        features="toy",
-        data_dir=data,
-        out_dir=tuned,
-        epochs=1,
-        batch_size=8,
-        device="cpu",
-        progress=False,
-        limit=8,
-    )
+    cfg = toy_config(PretrainConfig, data, tuned, epochs=1, limit=8)
     before = tree(tuned)
     with pytest.raises(RunError) as error:
         pretrain(cfg, regions=regions)

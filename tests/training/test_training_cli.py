@@ -6,6 +6,7 @@ import json
 
 import pytest
 from typer.testing import CliRunner
+from xor_memes import cli_args
 
 from memeguard.cli import app
 from memeguard.data.predictions import read_predictions
@@ -22,34 +23,10 @@ def run(args: list[str]):
 def test_train_then_predict_from_the_command_line(toy_data, toy_store, tmp_path):
     data, _ = toy_data
     out = tmp_path / "run"
+    splits = dict(train_split="traindev", predict=["test_seen", "test_unseen"])
+    options = dict(seed=43, out=out, tiny=True, epochs=1, device="cpu", progress=False, limit=24)
     result = run(
-        [
-            "train",
-            "--model",
-            "visualbert-tiny",
-            "--features",
-            str(toy_store),
-            "--data",
-            str(data),
-            "--train-split",
-            "traindev",
-            "--predict",
-            "test_seen",
-            "--predict",
-            "test_unseen",
-            "--seed",
-            "43",
-            "--out",
-            str(out),
-            "--tiny",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--limit",
-            "24",
-        ]
+        cli_args("train", model="visualbert-tiny", features=toy_store, data=data, **splits, **options)
     )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_config.json").read_text())
@@ -65,23 +42,8 @@ def test_train_then_predict_from_the_command_line(toy_data, toy_store, tmp_path)
     assert len(read_predictions(out / "test_unseen.csv")) == 12
 
     csv = tmp_path / "pred.csv"
-    result = run(
-        [
-            "predict",
-            "--checkpoint",
-            str(out),
-            "--features",
-            str(toy_store),
-            "--data",
-            str(data),
-            "--split",
-            "test_unseen",
-            "--out",
-            str(csv),
-            "--device",
-            "cpu",
-        ]
-    )
+    test_unseen = dict(features=toy_store, data=data, split="test_unseen")
+    result = run(cli_args("predict", checkpoint=out, **test_unseen, out=csv, device="cpu"))
     assert result.exit_code == 0, result.output
     assert (read_predictions(csv).proba == read_predictions(out / "test_unseen.csv").proba).all()
 
@@ -90,69 +52,19 @@ def test_bad_options_are_one_line_errors(toy_data, toy_store, tmp_path):
     from memeguard.cli import main
 
     data, _ = toy_data
+    elsewhere = dict(data=data, out=tmp_path / "x", device="cpu")
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "train",
-                "--model",
-                "visualbert-nope",
-                "--features",
-                str(toy_store),
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "x"),
-                "--device",
-                "cpu",
-            ]
-        )
+        main(cli_args("train", model="visualbert-nope", features=toy_store, **elsewhere))
     assert exit_info.value.code == 1
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "--model",
-                "visualbert-tiny",
-                "--features",
-                str(tmp_path / "nostore"),
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "x"),
-                "--device",
-                "cpu",
-            ]
-        )
+        main(cli_args("train", model="visualbert-tiny", features=tmp_path / "nostore", **elsewhere))
 
 
 def test_pretrain_command(toy_data, toy_store, tmp_path):
     data, _ = toy_data
     out = tmp_path / "pre"
-    result = run(
-        [
-            "pretrain",
-            "--model",
-            "lxmert-tiny",
-            "--features",
-            str(toy_store),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--lr",
-            "1e-3",
-            "--schedule",
-            "linear",
-            "--no-itm",
-            "--limit",
-            "16",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
+    options = dict(epochs=1, lr="1e-3", schedule="linear", itm=False, limit=16, device="cpu", progress=False)
+    result = run(cli_args("pretrain", model="lxmert-tiny", features=toy_store, data=data, out=out, **options))
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "pretrain_config.json").read_text())
     assert saved["itm"] is False and saved["schedule"] == "linear"
@@ -203,32 +115,10 @@ def test_old_and_new_option_spellings(captured):
     assert run(["train", *REQUIRED, "--acc", "3"]).exit_code == 0
     assert run(["train", *REQUIRED, "--grad-accum-steps", "3"]).exit_code == 0
     assert [cfg.grad_accum_steps for cfg in captured] == [3, 3]
-    result = run(
-        [
-            "train",
-            *REQUIRED,
-            "--train-split",
-            "traindev",
-            "--predict",
-            "test_seen",
-            "--predict",
-            "test_unseen",
-            "--eval-split",
-            "none",
-            "--seed",
-            "7",
-            "--init",
-            "runs/pre",
-            "--swa",
-            "contrib",
-            "--set",
-            "max_regions=50",
-            "--set",
-            'head="layeravg"',
-            "--no-progress",
-            "--no-sum-loss",
-        ]
-    )
+    splits = dict(train_split="traindev", predict=["test_seen", "test_unseen"], eval_split="none")
+    overrides = ["max_regions=50", 'head="layeravg"']
+    options = dict(seed=7, init="runs/pre", swa="contrib", set=overrides, progress=False, sum_loss=False)
+    result = run(cli_args("train", *REQUIRED, **splits, **options))
     assert result.exit_code == 0, result.output
     cfg = captured[-1]
     assert (cfg.train_split, cfg.predict_splits, cfg.eval_split, cfg.seed, cfg.init, cfg.swa) == (

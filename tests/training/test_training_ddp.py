@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from xor_memes import cli_args, toy_config
 
 from memeguard.training import TrainConfig, finetune
 
@@ -37,20 +38,8 @@ def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, regions: di
 @pytest.mark.slow
 def test_two_gloo_ranks_end_with_identical_weights(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = TrainConfig(
-        model="visualbert-tiny",
-        features="toy",
-        data_dir=data,
-        out_dir=tmp_path / "run",
-        epochs=1,
-        batch_size=4,
-        lr=1e-3,
-        eval_every=2,
-        swa="torch",
-        swa_start=0.5,
-        device="cpu",
-        progress=False,
-    )
+    options = dict(epochs=1, batch_size=4, lr=1e-3, eval_every=2, swa="torch", swa_start=0.5)
+    cfg = toy_config(TrainConfig, data, tmp_path / "run", **options)
     mp.spawn(_worker, args=(2, _free_port(), cfg, regions, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -77,39 +66,10 @@ def test_torchrun_runs_the_train_command_unchanged(toy_data, toy_store, tmp_path
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            env["MASTER_PORT"],
-            "-m",
-            "memeguard",
-            "train",
-            "--model",
-            "visualbert-tiny",
-            "--features",
-            str(toy_store),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--lr",
-            "1e-3",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    launcher = [str(torchrun), *f"--nproc_per_node 2 --master_port {env['MASTER_PORT']} -m memeguard".split()]
+    options = dict(epochs=1, batch_size=4, lr="1e-3", device="cpu", progress=False)
+    train = cli_args("train", model="visualbert-tiny", features=toy_store, data=data, out=out, **options)
+    proc = subprocess.run(launcher + train, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(": done;") == 1  # rank 0 reports, rank 1 stays quiet
     assert (out / "DONE").is_file() and (out / "dev_seen.csv").is_file()

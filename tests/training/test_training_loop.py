@@ -8,33 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from xor_memes import MODEL, toy_config
 
 from memeguard.data.predictions import read_predictions
 from memeguard.errors import ConfigError
 from memeguard.training import TrainConfig, finetune
 
-MODEL = "visualbert-tiny"
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        model=MODEL,
-        features="toy-regions",
-        data_dir=data,
-        out_dir=out,
-        epochs=2,
-        batch_size=8,
-        lr=1e-3,
-        eval_every=3,
-        device="cpu",
-        progress=False,
-        sum_loss=False,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    """vilio's fine-tuning shape in miniature: two epochs, an evaluation every 3 updates, mean loss."""
+    defaults = dict(features="toy-regions", epochs=2, lr=1e-3, eval_every=3, sum_loss=False)
+    return toy_config(TrainConfig, data, out, **{**defaults, **kw})
 
 
 def test_two_vilio_runs_write_the_three_csvs(toy_data, tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from xor_memes import toy_config
 
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError
@@ -64,17 +65,7 @@ def test_itm_swaps_about_half_the_texts_for_other_memes_texts():
 
 def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = PretrainConfig(
-        model="visualbert-tiny",
-        features="toy",
-        data_dir=data,
-        out_dir=tmp_path / "pre",
-        epochs=2,
-        batch_size=16,
-        lr=1e-3,
-        device="cpu",
-        progress=False,
-    )
+    cfg = toy_config(PretrainConfig, data, tmp_path / "pre", epochs=2, batch_size=16, lr=1e-3)
     run_dir = pretrain(cfg, regions=regions)
     assert (run_dir / "DONE").is_file() and (run_dir / "model" / "config.json").is_file()
     log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -134,17 +125,8 @@ def test_pretrain_run_feeds_finetuning_and_resumes_identically(toy_data, tmp_pat
 def test_pretraining_runs_for_other_architectures(toy_data, tmp_path, model):
     """MLM on the language stream (LXMERT) or the text part of the joint sequence (single-stream) + ITM."""
     data, regions = toy_data
-    cfg = PretrainConfig(
-        model=model,
-        features="toy",
-        data_dir=data,
-        out_dir=tmp_path / model,
-        epochs=1,
-        batch_size=16,
-        lr=1e-3,
-        device="cpu",
-        progress=False,
-        limit=32,
+    cfg = toy_config(
+        PretrainConfig, data, tmp_path / model, model=model, epochs=1, batch_size=16, lr=1e-3, limit=32
     )
     run_dir = pretrain(cfg, regions=regions)
     loss = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
@@ -154,18 +136,7 @@ def test_pretraining_runs_for_other_architectures(toy_data, tmp_path, model):
 
 def test_pretraining_refuses_a_run_dir_written_under_another_configuration(toy_data, tmp_path):
     data, regions = toy_data
-    cfg = PretrainConfig(
-        model="visualbert-tiny",
-        features="toy",
-        data_dir=data,
-        out_dir=tmp_path / "pre",
-        epochs=1,
-        batch_size=8,
-        lr=1e-3,
-        device="cpu",
-        progress=False,
-        limit=16,
-    )
+    cfg = toy_config(PretrainConfig, data, tmp_path / "pre", epochs=1, lr=1e-3, limit=16)
 
     def kill(update: int) -> None:
         raise RuntimeError("killed")

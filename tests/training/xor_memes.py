@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +19,8 @@ ANIMALS = ["dog", "cat", "horse", "cow", "bird"]
 VEHICLES = ["car", "bus", "truck", "train", "boat"]
 FILLER = ["look at this", "when you see a", "nobody expects the", "my friend the", "just a normal"]
 DIM = 32
+MODEL = "visualbert-tiny"
+Config = TypeVar("Config")
 
 
 def make_meme_set(n: int, seed: int, start_id: int = 1, labelled: bool = True) -> tuple[list[dict], dict]:
@@ -51,3 +54,29 @@ def make_meme_set(n: int, seed: int, start_id: int = 1, labelled: bool = True) -
 
 def write_jsonl(path: Path, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def toy_config(config_class: type[Config], data: Path, out: Path, **options: Any) -> Config:
+    """A ``TrainConfig`` or ``PretrainConfig`` for a run on this set: the tiny model on the CPU without a
+    progress bar, batches of 8, unless ``options`` says otherwise (what every test shares)."""
+    shared = dict(
+        model=MODEL, features="toy", data_dir=data, out_dir=out, batch_size=8, device="cpu", progress=False
+    )
+    return config_class(**{**shared, **options})
+
+
+def cli_args(*words: str, **options: Any) -> list[str]:
+    """``words`` (the command, args already spelled out) then ``options`` as a command line, in the given
+    order: ``train_split="traindev"`` -> ``--train-split traindev``, a list or tuple repeats the option,
+    True is a bare flag and False its ``--no-`` form (the tests read as the command a user would type)."""
+    args = list(words)
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            args.append("--no-" + flag[2:])
+        else:
+            for each in value if isinstance(value, (list, tuple)) else [value]:
+                args += [flag, str(each)]
+    return args

@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from memeguard.data.cleaning import ADD_DUPS, DIM_ERROR_IDS, ISIS_DUPS
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError, DataError
 from memeguard.io import atomic_write, write_json_atomic
@@ -104,45 +105,7 @@ HATEFUL_RATE = {
 # Ids vilio's clean_data removes or skips by list (ISIS_dups, ADD_dups, dim_error in vilio's
 # ``utils/pandas_scripts.py``): a synthetic meme must never carry one, or cleaning would drop it for reasons
 # the data does not show.
-VILIO_LISTED_IDS = frozenset(
-    {
-        35097,
-        97542,
-        91562,
-        71368,
-        29013,
-        85173,
-        15072,
-        1348,
-        70269,
-        36804,
-        68954,
-        91270,
-        64781,
-        96078,
-        97162,
-        34518,
-    }
-    | {
-        17834,
-        31408,
-        56134,
-        68231,
-        98517,
-        27156,
-        10793,
-        82169,
-        25780,
-        25913,
-        95401,
-        94850,
-        50624,
-        92845,
-        58732,
-    }
-    | {54981, 71903, 69087}
-    | {63805, 73026, 16845, 27058}
-)
+VILIO_LISTED_IDS = frozenset(ISIS_DUPS) | frozenset(ADD_DUPS) | frozenset(DIM_ERROR_IDS)
 MIN_N = 50
 MAX_N = 90_000  # ids are 5-digit numbers; leave room so they still look random
 LABEL_NOISE = 0.03

@@ -25,7 +25,6 @@ zeros vilio's TSV writer put in those columns: zeros would read as "attribute 0 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import time
@@ -39,6 +38,7 @@ from pydantic import Field, field_validator
 from memeguard.errors import CheckpointError, ConfigError, DataError
 from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.record import RegionRecord
+from memeguard.records import file_sha256  # re-exported: features.clip imports it from here
 
 VARIANT_PATTERN = re.compile(r"^(\d+)(?:-(\d+))?$")
 HF_WEIGHTS_NAME = "pytorch_model.bin"
@@ -198,14 +198,6 @@ def load_butd_model(path: str | os.PathLike[str], base_config: Any = None) -> tu
     _, unexpected = load_mapped_state_dict(model, float_state, source=source, allowed_unexpected=_ignorable)
     model.eval()
     return model, {"layout": layout, "attributes": config.num_attrs > 0, "ignored_keys": len(unexpected)}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -240,7 +240,17 @@ class RegionTextProcessor:
         self.check_regions(regions)
         regions = self.normalize_regions(regions)
         batch = self.tokenize([meme.text for meme in memes])
-        encoded = [self.encode_regions(record) for record in regions]
+        return self.add_regions(batch, memes, [self.encode_regions(record) for record in regions])
+
+    @staticmethod
+    def add_regions(
+        batch: dict[str, torch.Tensor],
+        memes: Sequence[MemeLike],
+        encoded: Sequence[tuple[np.ndarray, np.ndarray]],
+    ) -> dict[str, torch.Tensor]:
+        """``batch`` (the tokenized texts) plus each meme's encoded (features, positions) padded to the
+        longest, their mask, the ids and the labels when every meme has one: the batch layout every
+        processor returns, however it encoded its regions."""
         length = max(features.shape[0] for features, _ in encoded)
         batch["visual_feats"] = pad_stack([f for f, _ in encoded], length, torch.float32)
         batch["visual_boxes"] = pad_stack([p for _, p in encoded], length, torch.float32)

@@ -15,9 +15,9 @@ its ``DEVLBERT_LAYOUTS`` only handle prefixes, the 5-column location weight and 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -227,14 +227,21 @@ class DevlbertConnectionLayer(nn.Module):
         return vision, text
 
 
-class DevlbertEncoder(nn.Module):
-    """Text layers ``layer``, vision layers ``v_layer``, co-attention layers ``c_layer``.
+class VisionLayerSettings(NamedTuple):
+    """What a two-stream model's vision layers take besides their sizes (DeVLBERT has its own ``v_``
+    values, ERNIE-ViL reuses the text stream's)."""
 
-    Schedule (ViLBERT): for each pair (v_id, t_id) run the vision layers up to v_id and the text
-    layers up to t_id that have not run yet, then the next co-layer; finally the remaining layers.
-    """
+    act: str
+    attention_dropout: float
+    hidden_dropout: float
 
-    def __init__(self, config: DevlbertConfig) -> None:
+
+class TwoStreamEncoder(nn.Module):
+    """Text layers ``layer``, vision layers ``v_layer`` and co-attention layers ``c_layer``, built in that
+    order (it fixes the state-dict keys and the init draws), plus the co-layer schedule ids. DeVLBERT and
+    ERNIE-ViL build them alike; each subclass runs its own schedule in ``forward``."""
+
+    def __init__(self, config: Any, vision: VisionLayerSettings, co_layer: Callable[[], nn.Module]) -> None:
         super().__init__()
         eps = config.layer_norm_eps
         self.v_biattention_id = list(config.v_biattention_id)
@@ -244,17 +251,23 @@ class DevlbertEncoder(nn.Module):
         )
         self.v_layer = nn.ModuleList(
             BertLayer(
-                config.v_hidden_size,
-                config.v_num_attention_heads,
-                config.v_intermediate_size,
-                config.v_hidden_act,
-                config.v_attention_probs_dropout_prob,
-                config.v_hidden_dropout_prob,
-                eps,
+                config.v_hidden_size, config.v_num_attention_heads, config.v_intermediate_size, *vision, eps
             )
             for _ in range(config.v_num_hidden_layers)
         )
-        self.c_layer = nn.ModuleList(DevlbertConnectionLayer(config) for _ in self.v_biattention_id)
+        self.c_layer = nn.ModuleList(co_layer() for _ in self.v_biattention_id)
+
+
+class DevlbertEncoder(TwoStreamEncoder):
+    """Schedule (ViLBERT): for each pair (v_id, t_id) run the vision layers up to v_id and the text
+    layers up to t_id that have not run yet, then the next co-layer; finally the remaining layers.
+    """
+
+    def __init__(self, config: DevlbertConfig) -> None:
+        vision = VisionLayerSettings(
+            config.v_hidden_act, config.v_attention_probs_dropout_prob, config.v_hidden_dropout_prob
+        )
+        super().__init__(config, vision, lambda: DevlbertConnectionLayer(config))
 
     def forward(
         self, text: torch.Tensor, vision: torch.Tensor, text_mask: torch.Tensor, vision_mask: torch.Tensor

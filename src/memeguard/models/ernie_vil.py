@@ -32,18 +32,17 @@ from memeguard.checkpoint_io import load_mapped_state_dict
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.features.boxes import ernie_layout
 from memeguard.features.record import RegionRecord
-from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig, pad_stack
+from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.blocks import (
     BertIntermediate,
-    BertLayer,
     DenseResidualNorm,
     MultiHeadAttention,
     RegionEmbeddings,
     ReluPooler,
     batch_masks,
-    layer_kwargs_from_config,
     text_embeddings_from_config,
 )
+from memeguard.models.devlbert import TwoStreamEncoder, VisionLayerSettings
 from memeguard.models.registry import register_architecture, register_config
 
 # --------------------------------------------------------------------------------------------
@@ -168,16 +167,7 @@ class ErnieVilProcessor(RegionTextProcessor):
             )
             for main, gt in zip(regions, gt_regions, strict=True)
         ]
-        length = max(features.shape[0] for features, _ in encoded)
-        batch["visual_feats"] = pad_stack([f for f, _ in encoded], length, torch.float32)
-        batch["visual_boxes"] = pad_stack([p for _, p in encoded], length, torch.float32)
-        batch["visual_mask"] = pad_stack(
-            [np.ones(f.shape[0], dtype=np.int64) for f, _ in encoded], length, torch.long
-        )
-        batch["ids"] = torch.tensor([int(meme.id) for meme in memes], dtype=torch.long)
-        if all(meme.label is not None for meme in memes):
-            batch["labels"] = torch.tensor([float(meme.label) for meme in memes], dtype=torch.float32)
-        return batch
+        return self.add_regions(batch, memes, encoded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,31 +249,15 @@ class ErnieVilCoLayer(nn.Module):
         return new_text, new_vision
 
 
-class ErnieVilEncoder(nn.Module):
+class ErnieVilEncoder(TwoStreamEncoder):
     """Text ``layer.i``, vision ``v_layer.j``, co-layers ``c_layer.k``, scheduled as vilio's
     ``ernie-vil/model/vl_transformer_encoder.py``."""
 
     def __init__(self, config: ErnieVilConfig) -> None:
-        super().__init__()
-        eps = config.layer_norm_eps
-        self.v_biattention_id = list(config.v_biattention_id)
-        self.t_biattention_id = list(config.t_biattention_id)
-        self.layer = nn.ModuleList(
-            BertLayer(**layer_kwargs_from_config(config)) for _ in range(config.num_hidden_layers)
+        vision = VisionLayerSettings(
+            config.hidden_act, config.attention_probs_dropout_prob, config.hidden_dropout_prob
         )
-        self.v_layer = nn.ModuleList(
-            BertLayer(
-                config.v_hidden_size,
-                config.v_num_attention_heads,
-                config.v_intermediate_size,
-                config.hidden_act,
-                config.attention_probs_dropout_prob,
-                config.hidden_dropout_prob,
-                eps,
-            )
-            for _ in range(config.v_num_hidden_layers)
-        )
-        self.c_layer = nn.ModuleList(ErnieVilCoLayer(config) for _ in self.v_biattention_id)
+        super().__init__(config, vision, lambda: ErnieVilCoLayer(config))
 
     def forward(
         self, text: torch.Tensor, vision: torch.Tensor, text_mask: torch.Tensor, vision_mask: torch.Tensor

@@ -294,7 +294,7 @@ def bulk_score(
     try:
         if group.world_size == 1:
             done = set(read_score_rows(out, repair=True))
-            with _progress_bar(progress, len(inputs)) as advance:
+            with progress_bar(progress, len(inputs)) as advance:
                 scored = score_inputs(scorer, inputs, out, ocr, done, advance)
             return len(done) + scored, scored
         mine = inputs[group.rank :: group.world_size]
@@ -302,7 +302,7 @@ def bulk_score(
         done = set(read_score_rows(out)) | set(read_score_rows(own_part, repair=True))
         for part in part_files(out):
             done |= set(read_score_rows(part))
-        with _progress_bar(progress and group.rank == 0, len(mine)) as advance:
+        with progress_bar(progress and group.rank == 0, len(mine)) as advance:
             scored = score_inputs(scorer, mine, own_part, ocr, done, advance)
         dist.barrier()
         total = merge_parts(out) if group.rank == 0 else 0
@@ -313,8 +313,9 @@ def bulk_score(
             dist.destroy_process_group()
 
 
-class _progress_bar:
-    """A rich progress bar when asked for, else a no-op ``advance``."""
+class progress_bar:
+    """A rich progress bar when asked for, else a no-op ``advance``: one place for the bulk and the
+    jsonl scorers, so ``rich`` is imported only when a bar is shown."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total, self.bar = enabled, total, None

@@ -28,15 +28,13 @@ under their name. Export the runs without ``--ensemble`` (equal weights) or refi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,6 +58,7 @@ from memeguard.names import (
     prediction_file,
     split_file,
 )
+from memeguard.records import file_sha256
 from memeguard.serving.operating_point import OperatingPoint, choose_operating_point, dev_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,6 +83,14 @@ _BLENDABLE = "SX"  # the one final blend that is a weighted mean of probabilitie
 # ------------------------------------------------------------------------------------------ manifest
 
 
+def _matching(pattern: re.Pattern[str], value: str, what: str) -> str:
+    """``value`` when ``pattern`` matches it; else the ValueError that pydantic reports as ``not <what>``
+    (one wording for every pattern-checked manifest field)."""
+    if not pattern.match(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
 class BundleFile(BaseModel):
     """One file of the bundle, relative to its root, with its size and digest."""
 
@@ -104,9 +111,7 @@ class BundleFile(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _hex_digest(cls, value: str) -> str:
-        if not _SHA256.match(value):
-            raise ValueError(f"{value!r} is not a lowercase sha256 hex digest")
-        return value
+        return _matching(_SHA256, value, "a lowercase sha256 hex digest")
 
 
 class BundleMember(BaseModel):
@@ -122,9 +127,7 @@ class BundleMember(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _SAFE_NAME.match(value):
-            raise ValueError(f"{value!r} is not a safe folder name")
-        return value
+        return _matching(_SAFE_NAME, value, "a safe folder name")
 
 
 class EnsembleRecord(BaseModel):
@@ -159,14 +162,6 @@ def member_dir(bundle: Path, member: BundleMember) -> Path:
 def is_bundle(path: str | os.PathLike[str]) -> bool:
     """A folder with a ``manifest.json``: what :func:`load_bundle` accepts (it validates the rest)."""
     return (Path(path) / MANIFEST_FILE).is_file()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(bundle: Path) -> BundleManifest:
@@ -293,21 +288,11 @@ def load_scorer(
 # ------------------------------------------------------------------------------------------ export
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
-
-
 class _Run:
     """What export needs of one run dir: its model, config and the features snapshot."""
 
     def __init__(self, run_dir: Path) -> None:
-        from memeguard.serving.scorer import read_features_meta
+        from memeguard.serving.scorer import read_features_meta, read_json_object
 
         self.dir = run_dir
         self.model_dir = run_dir / MODEL_DIR
@@ -318,11 +303,13 @@ class _Run:
             raise ConfigError(
                 f"{run_dir}: no {TRAIN_CONFIG_FILE}; a bundle must say how its features were made"
             )
-        self.config = _read_json(run_dir / TRAIN_CONFIG_FILE)
+        self.config = read_json_object(run_dir / TRAIN_CONFIG_FILE)
         found = read_features_meta(run_dir)
         assert found is not None  # train_config.json exists, so it names a store or raises
         self.features_meta = found[0]
-        self.architecture = str(_read_json(self.model_dir / MODEL_CONFIG_FILE).get("model_type", "unknown"))
+        self.architecture = str(
+            read_json_object(self.model_dir / MODEL_CONFIG_FILE).get("model_type", "unknown")
+        )
 
 
 def _member_names(runs: Sequence[Path]) -> list[str]:
@@ -354,7 +341,9 @@ def ensemble_weights(ens_dir: Path, run_names: Sequence[str]) -> tuple[list[floa
     path = ens_dir / ENSEMBLE_WEIGHTS_FILE
     if not path.is_file():
         raise ConfigError(f"{ens_dir}: no {ENSEMBLE_WEIGHTS_FILE} (not a `memeguard ensemble` output)")
-    record = _read_json(path)
+    from memeguard.serving.scorer import read_json_object
+
+    record = read_json_object(path)
     final = record.get("final") if isinstance(record.get("final"), dict) else {}
     method, blend = record.get("method"), final.get("blend")
     if blend != _BLENDABLE:
@@ -434,8 +423,10 @@ def _is_synthetic(data_dir: Path) -> bool:
     """Labels made by ``memeguard data synth``, directly or via ``data clean`` (whose report names it)."""
     if (data_dir / SYNTH_META_FILE).is_file():
         return True
+    from memeguard.serving.scorer import read_json_object
+
     report = data_dir / CLEANING_REPORT_FILE
-    source = _read_json(report).get("data_dir") if report.is_file() else None
+    source = read_json_object(report).get("data_dir") if report.is_file() else None
     return bool(source) and (Path(str(source)) / SYNTH_META_FILE).is_file()
 
 

@@ -191,6 +191,7 @@ def score_jsonl(
     threshold)."""
     from memeguard.data.hm import image_path, load_jsonl
     from memeguard.data.predictions import write_predictions
+    from memeguard.serving.bulk import progress_bar
     from memeguard.serving.scorer import load_image
 
     memes = load_jsonl(jsonl)
@@ -198,7 +199,7 @@ def score_jsonl(
     ids: list[int] = []
     probas: list[float] = []
     size = scorer.batch_size
-    with _progress(progress and len(memes) > size, len(memes)) as advance:
+    with progress_bar(progress and len(memes) > size, len(memes)) as advance:
         for start in range(0, len(memes), size):
             chunk = memes[start : start + size]
             images = [load_image(image_path(root, m), f"{jsonl} (id {m.id})") for m in chunk]
@@ -208,27 +209,6 @@ def score_jsonl(
                 probas.append(result.proba)
             advance(len(chunk))
     return write_predictions(out, ids, probas, threshold=scorer.threshold), len(memes)
-
-
-class _progress:
-    """A rich bar when asked for, else a no-op ``advance``."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.bar = enabled, total, None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.bar = Progress()
-        self.bar.start()
-        task = self.bar.add_task("scoring", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @app.command("serve")

@@ -39,6 +39,7 @@ from memeguard.errors import ConfigError, DataError
 from memeguard.features import factory
 from memeguard.features.record import RegionRecord
 from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
+from memeguard.records import load_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -109,11 +110,11 @@ def read_features_meta(run_dir: Path) -> tuple[dict[str, Any], str] | None:
     """(the feature store meta.json a run was trained on, its location), or None for a bare model dir."""
     snapshot = run_dir / FEATURES_META_FILE
     if snapshot.is_file():
-        return _read_json(snapshot), str(snapshot)
+        return read_json_object(snapshot), str(snapshot)
     config_path = run_dir / TRAIN_CONFIG_FILE
     if not config_path.is_file():
         return None
-    features = _read_json(config_path).get("features")
+    features = read_json_object(config_path).get("features")
     if not features:
         raise ConfigError(f"{config_path}: records no 'features' store")
     store = _resolve_store(str(features), run_dir)
@@ -123,14 +124,13 @@ def read_features_meta(run_dir: Path) -> tuple[dict[str, Any], str] | None:
             f"{run_dir} and {run_dir.parent}); copy the store's meta.json to {run_dir / FEATURES_META_FILE}, "
             "or pass the extractor explicitly (--extractor)"
         )
-    return _read_json(store / STORE_META_FILE), str(store / STORE_META_FILE)
+    return read_json_object(store / STORE_META_FILE), str(store / STORE_META_FILE)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable JSON ({exc})") from exc
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run's or store's JSON file as a dict; one ConfigError naming the file when it is missing,
+    unreadable or not a JSON object (the scorer and the bundle exporter read the same files)."""
+    data = load_json(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
@@ -291,7 +291,7 @@ def _plan_run(run: Path, explicit: bool, device: str) -> _RunPlan:
     if model_dir is None:
         raise ConfigError(f"{run}: neither a train run dir (with model/) nor a memeguard model dir")
     run_dir = model_dir.parent if model_dir != run else run
-    config = _read_json(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
+    config = read_json_object(run_dir / TRAIN_CONFIG_FILE) if (run_dir / TRAIN_CONFIG_FILE).is_file() else {}
     zero_visual = bool(config.get("zero_visual", False))
     try:
         found = read_features_meta(run_dir)

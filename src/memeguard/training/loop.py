@@ -44,7 +44,7 @@ from memeguard.records import DoneRecord, read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
 from memeguard.training.build import build_model, standardization_overrides
-from memeguard.training.config import TrainConfig
+from memeguard.training.config import PretrainConfig, TrainConfig
 from memeguard.training.data import (
     Collator,
     MemeRegionDataset,
@@ -313,6 +313,16 @@ class _Evaluation:
         return metrics
 
 
+def rank_batches(
+    num_items: int, cfg: TrainConfig | PretrainConfig, epoch: int, info: ddp.DistInfo
+) -> list[list[int]]:
+    """This rank's batches of ``epoch`` under the run's seed and batch size: fine-tuning and pretraining
+    count their updates and walk their epochs with the same split of the data over the ranks."""
+    return epoch_batches(
+        num_items, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=info.rank, world_size=info.world_size
+    )
+
+
 def _train(
     cfg: TrainConfig,
     p: Prepared,
@@ -325,11 +335,7 @@ def _train(
     model.train()
     collate = Collator(model.build_processor(), zero_visual=cfg.zero_visual)
     train_set = MemeRegionDataset(p.train, p.regions)
-    batches_per_epoch = len(
-        epoch_batches(
-            len(train_set), cfg.batch_size, seed=cfg.seed, epoch=0, rank=info.rank, world_size=info.world_size
-        )
-    )
+    batches_per_epoch = len(rank_batches(len(train_set), cfg, 0, info))
     total = math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs
     groups = parameter_groups(
         model,
@@ -362,14 +368,7 @@ def _train(
     evaluation = _Evaluation(cfg, p, state, collate, tracker)
     with state.running():
         for epoch, start in state.epochs(cfg.epochs):
-            batches = epoch_batches(
-                len(train_set),
-                cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=info.rank,
-                world_size=info.world_size,
-            )
+            batches = rank_batches(len(train_set), cfg, epoch, info)
             loader = make_loader(train_set, batches[start:], collate, cfg.num_workers)
             _train_epoch(cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update)
             state.save(epoch + 1, 0)

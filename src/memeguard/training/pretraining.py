@@ -51,7 +51,6 @@ from memeguard.training.build import build_model, standardization_overrides
 from memeguard.training.config import PretrainConfig
 from memeguard.training.data import (
     RegionSource,
-    epoch_batches,
     open_regions,
     read_memes,
     region_feature_dim,
@@ -59,6 +58,7 @@ from memeguard.training.data import (
     to_device,
     verify_regions,
 )
+from memeguard.training.loop import rank_batches
 from memeguard.training.optim import parameter_groups
 from memeguard.training.run import RunState, already_done, launch, refuse_non_finite_loss
 from memeguard.training.runlog import autocast
@@ -274,11 +274,7 @@ def _run(
     processor = backbone.build_processor()
     all_texts = [m.text for m in memes]
     model = _with_heads(backbone, processor, memes, source, device)
-    batches_per_epoch = len(
-        epoch_batches(
-            len(memes), cfg.batch_size, seed=cfg.seed, epoch=0, rank=info.rank, world_size=info.world_size
-        )
-    )
+    batches_per_epoch = len(rank_batches(len(memes), cfg, 0, info))
     total = batches_per_epoch * cfg.epochs
     state = RunState(
         run_dir,
@@ -296,14 +292,7 @@ def _run(
     with state.running():
         for epoch, _ in state.epochs(cfg.epochs):  # checkpoints are taken at epoch ends only
             loss_sum, count = 0.0, 0
-            batches = epoch_batches(
-                len(memes),
-                cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                rank=info.rank,
-                world_size=info.world_size,
-            )
+            batches = rank_batches(len(memes), cfg, epoch, info)
             for index, indices in enumerate(batches):
                 chosen = [memes[i] for i in indices]
                 batch = make_pretrain_batch(
