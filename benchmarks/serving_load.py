@@ -58,14 +58,19 @@ def meme_jpegs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def multipart(image: bytes, text: str) -> tuple[bytes, str]:
+def multipart(image: bytes, text: str | None) -> tuple[bytes, str]:
+    """A ``POST /v1/score`` body; without ``text`` the server reads the caption from the image (OCR)."""
     boundary = uuid.uuid4().hex
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="m.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n".encode()
         + image
         + b"\r\n",
-        f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{text}\r\n'.encode(),
+        *(
+            [f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{text}\r\n'.encode()]
+            if text is not None
+            else []
+        ),
         f"--{boundary}--\r\n".encode(),
     ]
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
@@ -358,6 +363,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server.")
     parser.add_argument("--single", type=int, default=40, help="Requests for the single-client latency.")
+    parser.add_argument("--ocr", type=int, default=10, help="Image-only requests (OCR); 0 skips them.")
     args = parser.parse_args()
     print(f"cpus={os.cpu_count()} load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,6 +376,7 @@ def main() -> None:
             for k, p in enumerate(images)
         ]
         print(f"image + text requests: {statistics.mean(len(b) for b, _ in bodies) / 1024:.0f} KB on average")
+        image_only = [multipart(p.read_bytes(), None) for p in images]
         results = {}
         for max_batch in (32, 1):
             server = Server(run, free_port(), max_batch, args.threads, root / f"server{max_batch}.log")
@@ -384,6 +391,7 @@ def main() -> None:
                 measured["single_p95"] = 1000 * float(np.percentile(single, 95))
                 results[max_batch] = measured
                 if max_batch == 32:
+                    ocr = single_client(server.port, image_only, args.ocr) if args.ocr else []
                     poller = ReadyPoller(server.port)
                     attack_rows = run_attacks(server)
                     poller.stop()
@@ -396,6 +404,18 @@ def main() -> None:
         (f"--max-batch {b}", f"{r['single_p50']:.1f}", f"{r['single_p95']:.1f}") for b, r in results.items()
     ]
     table(("server", "p50 ms", "p95 ms"), singles)
+    if ocr:
+        print(f"\nsingle client, image only (the server reads the text: OCR), {len(ocr)} requests:")
+        table(
+            ("server", "p50 ms", "p95 ms"),
+            [
+                (
+                    "--max-batch 32",
+                    f"{1000 * statistics.median(ocr):.0f}",
+                    f"{1000 * float(np.percentile(ocr, 95)):.0f}",
+                )
+            ],
+        )
     print(f"\n{args.clients} concurrent clients for {args.seconds:.0f} s:")
     rows = [
         (
