@@ -121,6 +121,17 @@ def test_bad_images_raise_data_errors(tmp_path):
         _check_text(None, "item 0")
 
 
+def test_given_text_passes_the_one_text_gate():
+    from memeguard.serving.scorer import _check_text
+
+    assert _check_text("a caption", "item 0") == "a caption"
+    with pytest.raises(DataError) as caught:
+        _check_text("a\ud800b", "item 2")
+    assert str(caught.value) == (
+        "item 2: 'text' holds a lone surrogate U+D800 at character 2; text must be valid Unicode"
+    )
+
+
 def _copy_run(src: Path, dst: Path, **config_changes: object) -> Path:
     shutil.copytree(src, dst)
     config = json.loads((dst / "train_config.json").read_text())

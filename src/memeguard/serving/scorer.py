@@ -35,6 +35,7 @@ from PIL import Image
 
 from memeguard.data.images import MAX_IMAGE_PIXELS, open_image, open_image_bytes
 from memeguard.data.meme import Meme
+from memeguard.data.text import check_text
 from memeguard.errors import ConfigError, DataError
 from memeguard.features import factory
 from memeguard.features.record import RegionRecord
@@ -605,6 +606,7 @@ def _with_texts(scores: Sequence[Score], texts: Sequence[str], sources: Sequence
 
 
 def _check_text(text: object, context: str) -> str:
+    """Given text passes the project's one text gate (valid Unicode, bounded length), like every text."""
     if not isinstance(text, str):
         raise DataError(f"{context}: text must be a string, got {type(text).__name__}")
-    return text
+    return check_text(text, context)
