@@ -157,29 +157,42 @@ def dev_ids(data_dir: str | os.PathLike[str]) -> dict[int, str]:
     return found
 
 
-def distillation_memes(
-    cfg: TrainConfig, train: Sequence[Meme], source: RegionSource
-) -> tuple[list[Meme], SoftTargets | None]:
-    """The memes a run trains on and their soft targets: ``train`` alone and None without
-    ``soft_targets``; otherwise ``train`` plus every ``unlabelled`` meme not already in it (an id keeps
-    its first, labelled, copy). A dev meme is refused, naming the entry and the id: dev labels choose
-    weights and thresholds, and a student fitted to dev's teacher scores would be judged on its own
-    training data."""
-    from memeguard.training.data import require_regions
+def distillation_groups(cfg: TrainConfig, train: Sequence[Meme]) -> list[tuple[str, Path, list[Meme]]]:
+    """(split or file, the folder its ``img`` paths are relative to, its memes) of the distillation set:
+    the training split less its dev memes (vilio's ``train_clean`` adds dev_unseen's new memes), then
+    every ``unlabelled`` entry less the ids already in (an id keeps its first, labelled, copy).
 
-    if cfg.soft_targets is None:
-        return list(train), None
-    memes = list(train)
-    seen = {meme.id for meme in memes}
+    A dev meme in an ``unlabelled`` entry is refused, naming the entry and the id: dev labels choose
+    weights and thresholds, and a student fitted to the teacher's dev scores would be judged on its own
+    training data."""
     dev = dev_ids(cfg.data_dir)
+    labelled = [meme for meme in train if meme.id not in dev]
+    groups = [(cfg.train_split, Path(cfg.data_dir), labelled)]
+    seen = {meme.id for meme in labelled}
     for entry in cfg.unlabelled or ():
+        folder = Path(entry).parent if entry.endswith(".jsonl") else Path(cfg.data_dir)
         extra = [meme for meme in read_unlabelled(cfg.data_dir, entry, cfg.limit) if meme.id not in seen]
         clash = next((meme.id for meme in extra if meme.id in dev), None)
         if clash is not None:
             raise ConfigError(
                 f"{entry}: meme id {clash} is in {dev[clash]}; dev memes are never distillation targets"
             )
-        require_regions(extra, source, entry, str(cfg.features))
         seen.update(meme.id for meme in extra)
-        memes.extend(extra)
+        groups.append((entry, folder, extra))
+    return groups
+
+
+def distillation_memes(
+    cfg: TrainConfig, train: Sequence[Meme], source: RegionSource
+) -> tuple[list[Meme], SoftTargets | None]:
+    """The memes a run trains on and their soft targets: ``train`` and None without ``soft_targets``;
+    otherwise the :func:`distillation_groups`' memes, each in the store."""
+    from memeguard.training.data import require_regions
+
+    if cfg.soft_targets is None:
+        return list(train), None
+    memes: list[Meme] = []
+    for entry, _, group in distillation_groups(cfg, train):
+        require_regions(group, source, entry, str(cfg.features))
+        memes.extend(group)
     return memes, build_soft_targets(cfg.soft_targets, [(meme.id, meme.label) for meme in memes])
