@@ -48,6 +48,7 @@ def _ids(data: Path, split: str) -> set[int]:
     return {meme.id for meme in read_split(data, split)}
 
 
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
 def test_distillation_set_is_train_plus_test_and_never_dev(distilled):
     _, out, runner = distilled
     student = runner.distill_stage().directory
@@ -63,6 +64,7 @@ def test_distillation_set_is_train_plus_test_and_never_dev(distilled):
     assert config["distill_alpha"] == 0.3 and config["model_overrides"]["hidden_size"] == 32
 
 
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
 def test_soft_targets_are_the_ensembles_weighted_mean(distilled):
     """One family with one run: the teacher of a test meme is that run (b)'s own test prediction."""
     _, out, runner = distilled
@@ -74,6 +76,7 @@ def test_soft_targets_are_the_ensembles_weighted_mean(distilled):
     np.testing.assert_allclose([teacher[i] for i in written], list(written.values()), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
 def test_student_is_an_ordinary_run(distilled, tmp_path):
     from memeguard.serving.scorer import MemeScorer
     from memeguard.training import predict
@@ -92,6 +95,7 @@ def test_student_is_an_ordinary_run(distilled, tmp_path):
     assert "(distilled)" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
 def test_distill_stage_is_cached(distilled):
     data, out, runner = distilled
     again = RecipeRunner(load_recipe(runner.recipe.source), data, out)
@@ -113,6 +117,7 @@ def test_weighted_mean_ensembles_only(tmp_path):
         load_recipe(write_recipe(tmp_path, bad_key))
 
 
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
 def test_distill_command_refuses_a_rank_ensemble_and_a_bare_folder(distilled, tmp_path):
     from typer.testing import CliRunner
 
