@@ -145,3 +145,39 @@ def test_distill_command_refuses_a_rank_ensemble_and_a_bare_folder(distilled, tm
     args = ["distill", "--teacher", str(out), *common, "--out", str(tmp_path / "s"), "--extra", str(extra)]
     result = CliRunner().invoke(app, args)
     assert "Hateful Memes layout" in str(result.exception)
+
+
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
+def test_distill_command_from_a_bundle(distilled, tmp_path):
+    """A bundle teacher scores the memes from their images; on test memes that is run (b)'s own score."""
+    from typer.testing import CliRunner
+
+    from memeguard.cli import app
+    from memeguard.serving.bundle import export_bundle
+
+    _, out, runner = distilled
+    members = json.loads((out / "members.json").read_text())
+    run_b = (out / members["V"]["V1"]["test_unseen"]).parent
+    bundle = tmp_path / "bundle"
+    export_bundle([run_b], bundle, ensemble=out, data_dir=runner.clean_dir)
+    student = tmp_path / "student"
+    args = ["distill", "--teacher", str(bundle), "--student", "visualbert-tiny"]
+    args += [
+        "--features",
+        str(runner.store_path("grid")),
+        "--data",
+        str(runner.clean_dir),
+        "--out",
+        str(student),
+    ]
+    args += ["--limit", "12", "--epochs", "1", "--set", "hidden_size=32", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    targets = read_predictions(next(student.glob("soft_targets.*.csv"))).as_dict()
+    written = read_predictions(run_b / "test_unseen.csv").as_dict()
+    shared = sorted(set(targets) & set(written))
+    assert len(shared) == 12
+    # the store holds float16 features, the bundle extracts float32 ones from the images
+    np.testing.assert_allclose([targets[i] for i in shared], [written[i] for i in shared], atol=2e-3)
+    dev = [meme.id for meme in read_split(runner.clean_dir, "dev_seen")[:12]]
+    assert read_predictions(student / "dev_seen.csv").ids.tolist() == dev  # an ordinary run's predictions
