@@ -181,3 +181,17 @@ def test_distill_command_from_a_bundle(distilled, tmp_path):
     np.testing.assert_allclose([targets[i] for i in shared], [written[i] for i in shared], atol=2e-3)
     dev = [meme.id for meme in read_split(runner.clean_dir, "dev_seen")[:12]]
     assert read_predictions(student / "dev_seen.csv").ids.tolist() == dev  # an ordinary run's predictions
+
+
+@pytest.mark.slow  # shares one pipeline run (clean, grid, 2 fine-tunes, distill)
+def test_another_teacher_is_refused_before_anything_is_written(distilled):
+    from memeguard.pipeline.distill import distill
+    from memeguard.training import TrainConfig
+
+    _, _, runner = distilled
+    student = runner.distill_stage().directory
+    cfg = TrainConfig.from_dict(json.loads((student / "train_config.json").read_text()))
+    before = sorted(path.name for path in student.iterdir())
+    with pytest.raises(ConfigError, match=r"different configuration \(differs in \['soft_targets'\]\)"):
+        distill(cfg, lambda items: {meme.id: 0.5 for _, meme in items})
+    assert sorted(path.name for path in student.iterdir()) == before

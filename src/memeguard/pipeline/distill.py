@@ -246,38 +246,37 @@ def distillation_items(cfg: TrainConfig) -> list[tuple[Path, Meme]]:
     return [(folder, meme) for _, folder, memes in distillation_groups(cfg, train) for meme in memes]
 
 
-def write_soft_targets(out_dir: Path, scores: Mapping[int, float]) -> Path:
-    """The teacher's probabilities as ``OUT/soft_targets.<sha>.csv`` (named by content: a rerun with
-    another teacher is another configuration, refused rather than mixed into the finished run)."""
-    from memeguard.data.predictions import write_predictions
-
+def soft_targets_csv(scores: Mapping[int, float]) -> tuple[str, np.ndarray, np.ndarray]:
+    """(file name, ids, probabilities) of the teacher's probabilities sorted by id; the name carries their
+    sha256, so a rerun with another teacher is another configuration, refused rather than mixed into a
+    finished run."""
     ids = np.asarray(sorted(scores), dtype=np.int64)
     proba = np.asarray([scores[int(i)] for i in ids], dtype=np.float64)
-    digest = hashlib.sha256(
-        "".join(f"{i},{p!r}\n" for i, p in zip(ids, proba, strict=True)).encode()
-    ).hexdigest()
-    path = out_dir / soft_targets_file(digest)
-    if not path.is_file():
-        write_predictions(path, ids, proba)
-    return path
+    rows = "".join(f"{i},{p!r}\n" for i, p in zip(ids, proba, strict=True))
+    return soft_targets_file(hashlib.sha256(rows.encode()).hexdigest()), ids, proba
 
 
 def distill(cfg: TrainConfig, teacher: TeacherScores) -> Any:
     """Score the distillation set with ``teacher``, write the soft targets into the run dir and train the
-    student there (``finetune``'s RunResult): an ordinary run dir plus its soft-target CSV."""
+    student there (``finetune``'s RunResult): an ordinary run dir plus its soft-target CSV. A run dir of
+    another kind or configuration is refused before anything is written into it."""
+    from memeguard.data.predictions import write_predictions
     from memeguard.training.loop import finetune
-    from memeguard.training.run import refuse_foreign_folder
+    from memeguard.training.run import check_same_config, refuse_foreign_folder
 
     out_dir = Path(cfg.out_dir)
-    refuse_foreign_folder(out_dir, TRAIN_CONFIG_FILE)  # nothing is written into a folder of another kind
+    refuse_foreign_folder(out_dir, TRAIN_CONFIG_FILE)
     items = distillation_items(cfg)
     scores = teacher(items)
     missing = [meme.id for _, meme in items if meme.id not in scores]
     if missing:
         raise ConfigError(f"the teacher scored no probability for meme id {missing[0]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = write_soft_targets(out_dir, {meme.id: scores[meme.id] for _, meme in items})
-    return finetune(cfg.replace(soft_targets=str(path)))
+    name, ids, proba = soft_targets_csv({meme.id: scores[meme.id] for _, meme in items})
+    cfg = cfg.replace(soft_targets=str(out_dir / name))
+    check_same_config(out_dir, cfg, TRAIN_CONFIG_FILE)
+    if not (out_dir / name).is_file():
+        write_predictions(out_dir / name, ids, proba)
+    return finetune(cfg)
 
 
 def student_predictions(run_dir: Path) -> dict[str, Path]:
