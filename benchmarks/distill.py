@@ -4,11 +4,11 @@ hard labels alone, on the synthetic set, measured side by side in one run.
 The teacher is the demo recipe's ensemble (3 tiny architectures x 2 seeds on default grid features, 41
 regions; run (a) fits the blend on dev_seen, run (b) scores test) blended with a weighted mean
 (``ensemble.method: simplex``, the blend a teacher must have to score single memes). The student is a
-``visualbert-tiny`` cut to one layer on a coarse grid (2x2 cells + the whole image, 5 regions, 16-px working
-copy): the grid extraction dominates the teacher's cost, so the student must be cheap in its features, not
-only in its forward pass. It is trained by the recipe's ``distill:`` stage on train + test memes (never
-dev); the hard-label student is the same configuration with ``distill_alpha: 1`` and no unlabelled memes
-(exactly a hard-label run on the same labelled memes, see tests/training/test_distill.py).
+``visualbert-tiny`` cut to one layer on the coarsest grid (one whole-image region, 8-px working copy): the
+default grid (41 regions, 192-px working copy) dominates the teacher's cost, so the student must be cheap in
+its features, not only in its forward pass. It is trained by the recipe's ``distill:`` stage on train + test
+memes (never dev); the hard-label student is the same configuration with ``distill_alpha: 1`` and no
+unlabelled memes (exactly a hard-label run on the same labelled memes, see tests/training/test_distill.py).
 
 Columns: test_unseen AUROC (the synthetic set has test labels); end-to-end scoring cost per meme on CPU:
 ``MemeScorer.score_images`` on decoded images (feature extraction + every member's forward, text given),
@@ -16,7 +16,7 @@ in batches of ``--batch`` memes, torch on ``--threads`` threads, median of ``--r
 student AUROC within 0.01 of the teacher's at >= 20x lower cost.
 
     .venv/bin/python benchmarks/distill.py --work /tmp/memeguard-distill [--n 3000] [--epochs 6]
-        [--student-epochs 12] [--workers 2]
+        [--student-epochs 12] [--seeds "43, 44"] [--workers 2]
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ STUDENT = (
 )
 
 
-def recipe_text(epochs: int, student_epochs: int, temperature: float, alpha: float) -> str:
+def recipe_text(epochs: int, student_epochs: int, temperature: float, alpha: float, seeds: str) -> str:
     """The demo recipe with a weighted-mean ensemble and a distill stage on coarse grid features."""
     tiny = "batch_size: 16, sum_loss: false, clip: 1.0, swa: none, eval_every: 0"
     train = f"{{lr: 1.5e-3, epochs: {epochs}, {tiny}}}"
     models = "".join(
-        f"  - {{name: {name}, model: {model}, features: grid, seeds: [43, 44], overrides: {WIDE}, "
+        f"  - {{name: {name}, model: {model}, features: grid, seeds: [{seeds}], overrides: {WIDE}, "
         f"train: {train}}}\n"
         for name, model in (("V", "visualbert-tiny"), ("U", "uniter-tiny"), ("O", "oscar-tiny"))
     )
@@ -54,7 +54,7 @@ def recipe_text(epochs: int, student_epochs: int, temperature: float, alpha: flo
     )
     return (
         "name: distill-bench\nclean: true\nfeatures:\n  grid: {extractor: grid}\n"
-        "  coarse: {extractor: grid, params: {levels: [2, 1], cell_px: 8}}\n"
+        "  coarse: {extractor: grid, params: {levels: [1], cell_px: 8}}\n"
         f"models:\n{models}ensemble: {{method: simplex}}\n"
         f"distill: {{model: visualbert-tiny, features: coarse, seed: 7, overrides: {STUDENT}, "
         f"train: {student_train}}}\n"
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000, help="synthetic memes (the demo's size)")
     parser.add_argument("--epochs", type=int, default=6, help="teacher epochs (the demo's)")
     parser.add_argument("--student-epochs", type=int, default=12)
+    parser.add_argument("--seeds", default="43, 44", help="teacher seeds per architecture (the demo's)")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
@@ -134,7 +135,7 @@ def main() -> None:
     if not (data / split_file("test_unseen")).is_file():
         generate_synthetic(data, n=args.n, seed=0, progress=False)
     recipe = args.work / "recipe.yaml"
-    recipe.write_text(recipe_text(args.epochs, args.student_epochs, args.temperature, args.alpha))
+    recipe.write_text(recipe_text(args.epochs, args.student_epochs, args.temperature, args.alpha, args.seeds))
     out = args.work / "out"
     start = time.perf_counter()
     report = run_recipe(recipe, data, out, workers=args.workers)
