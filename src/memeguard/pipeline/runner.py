@@ -1,5 +1,5 @@
 """The recipe runner: clean -> features -> pretrain -> fine-tune (both runs) -> seed average -> ensemble
--> report.
+-> (optional) distill -> report.
 
 Every stage is cached under ``OUT/stages/<kind>/<label>-<key>/`` where ``key`` hashes the stage's
 config and the keys of the stages it reads, so
@@ -10,7 +10,8 @@ config and the keys of the stages it reads, so
 * changing one model's hyper-parameters reruns that model's stages and the ensemble, nothing else.
 
 Final outputs: ``OUT/predictions/<family>_<split>.csv`` (seed-averaged), ``OUT/FIN_<split>.csv``,
-``OUT/weights.json``, ``OUT/report.html`` and ``OUT/timings.json``.
+``OUT/weights.json``, ``OUT/members.json`` (the run dirs behind each family), ``OUT/report.html`` and
+``OUT/timings.json``; with a ``distill:`` stage, the student's run dir under ``OUT/stages/distill/``.
 """
 
 from __future__ import annotations
