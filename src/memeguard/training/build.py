@@ -91,6 +91,25 @@ def build_model(
     return model
 
 
+def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[str, Any]:
+    """``overrides`` plus the input sizes the architecture reads from the store (a model class's
+    ``store_overrides(config, record)``: the CLIP heads' embedding sizes), as ``visual_feat_dim`` is set.
+    An override that contradicts the store is a ConfigError."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    config = get_config(name, **overrides)
+    hook = getattr(architecture_for(config.model_type), "store_overrides", None)
+    if hook is None:
+        return overrides
+    found = hook(config, record)
+    for key, value in found.items():
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(
+                f"the feature store gives {key}={value}, but the model overrides ask for {overrides[key]}"
+            )
+    return {**overrides, **found}
+
+
 def standardization_overrides(
     mode: str, init: str | None, overrides: dict[str, Any] | None, source: Any, meme_ids: list[int]
 ) -> dict[str, Any]:
