@@ -184,3 +184,51 @@ def test_train_then_predict_from_the_command_line(tmp_path):
     result = CliRunner().invoke(app, [*args, "--split", "test_unseen", "--out", str(csv), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert np.allclose(read_predictions(csv).proba, read_predictions(out / "test_unseen.csv").proba)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
+    """Extract a CLIP store from images (tiny random CLIP), train a head on its projected embeddings, then
+    ``MemeScorer`` (images + texts, features extracted on the fly) and the exported bundle reproduce the
+    run's dev predictions."""
+    from clip_memes import save_tiny_clip
+    from PIL import Image
+
+    from memeguard.data.predictions import read_predictions
+    from memeguard.features.clip import ClipExtractor
+    from memeguard.features.extract import extract_features
+    from memeguard.serving.bundle import export_bundle
+    from memeguard.serving.scorer import MemeScorer
+    from memeguard.training.config import TrainConfig
+    from memeguard.training.loop import finetune
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    texts = ["look at this", "a dog", "when you see it", "nobody expects", "hat hat", "just normal"]
+    lines = []
+    for k, text in enumerate(texts * 2):
+        meme_id = 101 + k
+        pixels = rng.integers(0, 256, (40 + 4 * k, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / "img" / f"{meme_id:05d}.png")
+        lines.append({"id": meme_id, "img": f"img/{meme_id:05d}.png", "label": k % 2, "text": text})
+    for split, part in (("train", lines), ("dev_seen", lines[:6])):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in part))
+    store = extract_features(
+        data, tmp_path / "store", ClipExtractor(clip_dir), progress=False, dtype="float32"
+    )
+    store = next(iter(store.values()))
+    cfg = TrainConfig(
+        model="hateclipper-align-tiny", features=store, data_dir=data, out_dir=tmp_path / "run",
+        train_split="train", predict_splits=("dev_seen",), model_overrides={"inputs": "projected"},
+        epochs=1, lr=1e-3, batch_size=4, eval_every=0, device="cpu", progress=False,
+    )  # fmt: skip
+    run = finetune(cfg).run_dir
+    expected = read_predictions(run / "dev_seen.csv").as_dict()
+    items = [(data / line["img"], line["text"]) for line in lines[:6]]
+    served = [s.proba for s in MemeScorer.from_runs([run], device="cpu").score_batch(items)]
+    assert np.allclose(served, [expected[line["id"]] for line in lines[:6]], atol=1e-5)
+    export_bundle([run], tmp_path / "bundle", data_dir=data)
+    bundled = [s.proba for s in MemeScorer.from_bundle(tmp_path / "bundle", device="cpu").score_batch(items)]
+    assert np.allclose(bundled, served, atol=1e-6)

@@ -200,3 +200,11 @@ def test_training_learns_and_saves_a_leak_free_memory(tmp_path):
         model, Collator(model.build_processor()), dev, regions, batch_size=32, device=torch.device("cpu")
     )
     assert auroc(np.array([m.label for m in dev]), dev_proba) > 0.9
+
+
+def test_a_query_is_only_its_own_entry_when_its_embedding_is_that_entry():
+    """The scorer numbers memes 0, 1, ...: an unrelated meme with a training meme's id still retrieves it."""
+    embeds = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    memory = Memory(embeds, np.array([1, 0, 1]), np.array([10, 11, 12]))
+    queries = np.array([[2, 0], [1, 0.1], [0, 3]], np.float32)
+    assert memory.own_ids(queries, np.array([10, 11, 99])).tolist() == [10, -1, -1]

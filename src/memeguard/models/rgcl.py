@@ -51,6 +51,8 @@ RGCL_TRAIN_DEFAULTS: dict[str, Any] = {
     "select_best": True,
     "standardize_features": "never",
 }
+# Cosine above which a query with a memory entry's id is that entry (the same meme, same weights).
+SAME_EMBEDDING = 0.9999
 # A probability of exactly 0 or 1 from the vote becomes a finite logit.
 KNN_EPS = 1e-4
 
@@ -100,6 +102,21 @@ class Memory:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def own_ids(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``ids`` where the query IS that memory entry (same id, same embedding), else -1.
+
+        At prediction a training meme must not vote for itself, but ids alone do not say it is one: the
+        scorer numbers the memes it is given 0, 1, ..., which may be ids of unrelated training memes.
+        """
+        row_of = {int(meme_id): row for row, meme_id in enumerate(self.ids)}
+        unit = normalize(queries)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for q, meme_id in enumerate(np.asarray(ids).tolist()):
+            row = row_of.get(int(meme_id))
+            if row is not None and float(unit[q] @ self.embeds[row]) > SAME_EMBEDDING:
+                out[q] = meme_id
+        return out
 
     def search(self, queries: np.ndarray, k: int, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, memory rows) [Q, k] of each query's k nearest entries, best first,
@@ -266,7 +283,8 @@ class RgclModel(ClipFusionModel):
     def knn_logits(self, embed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         memory = self.current_memory()
         top_k = self.config.knn_top_k  # type: ignore[attr-defined]
-        _, rows = memory.search(embed.detach().float().cpu().numpy(), top_k, ids.cpu().numpy())
+        queries = embed.detach().float().cpu().numpy()
+        _, rows = memory.search(queries, top_k, memory.own_ids(queries, ids.cpu().numpy()))
         proba = np.clip(knn_vote(memory.labels, rows), KNN_EPS, 1 - KNN_EPS)
         return torch.from_numpy(np.log(proba / (1 - proba))).float().to(embed.device)
 
