@@ -158,8 +158,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_train_then_predict_from_the_command_line(tmp_path):
-    """``memeguard train --model hateclipper-align-tiny`` learns the XOR rule (dev AUROC near 1), takes its
-    input sizes from the store, and ``predict`` reproduces the run's predictions."""
+    """``memeguard train --model hateclipper-align-tiny --family-defaults`` learns the XOR rule (dev AUROC
+    near 1), takes its input sizes from the store, and ``predict`` reproduces the run's predictions."""
     from memeguard.cli import app
     from memeguard.data.predictions import read_predictions
 
@@ -168,10 +168,19 @@ def test_train_then_predict_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "hateclipper-align-tiny", "--features", str(store), "--data", str(data)]
     args += ["--out", str(out), "--train-split", "train", "--predict", "dev_seen", "--predict", "test_unseen"]
-    args += ["--lr", "3e-3", "--batch-size", "16", "--epochs", "4", "--clip", "0.1", "--weight-decay", "1e-4"]
-    args += ["--no-sum-loss", "--warmup-ratio", "0", "--eval-every", "0", "--device", "cpu", "--no-progress"]
+    args += ["--family-defaults", "--lr", "3e-3", "--batch-size", "16", "--epochs", "4"]
+    args += ["--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    # the paper's settings where no option was given, the options where one was
+    assert (saved["weight_decay"], saved["clip"], saved["sum_loss"], saved["select_best"]) == (
+        1e-4,
+        0.1,
+        False,
+        True,
+    )
+    assert (saved["lr"], saved["batch_size"], saved["epochs"]) == (3e-3, 16, 4)
     config = json.loads((out / "model" / "config.json").read_text())
     assert (config["image_dim"], config["text_dim"]) == (IMAGE_DIM, TEXT_DIM)
     dev = read_predictions(out / "dev_seen.csv")

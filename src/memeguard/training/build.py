@@ -91,6 +91,14 @@ def build_model(
     return model
 
 
+def train_defaults(name: str) -> dict[str, Any]:
+    """The training settings of ``name``'s family (its class's ``train_defaults``; {} for the BERT-style
+    models, whose defaults are TrainConfig's own: vilio's)."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    return dict(getattr(architecture_for(get_config(name).model_type), "train_defaults", {}))
+
+
 def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[str, Any]:
     """``overrides`` plus the input sizes the architecture reads from the store (a model class's
     ``store_overrides(config, record)``: the CLIP heads' embedding sizes), as ``visual_feat_dim`` is set.
