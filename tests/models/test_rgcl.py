@@ -155,8 +155,16 @@ def test_objective_loss_mixes_contrastive_and_bce(tmp_path):
 
 
 def test_knn_needs_a_memory():
+    from clip_memes import make_clip_memes
+
+    from memeguard.data.meme import Meme
+
+    model = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, classifier="knn").eval()
+    lines, regions = make_clip_memes(2, seed=5, start_id=1)
+    memes = [Meme(id=x["id"], img=x["img"], text=x["text"], label=x["label"]) for x in lines]
+    batch = model.build_processor()(memes, [regions[m.id] for m in memes])
     with pytest.raises(ConfigError, match="needs the training memory"):
-        create_model("rgcl-tiny", classifier="knn")
+        model(batch)
 
 
 @pytest.mark.slow
@@ -208,3 +216,31 @@ def test_a_query_is_only_its_own_entry_when_its_embedding_is_that_entry():
     memory = Memory(embeds, np.array([1, 0, 1]), np.array([10, 11, 12]))
     queries = np.array([[2, 0], [1, 0.1], [0, 3]], np.float32)
     assert memory.own_ids(queries, np.array([10, 11, 99])).tolist() == [10, -1, -1]
+
+
+def test_the_final_memory_is_saved_and_a_new_training_run_keeps_it_out_of_checkpoints(tmp_path):
+    from clip_memes import make_clip_memes
+
+    from memeguard.data.meme import Meme
+
+    torch.manual_seed(0)
+    model = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM)
+    lines, regions = make_clip_memes(8, seed=5, start_id=1)
+    memes = [Meme(id=x["id"], img=x["img"], text=x["text"], label=x["label"]) for x in lines]
+    batch = model.build_processor()(memes, [regions[m.id] for m in memes])
+    model.training_objective().finish([batch])
+    assert model.config.memory_size == 8 and "memory_ids" in model.state_dict()
+    model.save_pretrained(tmp_path / "m")
+    loaded = MemeModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(loaded.memory_embeds, model.memory_embeds)
+    loaded.config.classifier = "knn"
+    with torch.no_grad():
+        proba = loaded.predict_proba(batch).numpy()
+        embed = loaded.embedding(batch).numpy()
+    # each meme IS its memory entry here, so it votes with the other 5 nearest (itself skipped)
+    _, rows = loaded.current_memory().search(embed, 5, batch["ids"].numpy())
+    assert np.allclose(
+        proba, np.clip(knn_vote(loaded.current_memory().labels, rows), 1e-4, 1 - 1e-4), atol=1e-6
+    )
+    loaded.training_objective()  # a run started from it (--init): the memory is rebuilt, not checkpointed
+    assert loaded.config.memory_size == 0 and "memory_ids" not in loaded.state_dict()

@@ -231,8 +231,6 @@ class RgclModel(ClipFusionModel):
         self.memory: Memory | None = None
         if config.memory_size > 0:
             self._register_memory(config.memory_size, persistent=True)
-        elif config.classifier == "knn":
-            raise ConfigError("rgcl: classifier='knn' needs the training memory (a trained model)")
 
     def _register_memory(self, size: int, persistent: bool) -> None:
         dim = self.config.pre_output_dim  # type: ignore[attr-defined]
@@ -266,10 +264,21 @@ class RgclModel(ClipFusionModel):
             self.config.memory_size = int(ids.shape[0])  # type: ignore[attr-defined]
         self.memory = None  # rebuilt from the buffers when next needed
 
+    def forget_saved_memory(self) -> None:
+        """Training starts: a memory loaded with the weights (``--init`` from a trained RGCL) is rebuilt
+        each epoch and saved again at the end, so it stays out of the run's checkpoints meanwhile."""
+        if self.config.memory_size > 0:  # type: ignore[attr-defined]
+            for name in ("memory_embeds", "memory_labels", "memory_ids"):
+                self._non_persistent_buffers_set.add(name)
+            self.config.memory_size = 0  # type: ignore[attr-defined]
+
     def current_memory(self) -> Memory:
         if self.memory is None:
             if getattr(self, "memory_ids", None) is None or self.memory_ids.numel() == 0:
-                raise ConfigError("rgcl: no training memory attached (train the model first)")
+                raise ConfigError(
+                    "rgcl: the kNN classifier needs the training memory, which this model does not hold "
+                    "(a model saved by `memeguard train` holds it)"
+                )
             self.memory = Memory(
                 self.memory_embeds.detach().float().cpu().numpy(),
                 self.memory_labels.cpu().numpy(),
@@ -300,6 +309,7 @@ class RgclObjective:
         self.model = model
         self.config: RgclConfig = model.config  # type: ignore[assignment]
         _require_faiss()
+        model.forget_saved_memory()
 
     @torch.no_grad()
     def _embed_all(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, ...]:

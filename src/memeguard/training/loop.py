@@ -362,6 +362,7 @@ def _train(
 ) -> RunResult:
     model = p.model.to(device)
     model.train()
+    objective = training_objective(model)  # before a checkpoint is resumed: it may change the state's keys
     collate = Collator(model.build_processor(), zero_visual=cfg.zero_visual)
     train_set = MemeRegionDataset(p.train, p.regions)
     batches_per_epoch = len(rank_batches(len(train_set), cfg, 0, info))
@@ -395,7 +396,6 @@ def _train(
     if info.is_main:
         snapshot_features_meta(cfg.features, run_dir)
     evaluation = _Evaluation(cfg, p, state, collate, tracker)
-    objective = training_objective(model)
     with state.running():
         for epoch, start in state.epochs(cfg.epochs):
             if objective is not None:
