@@ -183,6 +183,7 @@ def test_train_then_predict_from_the_command_line(tmp_path):
     assert (saved["lr"], saved["batch_size"], saved["epochs"]) == (3e-3, 16, 4)
     config = json.loads((out / "model" / "config.json").read_text())
     assert (config["image_dim"], config["text_dim"]) == (IMAGE_DIM, TEXT_DIM)
+    assert config["feature_mean"] is None  # the patch features are never read, so never standardised
     dev = read_predictions(out / "dev_seen.csv")
     labels = {line["id"]: line["label"] for line in map(json.loads, (data / "dev_seen.jsonl").open())}
     from memeguard.data.metrics import auroc

@@ -61,7 +61,6 @@ HATECLIPPER_TRAIN_DEFAULTS: dict[str, Any] = {
     "swa": "none",
     "select_best": True,
     "eval_every": 133,  # one epoch of batch 64 on HM's 8,500 training memes: the best epoch is kept
-    "standardize_features": "never",
 }
 
 
@@ -162,6 +161,7 @@ class ClipFusionModel(MemeModel):
     processor_class: ClassVar[type[RegionTextProcessor]] = ClipEmbeddingProcessor
     original_name: ClassVar[str] = "Hate-CLIPper"
     train_defaults: ClassVar[dict[str, Any]] = HATECLIPPER_TRAIN_DEFAULTS
+    reads_region_features: ClassVar[bool] = False  # only the per-meme CLIP vectors of the extras
 
     def __init__(self, config: VLConfig) -> None:
         super().__init__(config)

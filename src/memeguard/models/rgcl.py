@@ -50,7 +50,6 @@ RGCL_TRAIN_DEFAULTS: dict[str, Any] = {
     "swa": "none",
     "select_best": True,
     "eval_every": 133,  # one epoch of batch 64 on HM's 8,500 training memes: the best epoch is kept
-    "standardize_features": "never",
 }
 # Cosine above which a query with a memory entry's id is that entry (the same meme, same weights).
 SAME_EMBEDDING = 0.9999

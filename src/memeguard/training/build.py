@@ -99,6 +99,14 @@ def train_defaults(name: str) -> dict[str, Any]:
     return dict(getattr(architecture_for(get_config(name).model_type), "train_defaults", {}))
 
 
+def reads_region_features(name: str) -> bool:
+    """Whether ``name``'s model reads the store's region features (the CLIP heads read only the per-meme
+    vectors, so there is nothing to standardise for them)."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    return bool(getattr(architecture_for(get_config(name).model_type), "reads_region_features", True))
+
+
 def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[str, Any]:
     """``overrides`` plus the input sizes the architecture reads from the store (a model class's
     ``store_overrides(config, record)``: the CLIP heads' embedding sizes), as ``visual_feat_dim`` is set.

@@ -43,7 +43,12 @@ from memeguard.names import (
 from memeguard.records import DoneRecord, read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
-from memeguard.training.build import build_model, standardization_overrides, store_overrides
+from memeguard.training.build import (
+    build_model,
+    reads_region_features,
+    standardization_overrides,
+    store_overrides,
+)
 from memeguard.training.config import PretrainConfig, TrainConfig
 from memeguard.training.data import (
     Collator,
@@ -104,8 +109,9 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
         require_regions(memes, source, str(split), store_name)
     verify_regions(source, [*train, *evaluation, *(m for memes in predict.values() for m in memes)])
     feature_dim = region_feature_dim(source, train)
+    mode = cfg.standardize_features if reads_region_features(cfg.model) else "never"
     overrides = standardization_overrides(
-        cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
+        mode, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
     )
     overrides = store_overrides(cfg.model, overrides, source[train[0].id])
     model = build_model(
