@@ -134,8 +134,8 @@ def test_objective_loss_mixes_contrastive_and_bce(tmp_path):
     batch = model.build_processor()(memes, [regions[m.id] for m in memes])
     objective = model.training_objective()
     objective.refresh([batch])
-    assert sorted(model.memory_ids.tolist()) == [m.id for m in memes]
-    assert "memory_ids" not in model.state_dict()  # the training memory stays out of checkpoints
+    assert sorted(model.current_memory().ids.tolist()) == [m.id for m in memes]
+    assert not any(key.startswith("memory") for key in model.state_dict())  # nor in checkpoints
     model.train()
     torch.manual_seed(1)
     logits = model(batch)

@@ -229,14 +229,17 @@ class RgclModel(ClipFusionModel):
         self.last_embedding: torch.Tensor | None = None
         self.memory: Memory | None = None
         if config.memory_size > 0:
-            self._register_memory(config.memory_size, persistent=True)
+            self._register_memory(config.memory_size)
 
-    def _register_memory(self, size: int, persistent: bool) -> None:
+    _MEMORY_BUFFERS = ("memory_embeds", "memory_labels", "memory_ids")
+
+    def _register_memory(self, size: int) -> None:
+        """The saved memory's buffers (persistent: in ``model.safetensors``, not a checkpoint's concern)."""
         dim = self.config.pre_output_dim  # type: ignore[attr-defined]
         device = self.output.weight.device
-        self.register_buffer("memory_embeds", torch.zeros(size, dim, device=device), persistent=persistent)
-        self.register_buffer("memory_labels", torch.zeros(size, dtype=torch.long, device=device), persistent)
-        self.register_buffer("memory_ids", torch.zeros(size, dtype=torch.long, device=device), persistent)
+        self.register_buffer("memory_embeds", torch.zeros(size, dim, device=device))
+        self.register_buffer("memory_labels", torch.zeros(size, dtype=torch.long, device=device))
+        self.register_buffer("memory_ids", torch.zeros(size, dtype=torch.long, device=device))
 
     def embedding(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The contrastive embedding: the last pre-output Linear's output, before its ReLU and dropout."""
@@ -253,27 +256,29 @@ class RgclModel(ClipFusionModel):
     def attach_memory(
         self, embeds: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, persistent: bool
     ) -> None:
-        """Make (embeds, labels, ids) the model's memory; ``persistent`` ones are saved with the weights
-        (the final memory; the ones rebuilt during training stay out of checkpoints)."""
-        self._register_memory(int(ids.shape[0]), persistent)
+        """Make (embeds, labels, ids) the model's memory. During training (``persistent`` False) it is a
+        plain attribute, rebuilt every epoch: never in a checkpoint, never broadcast by DDP; the final one
+        (``persistent``) also goes into buffers saved with the weights."""
+        self.memory = Memory(embeds.detach().float().cpu().numpy(), labels.cpu().numpy(), ids.cpu().numpy())
+        if not persistent:
+            return
+        self._register_memory(int(ids.shape[0]))
         self.memory_embeds.copy_(embeds)
         self.memory_labels.copy_(labels.long())
         self.memory_ids.copy_(ids.long())
-        if persistent:
-            self.config.memory_size = int(ids.shape[0])  # type: ignore[attr-defined]
-        self.memory = None  # rebuilt from the buffers when next needed
+        self.config.memory_size = int(ids.shape[0])  # type: ignore[attr-defined]
 
     def forget_saved_memory(self) -> None:
         """Training starts: a memory loaded with the weights (``--init`` from a trained RGCL) is rebuilt
-        each epoch and saved again at the end, so it stays out of the run's checkpoints meanwhile."""
-        if self.config.memory_size > 0:  # type: ignore[attr-defined]
-            for name in ("memory_embeds", "memory_labels", "memory_ids"):
-                self._non_persistent_buffers_set.add(name)
-            self.config.memory_size = 0  # type: ignore[attr-defined]
+        each epoch and saved again at the end, so meanwhile it leaves the state (and the checkpoints)."""
+        for name in self._MEMORY_BUFFERS:
+            self._buffers.pop(name, None)
+        self.config.memory_size = 0  # type: ignore[attr-defined]
+        self.memory = None
 
     def current_memory(self) -> Memory:
         if self.memory is None:
-            if getattr(self, "memory_ids", None) is None or self.memory_ids.numel() == 0:
+            if "memory_ids" not in self._buffers or self.memory_ids.numel() == 0:
                 raise ConfigError(
                     "rgcl: the kNN classifier needs the training memory, which this model does not hold "
                     "(a model saved by `memeguard train` holds it)"
@@ -285,9 +290,12 @@ class RgclModel(ClipFusionModel):
             )
         return self.memory
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self.memory = None  # loaded buffers invalidate the index
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        if prefix + "memory_ids" in state_dict:
+            self.memory = None  # the loaded buffers replace the index built from the old ones
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def knn_logits(self, embed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         memory = self.current_memory()
