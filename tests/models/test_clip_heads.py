@@ -13,7 +13,7 @@ from clip_memes import IMAGE_DIM, PROJ_DIM, TEXT_DIM, make_clip_memes, write_cli
 from typer.testing import CliRunner
 
 from memeguard.data.meme import Meme
-from memeguard.errors import ConfigError, DataError
+from memeguard.errors import CheckpointError, ConfigError, DataError
 from memeguard.models.base import MemeModel
 from memeguard.models.registry import create_model, get_config
 
@@ -242,3 +242,26 @@ def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
     export_bundle([run], tmp_path / "bundle", data_dir=data)
     bundled = [s.proba for s in MemeScorer.from_bundle(tmp_path / "bundle", device="cpu").score_batch(items)]
     assert np.allclose(bundled, served, atol=1e-6)
+
+
+def test_the_authors_lightning_checkpoint_loads_without_the_clip_towers(tmp_path):
+    """Hate-CLIPper's ModelCheckpoint file: the head under ``state_dict`` beside the frozen CLIP towers
+    (not used: the embeddings come from the store) and an auxiliary image head."""
+    source = _model("hateclipper-cross-tiny")
+    state = {key: value.clone() for key, value in source.state_dict().items()}
+    state["image_encoder.embeddings.patch_embedding.weight"] = torch.randn(48, 3, 8, 8)
+    state["text_encoder.final_layer_norm.weight"] = torch.randn(32)
+    state["output_image.weight"] = torch.randn(1, 8)
+    ckpt = {"epoch": 7, "global_step": 1064, "pytorch-lightning_version": "1.6.5", "state_dict": state}
+    torch.save(ckpt, tmp_path / "hateclipper-epoch=07.ckpt")
+    torch.manual_seed(1)
+    model = create_model("hateclipper-cross-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM).eval()
+    missing, unexpected = model.load_original(tmp_path / "hateclipper-epoch=07.ckpt")
+    assert missing == [] and sorted(unexpected) == sorted(k for k in state if k not in source.state_dict())
+    memes, regions = _memes_and_regions()
+    batch = model.build_processor()(memes, regions)
+    with torch.no_grad():
+        assert torch.equal(model(batch), source(batch))
+    with pytest.raises(CheckpointError, match="not a Hate-CLIPper checkpoint in a known layout"):
+        torch.save({"state_dict": {"classifier.weight": torch.zeros(1, 2)}}, tmp_path / "other.ckpt")
+        model.load_original(tmp_path / "other.ckpt")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from clip_memes import IMAGE_DIM, TEXT_DIM, write_clip_dataset
 
-from memeguard.errors import ConfigError
+from memeguard.errors import CheckpointError, ConfigError
 from memeguard.models.base import MemeModel
 from memeguard.models.registry import create_model
 from memeguard.models.rgcl import Memory, Mined, contrastive_loss, knn_vote, mine
@@ -244,3 +244,46 @@ def test_the_final_memory_is_saved_and_a_new_training_run_keeps_it_out_of_checkp
     )
     loaded.training_objective()  # a run started from it (--init): the memory is rebuilt, not checkpointed
     assert loaded.config.memory_size == 0 and "memory_ids" not in loaded.state_dict()
+
+
+class _AuthorsHead(torch.nn.Module):
+    """RGCL's ``classifier_hateClipper`` (align fusion, no batch norm), rebuilt from its code's layer list
+    with the authors' attribute names; its forward is theirs (normalise, multiply, mlp, output_layer)."""
+
+    def __init__(self, image_dim: int, text_dim: int, map_dim: int, proj_dim: int, layers: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.img_proj = nn.Sequential(nn.Linear(image_dim, map_dim), nn.Dropout(0.2))
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, map_dim), nn.Dropout(0.2))
+        mlp: list[nn.Module] = [nn.Dropout(0.4)]
+        width = map_dim
+        for _ in range(layers):
+            mlp += [nn.Linear(width, proj_dim), nn.ReLU(), nn.Dropout(0.1)]
+            width = proj_dim
+        self.mlp = nn.Sequential(*mlp)
+        self.output_layer = nn.Linear(proj_dim, 1)
+
+    def forward(self, img_feats, text_feats):
+        img = F.normalize(self.img_proj(img_feats), p=2, dim=1)
+        text = F.normalize(self.text_proj(text_feats), p=2, dim=1)
+        x = torch.mul(img, text)
+        return self.output_layer(self.mlp(x)), self.mlp[:-2](x)
+
+
+def test_the_authors_rgcl_checkpoint_loads_and_scores_as_their_head(tmp_path):
+    torch.manual_seed(3)
+    authors = _AuthorsHead(IMAGE_DIM, TEXT_DIM, 16, 16, 3).eval()
+    path = tmp_path / "best_model_7_0.78.pt"
+    torch.save(authors.state_dict(), path)
+    model = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM).eval()
+    missing, unexpected = model.load_original(path)
+    assert missing == [] and unexpected == []
+    image, text = torch.randn(5, IMAGE_DIM), torch.randn(5, TEXT_DIM)
+    batch = {"image_feats": image, "text_feats": text, "ids": torch.arange(5)}
+    with torch.no_grad():
+        logits, embed = authors(image, text)
+        assert torch.allclose(model(batch), logits.squeeze(1), atol=1e-6)
+        assert torch.allclose(model.embedding(batch), embed, atol=1e-6)
+    wrong = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, map_dim=8)
+    with pytest.raises(CheckpointError, match="shape"):
+        wrong.load_original(path)

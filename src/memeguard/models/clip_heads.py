@@ -35,6 +35,7 @@ from torch import nn
 from memeguard.errors import ConfigError, DataError
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.checkpoints import OriginalLayout
 from memeguard.models.registry import register_architecture, register_config
 
 Fusion = Literal["concat", "align", "cross"]
@@ -62,6 +63,39 @@ HATECLIPPER_TRAIN_DEFAULTS: dict[str, Any] = {
     "select_best": True,
     "eval_every": 133,  # one epoch of batch 64 on HM's 8,500 training memes: the best epoch is kept
 }
+
+
+# Keys of the authors' Lightning checkpoint we do not use: the frozen CLIP towers the head sits on, and the
+# auxiliary heads of their optional losses (image-only, text-only, fine-grained labels).
+HATECLIPPER_UNUSED = (
+    "image_encoder.",
+    "text_encoder.",
+    "pre_output_image.",
+    "output_image.",
+    "pre_output_text.",
+    "output_text.",
+    "output_pc",
+    "output_attack",
+    "output_super.",
+)
+
+
+def _is_hateclipper(state: Mapping[str, torch.Tensor]) -> bool:
+    prefixes = ("image_map.", "text_map.", "pre_output.")
+    return all(any(key.startswith(p) for key in state) for p in prefixes) and "output.weight" in state
+
+
+# ``hateclipper:engine.py`` (``CLIPClassifier``, ``use_pretrained_map=False``): the head's modules carry
+# our names and indices (``image_map.0``, ``pre_output.1/4/7``, ``output``); ``ModelCheckpoint`` saves
+# them in a Lightning ``.ckpt`` under ``state_dict`` (read_torch_checkpoint unwraps it).
+HATECLIPPER_LIGHTNING = OriginalLayout(
+    "hateclipper-lightning",
+    _is_hateclipper,
+    lambda state, config: dict(state),
+    unexpected=lambda key: key.startswith(HATECLIPPER_UNUSED),
+    has_head=True,
+    hint="Hate-CLIPper's Lightning .ckpt: image_map.*, text_map.*, pre_output.*, output.*",
+)
 
 
 @dataclass
@@ -160,6 +194,7 @@ class ClipFusionModel(MemeModel):
     config_class: ClassVar[type[VLConfig]] = ClipHeadConfig
     processor_class: ClassVar[type[RegionTextProcessor]] = ClipEmbeddingProcessor
     original_name: ClassVar[str] = "Hate-CLIPper"
+    original_layouts: ClassVar[tuple[OriginalLayout, ...]] = (HATECLIPPER_LIGHTNING,)
     train_defaults: ClassVar[dict[str, Any]] = HATECLIPPER_TRAIN_DEFAULTS
     reads_region_features: ClassVar[bool] = False  # only the per-meme CLIP vectors of the extras
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from memeguard.errors import ConfigError
 from memeguard.models.base import VLConfig
+from memeguard.models.checkpoints import OriginalLayout, has_prefix, rename_unique
 from memeguard.models.clip_heads import ClipFusionModel, ClipHeadConfig
 from memeguard.models.registry import register_architecture, register_config
 
@@ -55,6 +56,32 @@ RGCL_TRAIN_DEFAULTS: dict[str, Any] = {
 SAME_EMBEDDING = 0.9999
 # A probability of exactly 0 or 1 from the vote becomes a finite logit.
 KNN_EPS = 1e-4
+
+
+# ``RGCL:src/model/classifier.py`` (``classifier_hateClipper``) -> our names; the indices inside the
+# Sequentials are the same (projection Linear at 0; Dropout, then Linear/ReLU/Dropout per layer).
+RGCL_RENAMES = (("img_proj.", "image_map."), ("text_proj.", "text_map."), ("mlp.", "pre_output."))
+
+
+def _from_rgcl(key: str) -> str:
+    if key.startswith("output_layer."):
+        return "output." + key.removeprefix("output_layer.")
+    for old, new in RGCL_RENAMES:
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
+
+
+# ``run_rac.py`` saves ``torch.save(model.state_dict(), .../ckpt/best_model_<epoch>_<acc>.pt)``.
+RGCL_STATE_DICT = OriginalLayout(
+    "rgcl-state-dict",
+    lambda state: (
+        has_prefix("img_proj.")(state) and has_prefix("mlp.")(state) and "output_layer.weight" in state
+    ),
+    lambda state, config: rename_unique(state, _from_rgcl),
+    has_head=True,
+    hint="RGCL best_model_*.pt: img_proj.*, text_proj.*, mlp.*, output_layer.*",
+)
 
 
 def _require_faiss() -> Any:
@@ -221,6 +248,7 @@ class RgclModel(ClipFusionModel):
 
     config_class: ClassVar[type[VLConfig]] = RgclConfig
     original_name: ClassVar[str] = "RGCL"
+    original_layouts: ClassVar[tuple[OriginalLayout, ...]] = (RGCL_STATE_DICT,)
     train_defaults: ClassVar[dict[str, Any]] = RGCL_TRAIN_DEFAULTS
 
     def __init__(self, config: VLConfig) -> None:
