@@ -265,3 +265,14 @@ def test_the_authors_lightning_checkpoint_loads_without_the_clip_towers(tmp_path
     with pytest.raises(CheckpointError, match="not a Hate-CLIPper checkpoint in a known layout"):
         torch.save({"state_dict": {"classifier.weight": torch.zeros(1, 2)}}, tmp_path / "other.ckpt")
         model.load_original(tmp_path / "other.ckpt")
+
+
+def test_the_text_only_control_zeroes_the_image_vector():
+    from memeguard.training.data import Collator
+
+    memes, regions = _memes_and_regions(3)
+    processor = _model("hateclipper-align-tiny").build_processor()
+    plain = Collator(processor)(list(zip(memes, regions, strict=True)))
+    control = Collator(processor, zero_visual=True)(list(zip(memes, regions, strict=True)))
+    assert plain["image_feats"].abs().sum() > 0 and control["image_feats"].abs().sum() == 0
+    assert torch.equal(control["text_feats"], plain["text_feats"])

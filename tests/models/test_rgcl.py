@@ -287,3 +287,40 @@ def test_the_authors_rgcl_checkpoint_loads_and_scores_as_their_head(tmp_path):
     wrong = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, map_dim=8)
     with pytest.raises(CheckpointError, match="shape"):
         wrong.load_original(path)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_an_epoch_checkpoint_to_identical_weights_and_memory(tmp_path):
+    """The memory is rebuilt at each epoch's start, so resuming from an epoch checkpoint rebuilds the one the
+    uninterrupted run used: same weights, same saved memory, same predictions."""
+    from safetensors.torch import load_file
+
+    from memeguard.training.loop import finetune
+
+    data, regions = write_clip_dataset(tmp_path, n_train=48, n_dev=16)
+
+    def config(out: str):
+        from memeguard.training.config import TrainConfig
+
+        return TrainConfig(
+            model="rgcl-tiny", features="mem", data_dir=data, out_dir=tmp_path / out, train_split="train",
+            predict_splits=("dev_seen",), lr=3e-3, batch_size=16, epochs=3, eval_every=0, device="cpu",
+            progress=False, sum_loss=False,
+        )  # fmt: skip
+
+    reference = finetune(config("ref"), regions=regions)
+
+    def kill(update: int) -> None:
+        if update == 4:  # one batch into the second epoch (3 batches an epoch)
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(config("killed"), regions=regions, on_update=kill)
+    resumed = finetune(config("killed"), regions=regions)
+    assert resumed.resumed
+    ref_state = load_file(str(reference.model_dir / "model.safetensors"))
+    new_state = load_file(str(resumed.model_dir / "model.safetensors"))
+    assert ref_state.keys() == new_state.keys() and "memory_embeds" in ref_state
+    for key in ref_state:
+        assert torch.equal(ref_state[key], new_state[key]), key
+    assert (reference.run_dir / "dev_seen.csv").read_text() == (resumed.run_dir / "dev_seen.csv").read_text()
