@@ -276,3 +276,30 @@ def test_the_text_only_control_zeroes_the_image_vector():
     control = Collator(processor, zero_visual=True)(list(zip(memes, regions, strict=True)))
     assert plain["image_feats"].abs().sum() > 0 and control["image_feats"].abs().sum() == 0
     assert torch.equal(control["text_feats"], plain["text_feats"])
+
+
+def test_the_trainer_takes_the_input_sizes_from_the_store_and_refuses_what_it_lacks(tmp_path):
+    from memeguard.training.config import TrainConfig
+    from memeguard.training.loop import prepare
+
+    data, regions = write_clip_dataset(tmp_path, n_train=8, n_dev=4)
+    shared = dict(model="hateclipper-cross-tiny", features="mem", data_dir=data, out_dir=tmp_path / "r")
+    shared.update(train_split="train", predict_splits=("dev_seen",), device="cpu", progress=False)
+    model = prepare(TrainConfig(**shared), regions).model
+    assert (model.config.image_dim, model.config.text_dim, model.config.feature_mean) == (
+        IMAGE_DIM,
+        TEXT_DIM,
+        None,
+    )
+    with pytest.raises(
+        ConfigError, match=f"store gives image_dim={IMAGE_DIM}, but the model overrides ask for 7"
+    ):
+        prepare(TrainConfig(**shared, model_overrides={"image_dim": 7}), regions)
+    for record in regions.values():
+        del record.extras["image_pooled"]
+    with pytest.raises(
+        ConfigError, match=r"meme 1: the feature store has no 'image_pooled' vectors .*projected"
+    ):
+        prepare(TrainConfig(**shared), regions)
+    projected = prepare(TrainConfig(**shared, model_overrides={"inputs": "projected"}), regions).model
+    assert (projected.config.image_dim, projected.config.text_dim) == (PROJ_DIM, PROJ_DIM)

@@ -47,6 +47,8 @@ INPUT_EXTRAS: dict[str, tuple[str, str]] = {
     "projected": ("image_embeds", "text_embeds"),
 }
 
+INPUTS_HINT = "inputs=pooled reads image_pooled/text_pooled, inputs=projected image_embeds/text_embeds"
+
 # Hate-CLIPper's optimisation (paper §4 and ``hateclipper:main.py``): AdamW lr 1e-4, weight decay 1e-4,
 # batch 64, at most 20 epochs, grad-norm clip 0.1, the best dev epoch kept. The authors keep the lr
 # constant; our one trainer decays it linearly (warmup 0), the closest schedule it offers. Give these to
@@ -138,7 +140,7 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             raise ConfigError(
                 f"meme {record.meme_id}: its region record has no {key!r} vector (it has "
                 f"{sorted(record.extras)}); {self.head_config.model_type} models read CLIP embeddings: "
-                "extract the features with the clip extractor"
+                f"extract the features with the clip extractor ({INPUTS_HINT})"
             )
         value = np.asarray(record.extras[key], dtype=np.float32).reshape(-1)
         if value.shape[0] != dim:
@@ -253,7 +255,8 @@ class ClipFusionModel(MemeModel):
             if key not in record.extras:
                 raise ConfigError(
                     f"meme {record.meme_id}: the feature store has no {key!r} vectors (it has "
-                    f"{sorted(record.extras)}); {config.model_type} models need a CLIP feature store"
+                    f"{sorted(record.extras)}); {config.model_type} models need a CLIP feature store "
+                    f"({INPUTS_HINT})"
                 )
             dims[name] = int(np.asarray(record.extras[key]).size)
         return dims
