@@ -97,6 +97,8 @@ def test_the_fusions_have_the_papers_sizes():
     assert count("clip-concat") == expected(2048, 1024, 1)
     assert count("hateclipper-cross-32") == expected(32 * 32, 32, 1, m=32)
     assert get_config("hateclipper-cross").drop_probs == [0.2, 0.4, 0.1]
+    for name in ("hateclipper-cross", "hateclipper-align", "clip-concat", "rgcl", "hateclipper-cross-32"):
+        assert get_config(name).parameter_count() == count(name)
 
 
 def test_dropout_is_active_only_in_training():
@@ -141,6 +143,18 @@ def test_bad_configs_are_config_errors():
         create_model("hateclipper-align-tiny", unfreeze_clip_layers=2)
     with pytest.raises(ConfigError, match="drop_probs needs 3 values"):
         create_model("hateclipper-align-tiny", drop_probs=[0.1])
+    with pytest.raises(ConfigError, match=r"drop_probs needs 3 values in \[0, 1\)"):
+        create_model("hateclipper-align-tiny", drop_probs=[0.1, 1.5, 0.1])
+    with pytest.raises(ConfigError, match="sizes must be >= 1"):
+        get_config("clip-concat-tiny", map_dim=0)
+    with pytest.raises(ConfigError, match="cross fusion of map_dim 2048 makes a head of 4,29"):
+        get_config("hateclipper-cross", map_dim=2048)  # refused before a byte is allocated
+    with pytest.raises(ConfigError, match="align fusion of map_dim 1024 makes a head of"):
+        get_config("hateclipper-align", num_pre_output_layers=3000)
+    with pytest.raises(ConfigError, match="ce_weight must be in"):
+        get_config("rgcl-tiny", ce_weight=2.0)
+    with pytest.raises(ConfigError, match="retrieval_pool, knn_top_k >= 1"):
+        get_config("rgcl-tiny", knn_top_k=0)
     with pytest.raises(ConfigError, match="fusion"):
         get_config("hateclipper-align-tiny", fusion="outer")
 

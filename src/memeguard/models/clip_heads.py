@@ -47,6 +47,9 @@ INPUT_EXTRAS: dict[str, tuple[str, str]] = {
     "projected": ("image_embeds", "text_embeds"),
 }
 
+# The largest head a config may ask for: hateclipper-cross (n = 1024) has ~1.08 B weights (4.3 GB in fp32);
+# about twice that is allowed, anything beyond is a typo that would exhaust memory.
+MAX_HEAD_PARAMETERS = 2 * 1024**3
 INPUTS_HINT = "inputs=pooled reads image_pooled/text_pooled, inputs=projected image_embeds/text_embeds"
 
 # Hate-CLIPper's optimisation (paper §4 and ``hateclipper:main.py``): AdamW lr 1e-4, weight decay 1e-4,
@@ -106,7 +109,7 @@ class ClipHeadConfig(VLConfig):
 
     model_type: ClassVar[str] = "hateclipper"
 
-    fusion: Fusion = "align"
+    fusion: Fusion = "align"  # a registered config's own; overriding it changes the head
     inputs: ClipInputs = "pooled"
     image_dim: int = 1024  # CLIP ViT-L/14 vision width (pooled); set from the store by the trainer
     text_dim: int = 768  # CLIP ViT-L/14 text width (pooled)
@@ -119,8 +122,28 @@ class ClipHeadConfig(VLConfig):
     unfreeze_clip_layers: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.drop_probs) != 3:
-            raise ConfigError(f"{type(self).__name__}: drop_probs needs 3 values, got {self.drop_probs}")
+        """Refuse sizes that cannot build a head, or would build one too large to allocate (a cross
+        fusion's first layer grows with map_dim squared)."""
+        name = type(self).__name__
+        if len(self.drop_probs) != 3 or not all(0 <= p < 1 for p in self.drop_probs):
+            raise ConfigError(f"{name}: drop_probs needs 3 values in [0, 1), got {self.drop_probs}")
+        sizes = {k: getattr(self, k) for k in ("image_dim", "text_dim", "map_dim", "pre_output_dim")}
+        if min(sizes.values()) < 1 or self.num_pre_output_layers < 0:
+            raise ConfigError(f"{name}: sizes must be >= 1 and num_pre_output_layers >= 0, got {sizes}")
+        total = self.parameter_count()
+        if total > MAX_HEAD_PARAMETERS:
+            raise ConfigError(
+                f"{name}: {self.fusion} fusion of map_dim {self.map_dim} makes a head of {total:,} weights "
+                f"(more than {MAX_HEAD_PARAMETERS:,}); use a smaller map_dim, pre_output_dim or depth"
+            )
+
+    def parameter_count(self) -> int:
+        """The head's trainable parameters, from the sizes alone (checked before anything is allocated)."""
+        n, m, layers = self.map_dim, self.pre_output_dim, self.num_pre_output_layers
+        width = fused_dim(self.fusion, n)
+        maps = (self.image_dim + 1) * n + (self.text_dim + 1) * n
+        pre = ((width + 1) * m + (layers - 1) * (m + 1) * m) if layers else 0
+        return maps + pre + (m if layers else width) + 1
 
 
 class ClipEmbeddingProcessor(RegionTextProcessor):
@@ -181,7 +204,10 @@ def fuse(image: torch.Tensor, text: torch.Tensor, fusion: str) -> torch.Tensor:
 
 
 def fused_dim(fusion: str, map_dim: int) -> int:
-    return {"align": map_dim, "cross": map_dim * map_dim, "concat": 2 * map_dim}[fusion]
+    sizes = {"align": map_dim, "cross": map_dim * map_dim, "concat": 2 * map_dim}
+    if fusion not in sizes:
+        raise ConfigError(f"unknown fusion {fusion!r}; known: concat, align, cross")
+    return sizes[fusion]
 
 
 @register_architecture

@@ -114,6 +114,11 @@ class RgclConfig(ClipHeadConfig):
         super().__post_init__()
         if self.num_pre_output_layers < 1:
             raise ConfigError("RgclConfig: the embedding is a pre-output layer: num_pre_output_layers >= 1")
+        counts = {k: getattr(self, k) for k in ("hard_negatives", "pseudo_gold_positives", "memory_size")}
+        if min(counts.values()) < 0 or self.retrieval_pool < 1 or self.knn_top_k < 1:
+            raise ConfigError(f"RgclConfig: counts must be >= 0 and retrieval_pool, knn_top_k >= 1: {counts}")
+        if not 0 <= self.ce_weight <= 1:
+            raise ConfigError(f"RgclConfig: ce_weight must be in [0, 1], got {self.ce_weight}")
 
 
 class Memory:
