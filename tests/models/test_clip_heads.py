@@ -139,6 +139,11 @@ def test_processor_errors_name_the_meme():
 
 
 def test_bad_configs_are_config_errors():
+    from memeguard.training.build import require_pretrainable
+
+    require_pretrainable("visualbert-tiny")
+    with pytest.raises(ConfigError, match="rgcl-tiny: has no text encoder to pretrain"):
+        require_pretrainable("rgcl-tiny")
     with pytest.raises(ConfigError, match="not implemented yet"):
         create_model("hateclipper-align-tiny", unfreeze_clip_layers=2)
     with pytest.raises(ConfigError, match="drop_probs needs 3 values"):

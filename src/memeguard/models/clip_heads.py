@@ -225,6 +225,7 @@ class ClipFusionModel(MemeModel):
     original_layouts: ClassVar[tuple[OriginalLayout, ...]] = (HATECLIPPER_LIGHTNING,)
     train_defaults: ClassVar[dict[str, Any]] = HATECLIPPER_TRAIN_DEFAULTS
     reads_region_features: ClassVar[bool] = False  # only the per-meme CLIP vectors of the extras
+    pretrainable: ClassVar[bool] = False  # no text encoder for MLM/ITM
 
     def __init__(self, config: VLConfig) -> None:
         super().__init__(config)
