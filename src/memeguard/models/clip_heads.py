@@ -19,6 +19,13 @@ bundles) handles it as any other model; the BERT fields (``vocab_size`` ... ``to
 ``max_regions``, ``feature_mean``/``feature_std``) are unused by these heads. ``visual_feat_dim`` only
 records the store's patch-feature size so that ``predict`` and ``score`` can refuse a store of another
 CLIP model.
+
+Named configs: ``clip-concat``, ``hateclipper-align``, ``hateclipper-cross`` (n = 1024: ~1.08 B
+parameters), ``hateclipper-cross-32`` (the authors' ``run.sh``), their ``-tiny`` variants; RGCL lives in
+:mod:`memeguard.models.rgcl`. The family's optimiser settings: ``train --family-defaults``
+(``train_defaults`` below). The authors' trained heads load with ``train --init their.ckpt``.
+Not implemented: fine-tuning the last k CLIP layers (``unfreeze_clip_layers``; it would need the CLIP towers
+inside the model and pixels/tokens in the batch, while the trainer feeds stored features).
 """
 
 from __future__ import annotations

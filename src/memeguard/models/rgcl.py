@@ -19,7 +19,14 @@ dev and test memes never enter it.
 The kNN retrieval classifier (``classifier="knn"``): a meme's probability is the rank-weighted vote of the
 labels of its ``knn_top_k`` nearest memory entries (weights k, k-1, ..., 1: the authors' "arithmetic"
 majority voting). The final memory (embeddings, labels, ids) is saved with the model, so a trained model
-can switch to it (``classifier`` in its ``config.json``) without the training data.
+can switch to it (``classifier`` in its ``config.json``) without the training data; trained with
+``classifier="knn"``, evaluations during training vote on the epoch's memory. At prediction a meme skips
+an entry only when it is that meme (same id and same embedding): the scorer numbers memes 0, 1, ....
+
+Other deviations: the authors run the MLP twice per batch (embedding and logit get independent dropout
+masks), we once; our AdamW spares biases from weight decay. The memory is rebuilt at every epoch start, so
+a run resumed from an epoch checkpoint is identical to the uninterrupted one; one resumed mid-epoch
+(``checkpoint_every``) rebuilds it from the resumed weights instead.
 """
 
 from __future__ import annotations
