@@ -324,3 +324,42 @@ def test_a_killed_run_resumes_from_an_epoch_checkpoint_to_identical_weights_and_
     for key in ref_state:
         assert torch.equal(ref_state[key], new_state[key]), key
     assert (reference.run_dir / "dev_seen.csv").read_text() == (resumed.run_dir / "dev_seen.csv").read_text()
+
+
+def _ddp_worker(rank: int, port: int, cfg, regions: dict, out: str) -> None:
+    import os
+
+    from memeguard.training.loop import finetune
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.set_num_threads(1)
+    result = finetune(cfg, regions=regions)
+    torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_end_with_identical_weights_and_memory(tmp_path):
+    """Under DDP the objective reads the embedding of the DDP forward, and every rank builds the memory."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from memeguard.training.config import TrainConfig
+
+    data, regions = write_clip_dataset(tmp_path, n_train=32, n_dev=8)
+    cfg = TrainConfig(
+        model="rgcl-tiny", features="mem", data_dir=data, out_dir=tmp_path / "run", train_split="train",
+        predict_splits=("dev_seen",), epochs=2, batch_size=8, lr=1e-3, eval_every=2, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, cfg, regions, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and "memory_embeds" in rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert (tmp_path / "run" / "DONE").is_file()
