@@ -35,7 +35,7 @@ def clip_dir(tmp_path_factory):
 
     special_tokens = dict(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     config = CLIPConfig(
-        text_config=dict(**tower(32), **special_tokens, vocab_size=len(vocab), max_position_embeddings=24),
+        text_config=dict(**tower(32), **special_tokens, vocab_size=len(vocab), max_position_embeddings=77),
         vision_config=dict(**tower(48), image_size=32, patch_size=8),
         projection_dim=24,
     )
@@ -79,7 +79,7 @@ def test_crop_geometry_matches_the_processor(clip_dir):
 
 
 def test_records_shapes_boxes_and_extras(clip_dir):
-    extractor = ClipExtractor(clip_dir, batch_size=2)
+    extractor = ClipExtractor(clip_dir, batch_size=2, patches=True, dtype="float32")
     assert isinstance(extractor, Extractor) and extractor.variants() == ["default"]
     imgs = meme_images()
     out = extractor.extract(imgs, [5, 6, 7], ["hate that", "a cat", ""])
@@ -121,7 +121,8 @@ def test_embeddings_equal_clipmodel_forward(clip_dir):
             pixel_values=processor(images=imgs, return_tensors="pt")["pixel_values"],
             output_hidden_states=True,
         )
-    recs = ClipExtractor(clip_dir, batch_size=1).extract(imgs, [1, 2], texts)["default"]
+    extractor = ClipExtractor(clip_dir, batch_size=1, patches=True, dtype="float32")
+    recs = extractor.extract(imgs, [1, 2], texts)["default"]
     for i, rec in enumerate(recs):
         np.testing.assert_allclose(rec.extras["image_embeds"], ref.image_embeds[i].numpy(), atol=1e-5)
         np.testing.assert_allclose(rec.extras["text_embeds"], ref.text_embeds[i].numpy(), atol=1e-5)

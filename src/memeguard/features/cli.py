@@ -45,12 +45,32 @@ def extract_command(
         str | None, typer.Option("--splits", help="Comma-separated splits (default: all).")
     ] = None,
     dtype: DtypeOption = "float16",
+    remove_text: Annotated[
+        bool,
+        typer.Option(
+            "--remove-text",
+            help="Inpaint the caption (OCR boxes) before the extractor sees an image; needs memeguard[ocr].",
+        ),
+    ] = False,
+    remove_text_dilation: Annotated[
+        int | None,
+        typer.Option(
+            "--remove-text-dilation", min=0, max=64, help="Pixels the OCR boxes grow by (default 4)."
+        ),
+    ] = None,
 ) -> None:
     """Extract region features of every meme image (resumes an interrupted run)."""
+    from memeguard.errors import ConfigError
     from memeguard.features.extract import extract_features
     from memeguard.features.factory import make_extractor
 
-    kw = {"batch_size": batch_size} if batch_size else {}
+    kw: dict[str, object] = {"batch_size": batch_size} if batch_size else {}
+    if remove_text_dilation is not None and not remove_text:
+        raise ConfigError("--remove-text-dilation goes with --remove-text")
+    if remove_text:
+        kw["remove_text"] = True
+    if remove_text_dilation is not None:
+        kw["remove_text_dilation"] = remove_text_dilation
     made = make_extractor(extractor, weights=weights, boxes=boxes, device=device, **kw)
     split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
     paths = extract_features(data_dir, out, made, batch_size=batch_size, splits=split_list, dtype=dtype)
