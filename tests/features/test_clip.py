@@ -387,3 +387,36 @@ def test_hub_ids_resolve_offline_from_the_cache_only(clip_dir, tmp_path, monkeyp
     assert {**rebuilt.meta(), "model": "tiny/clip"} == meta
     with pytest.raises(CheckpointError, match="no config.json"):
         ClipExtractor(tmp_path / "not" / "there")
+
+
+def test_cli_params_reach_the_extractor_and_its_meta(clip_dir, hm_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from memeguard.cli import app
+    from memeguard.features.store import FeatureStore
+
+    runner = CliRunner()
+    base = [
+        "features",
+        "extract",
+        str(hm_dir),
+        str(tmp_path / "sq"),
+        "--extractor",
+        "clip",
+        "--weights",
+        str(clip_dir),
+    ]
+    result = runner.invoke(
+        app, [*base, "--param", "resize=square", "--param", "patches=true", "--splits", "test_unseen"]
+    )
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(tmp_path / "sq")
+    assert (store.meta["resize"], store.meta["patches"], store.num_boxes(106)) == ("square", True, 16)
+    # 120x50 stretched to 32x32: patch 0 covers the top-left 120/4 x 50/4 pixels.
+    np.testing.assert_allclose(store[106].boxes[0], [0, 0, 30, 12.5])
+    for bad, message in (
+        (["--param", "resize"], "expected KEY=VALUE"),
+        (["--param", "resize=round"], "resize"),
+    ):
+        result = runner.invoke(app, [*base[:3], str(tmp_path / "bad"), *base[4:], *bad])
+        assert result.exit_code != 0 and message in str(result.exception or result.output)
