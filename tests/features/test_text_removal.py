@@ -143,3 +143,20 @@ def test_remove_text_through_the_cli_is_repeated_by_the_scorer(tmp_path: Path) -
         app, ["features", "extract", str(data), str(tmp_path / "x"), "--remove-text-dilation", "3"]
     )
     assert refused.exit_code != 0
+
+
+def test_remove_text_changes_the_feature_stage_key(hm_dir: Path, tmp_path: Path) -> None:
+    from memeguard.pipeline.recipe import load_recipe
+    from memeguard.pipeline.runner import RecipeRunner
+
+    keys = []
+    for params in ("{}", "{remove_text: true}", "{remove_text: true, remove_text_dilation: 8}"):
+        path = tmp_path / "r.yaml"
+        path.write_text(
+            "name: t\nfeatures:\n  grid: {extractor: grid, params: " + params + "}\n"
+            "models:\n  - name: V\n    model: visualbert-tiny\n    features: grid\n    train: {epochs: 1}\n"
+        )
+        runner = RecipeRunner(load_recipe(path), hm_dir, tmp_path / "out")
+        runner.build()
+        keys.append(next(s.key for s in runner.stages if s.kind == "features"))
+    assert len(set(keys)) == 3

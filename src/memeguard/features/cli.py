@@ -165,6 +165,7 @@ def info_command(
         "extractor": str(opened.meta.get("extractor", "?")),
         "fields": ", ".join(opened.fields) or "-",
         "extras": ", ".join(f"{k}[{v}]" for k, v in opened.extras.items()) or "-",
+        "extras dtype": opened.extras_dtype if opened.extras else "-",
     }
     for key, value in rows.items():
         table.add_row(key, value)
