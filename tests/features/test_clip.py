@@ -142,6 +142,18 @@ def test_errors(clip_dir, tmp_path):
         ClipExtractor(tmp_path)
     with pytest.raises(DataError):
         ClipExtractor(clip_dir).extract(meme_images()[:2], [1, 2], ["only one text"])
+    import shutil
+
+    from memeguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the clip extractor's params: resize"):
+        ClipExtractor(clip_dir, resize="stretch")
+    broken = shutil.copytree(clip_dir, tmp_path / "broken")
+    with open(broken / "model.safetensors", "r+b") as weights:
+        weights.truncate(5000)  # an interrupted download
+    with pytest.raises(CheckpointError, match="broken: cannot load CLIP model/tokenizer") as error:
+        ClipExtractor(broken)
+    assert "\n" not in str(error.value)
 
 
 # ------------------------------------------------------------------ the CLIP-family contract (issue 13)

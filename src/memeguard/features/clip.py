@@ -151,10 +151,13 @@ def resolve_checkpoint(name: str | os.PathLike[str]) -> Path:
     try:
         return Path(snapshot_download(text, allow_patterns=HUB_FILES, local_files_only=offline))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        why = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}"
+        if offline:
+            why = "it is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it once online"
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            why = f"the hub did not give it ({type(exc).__name__}: {first})"
         raise CheckpointError(
-            f"{text}: no such local folder, and this hub model is not in the Hugging Face cache ({why}); "
-            "download it once online (or pass a local CLIP folder)"
+            f"{text}: no such local folder, and {why} (or pass a local CLIP folder)"
         ) from None
 
 
@@ -211,12 +214,12 @@ class ClipExtractor(BaseExtractor):
     ) -> None:
         import torch
 
-        self.model_id = str(model_dir)  # as given: a folder or a hub id
-        self.model_dir = resolve_checkpoint(model_dir)
         settings = self.validate_params(
             dict(batch_size=batch_size, resize=resize, patches=patches, dtype=dtype)
         )
         assert isinstance(settings, ClipParams)
+        self.model_id = str(model_dir)  # as given: a folder or a hub id
+        self.model_dir = resolve_checkpoint(model_dir)
         self.batch_size, self.resize = settings.batch_size, settings.resize
         self.patches, self.dtype = settings.patches, settings.dtype
         self.device = torch.device(device)
@@ -230,13 +233,15 @@ class ClipExtractor(BaseExtractor):
         self.geometry = CropGeometry.from_processor(self.processor, self.image_size, str(self.model_dir))
 
     def _load(self) -> tuple[Any, Any]:
+        from safetensors import SafetensorError
         from transformers import AutoTokenizer, CLIPModel
 
         try:
             model = CLIPModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.model_dir}: cannot load CLIP model/tokenizer ({exc})") from exc
+        except (OSError, ValueError, SafetensorError) as exc:  # a truncated download: SafetensorError
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CheckpointError(f"{self.model_dir}: cannot load CLIP model/tokenizer ({first})") from None
         return model, tokenizer
 
     @classmethod
