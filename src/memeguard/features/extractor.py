@@ -27,6 +27,10 @@ from memeguard.features.record import RegionRecord
 
 @runtime_checkable
 class Extractor(Protocol):
+    """What ``extract_features`` and the scorer call. Optional: ``batch_size`` (images per call), and
+    ``dataset_meta(texts) -> dict``, facts about every caption of the dataset recorded in the store's meta
+    (CLIP: how many captions were cut to its 77 tokens)."""
+
     name: str  # "butd", "grid", "clip"
 
     def variants(self) -> list[str]:
