@@ -208,6 +208,18 @@ def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
     return labels
 
 
+def training_logs(
+    run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]],
+) -> dict[str, dict[str, Path]]:
+    """family -> stage label (``V43-train``, ``V43-traindev``) -> run dir: the folders of the prediction
+    CSVs, whose ``metrics.jsonl`` the report draws (an inference-only stage has none and is skipped)."""
+    logs: dict[str, dict[str, Path]] = {}
+    for family, runs in run_predictions.items():
+        for csv in (path for outputs in runs.values() for path in outputs.values()):
+            logs.setdefault(family, {})[csv.parent.name.rsplit("-", 1)[0]] = csv.parent
+    return logs
+
+
 def write_run_report(
     out_dir: Path,
     family_files: Mapping[str, Mapping[str, Path]],
@@ -215,6 +227,7 @@ def write_run_report(
     data_dir: Path,
     timings: Mapping[str, Mapping[str, Any]],
     title: str,
+    run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]] | None = None,
 ) -> Path:
     from memeguard.pipeline.report import write_report
 
@@ -233,4 +246,6 @@ def write_run_report(
         weights=weights,
         stage_times=stage_times,
         title=f"memeguard report: {title}",
+        training_logs=training_logs(run_predictions or {}),
+        data_dir=data_dir,
     )
