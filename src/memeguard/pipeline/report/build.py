@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from memeguard import __version__
@@ -178,6 +179,58 @@ def _gallery(
     ]
 
 
+@dataclass
+class _Inputs:
+    """What every section may read: the caller's inputs and the choices made once (subject, threshold)."""
+
+    predictions: PredictionSets
+    labels: Labels
+    weights: Mapping | None
+    stage_times: Mapping[str, float] | None
+    training_logs: Mapping[str, Mapping[str, str | os.PathLike[str]]] | None
+    data_dir: Path | None
+    explain: gallery.Explainer | None
+    gallery_size: int
+    metrics: scores.Metrics
+    model: str | None
+    point: OperatingPoint | None
+
+
+def _times(stage_times: Mapping[str, float]) -> list[str]:
+    times = {str(k): float(v) for k, v in stage_times.items()}
+    rows = [[k, f"{v:.1f}"] for k, v in times.items()] + [["total", f"{sum(times.values()):.1f}"]]
+    figure_html = blend.barh(times, "time per stage", "seconds", "wall-clock seconds per stage")
+    return [f'<div class="row"><div>{table(["stage", "seconds"], rows)}</div><div>{figure_html}</div></div>']
+
+
+def _sections(r: _Inputs) -> list[tuple[str, str, str]]:
+    """``(anchor, heading, html)`` of every section that has something to show, in reading order."""
+    p, labels, model, point = r.predictions, r.labels, r.model, r.point
+    curves = [f for split in r.metrics if (f := scores.curves_figure(p, labels, split))]
+    splits = sorted({s for per_model in p.values() for s in per_model}, key=split_key)
+    candidates = [
+        ("summary", "Summary", [_summary(r.metrics, model, point, p, labels)]),
+        ("training", "Training curves", _training(r.training_logs)),
+        ("scores", "Ranking: ROC and precision-recall", [*curves, *scores.score_tables(r.metrics)]),
+        (
+            "calibration",
+            "Calibration and score distributions",
+            _calibration(p, labels, model, point) if model else [],
+        ),
+        (
+            "threshold",
+            "At the operating point",
+            _confusion(p, labels, model, point) if model and point else [],
+        ),
+        ("ensemble", "Ensemble", blend.ensemble_section(p, splits, r.weights)),
+    ]
+    if model and point and DEV_SEEN in p[model]:
+        worst = _gallery(p, labels, model, point, r.data_dir, r.explain, r.gallery_size)
+        candidates.append(("gallery", "Most confidently wrong", worst))
+    candidates.append(("time", "Time per stage", _times(r.stage_times) if r.stage_times else []))
+    return [(anchor, heading, "\n".join(parts)) for anchor, heading, parts in candidates if parts]
+
+
 def write_report(
     out_dir: str | os.PathLike[str],
     predictions: PredictionSets,
@@ -199,60 +252,31 @@ def write_report(
     id -> label for the labelled splits; ``weights``: ``{name: weight}`` or the ``weights.json`` record;
     ``stage_times``: stage -> seconds; ``training_logs``: family -> run name -> run dir (its
     ``metrics.jsonl``); ``data_dir``: the dataset (meme text and images for the gallery); ``explain``:
-    the gallery's explanation provider; ``rule``/``target``: how the operating point is chosen on dev_seen.
+    the gallery's explanation provider; ``rule``/``target``: how the operating point is chosen on dev_seen
+    (``accuracy``, ``precision`` P, ``recall`` R or ``fixed`` threshold, as ``memeguard export``).
     """
-    out = Path(out_dir)
+    from matplotlib import rc_context
+
     metrics = scores.compute_metrics(predictions, labels)
     model = subject(predictions)
     point = threshold.choose(predictions, labels, model, rule, target)
-    data = Path(data_dir) if data_dir is not None else None
-    sections: list[tuple[str, str, str]] = [
-        ("summary", "Summary", _summary(metrics, model, point, predictions, labels))
-    ]
-
-    def add(anchor: str, heading: str, parts: list[str]) -> None:
-        if parts:
-            sections.append((anchor, heading, "\n".join(parts)))
-
-    add("training", "Training curves", _training(training_logs))
-    curves = [f for split in metrics if (f := scores.curves_figure(predictions, labels, split))]
-    add("scores", "Ranking: ROC and precision-recall", [*curves, *scores.score_tables(metrics)])
-    if model is not None:
-        add(
-            "calibration",
-            "Calibration and score distributions",
-            _calibration(predictions, labels, model, point),
-        )
-    if point is not None and model is not None:
-        add("threshold", "At the operating point", _confusion(predictions, labels, model, point))
-    splits = sorted({s for per_model in predictions.values() for s in per_model}, key=split_key)
-    add("ensemble", "Ensemble", blend.ensemble_section(predictions, splits, weights))
-    if point is not None and model is not None and DEV_SEEN in predictions[model]:
-        add(
-            "gallery",
-            "Most confidently wrong",
-            _gallery(predictions, labels, model, point, data, explain, gallery_size),
-        )
-    if stage_times:
-        times = {str(k): float(v) for k, v in stage_times.items()}
-        rows = [[k, f"{v:.1f}"] for k, v in times.items()] + [["total", f"{sum(times.values()):.1f}"]]
-        add(
-            "time",
-            "Time per stage",
-            [
-                '<div class="row"><div>'
-                + table(["stage", "seconds"], rows)
-                + "</div><div>"
-                + blend.barh(times, "time per stage", "seconds", "wall-clock seconds per stage")
-                + "</div></div>"
-            ],
-        )
-    labelled_splits = ", ".join(metrics) or "none"
-    subtitle = f"{len(predictions)} prediction sets · labelled splits: {labelled_splits}"
-    page = document(
-        title, subtitle, sections, f"memeguard {__version__} · a self-contained page: no scripts, no network"
+    inputs = _Inputs(
+        predictions,
+        labels,
+        weights,
+        stage_times,
+        training_logs,
+        Path(data_dir) if data_dir is not None else None,
+        explain,
+        gallery_size,
+        metrics,
+        model,
+        point,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / REPORT_FILE
-    write_text_atomic(path, page)
+    with rc_context({"text.parse_math": False}):  # a "$" in a model name is a dollar, not TeX
+        sections = _sections(inputs)
+    subtitle = f"{len(predictions)} prediction sets · labelled splits: {', '.join(metrics) or 'none'}"
+    footer = f"memeguard {__version__} · a self-contained page: no scripts, no network"
+    path = Path(out_dir) / REPORT_FILE
+    write_text_atomic(path, document(title, subtitle, sections, footer))
     return path
