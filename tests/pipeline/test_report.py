@@ -428,3 +428,21 @@ def test_chromium_renders_the_report(full_report, tmp_path: Path) -> None:
     ink = (pixels.sum(-1) < 600).mean()  # non-white pixels: text, tables, figures
     assert 0.05 < ink < 0.9
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # figures, not a flat page
+
+
+def test_the_runner_hands_each_family_its_run_dirs(tmp_path: Path) -> None:
+    from memeguard.pipeline.stages import training_logs
+
+    a = tmp_path / "stages" / "finetune" / "V1-train-0123456789ab"
+    b = tmp_path / "stages" / "finetune" / "V1-traindev-ba9876543210"
+    run_predictions = {
+        "V": {
+            "1": {
+                "dev_seen": a / "dev_seen.csv",
+                "test_seen": b / "test_seen.csv",
+                "test_unseen": b / "x.csv",
+            }
+        },
+        "O": {},
+    }
+    assert training_logs(run_predictions) == {"V": {"V1-train": a, "V1-traindev": b}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memeguard.data.hm import read_split, split_path
 from memeguard.data.predictions import Predictions, read_predictions, write_predictions
@@ -24,6 +24,9 @@ from memeguard.names import (
     prediction_file,
 )
 from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memeguard.pipeline.report import Explainer
 
 
 def show_progress() -> bool:
@@ -228,7 +231,9 @@ def write_run_report(
     timings: Mapping[str, Mapping[str, Any]],
     title: str,
     run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]] | None = None,
+    explain: Explainer | None = None,
 ) -> Path:
+    """``OUT/report.html`` from the run's outputs; ``explain`` adds attributions to the gallery."""
     from memeguard.pipeline.report import write_report
 
     predictions: dict[str, dict[str, Predictions]] = {
@@ -248,4 +253,5 @@ def write_run_report(
         title=f"memeguard report: {title}",
         training_logs=training_logs(run_predictions or {}),
         data_dir=data_dir,
+        explain=explain,
     )

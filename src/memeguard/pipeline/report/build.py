@@ -21,6 +21,24 @@ from memeguard.pipeline.report import blend, calibration, gallery, scores, thres
 from memeguard.pipeline.report.common import Labels, PredictionSets, labelled, split_key, subject
 from memeguard.pipeline.report.page import document, esc, fmt, note, table
 
+SUMMARY_HEADER = [
+    "split",
+    "memes",
+    "hateful",
+    "AUROC",
+    "average precision",
+    "accuracy",
+    "precision",
+    "recall",
+]
+
+
+def _card(key: str, value: str, sub: str, css: str = "card") -> str:
+    return (
+        f'<div class="{css}"><div class="k">{esc(key)}</div><div class="v">{esc(value)}</div>'
+        f'<div class="s">{esc(sub)}</div></div>'
+    )
+
 
 def _summary(
     metrics: scores.Metrics,
@@ -37,52 +55,24 @@ def _summary(
         m = per_model[model]
         y, proba, _, _ = labelled(predictions[model][split], labels[split], model, split)
         at = threshold.Confusion.at(y, proba, point.threshold) if point else None
+        accuracy = at.accuracy if at else m["accuracy"]
         cards.append(
-            f'<div class="card"><div class="k">{esc(split)}</div><div class="v">{fmt(m["auroc"], 3)}</div>'
-            f'<div class="s">AUROC · accuracy {fmt(at.accuracy if at else m["accuracy"], 3)} · '
-            f"{int(m['n'])} memes</div></div>"
+            _card(split, fmt(m["auroc"], 3), f"AUROC · accuracy {fmt(accuracy, 3)} · {int(m['n'])} memes")
         )
-        rows.append(
-            [
-                split,
-                str(int(m["n"])),
-                str(int(y.sum())),
-                fmt(m["auroc"]),
-                fmt(m["ap"]),
-                fmt(at.accuracy) if at else "–",
-                fmt(at.precision) if at else "–",
-                fmt(at.recall) if at else "–",
-            ]
-        )
+        at_point = [fmt(at.accuracy), fmt(at.precision), fmt(at.recall)] if at else ["–"] * 3
+        rows.append([split, str(int(m["n"])), str(int(y.sum())), fmt(m["auroc"]), fmt(m["ap"]), *at_point])
     if point is not None:
-        cards.append(
-            '<div class="card op"><div class="k">operating point</div>'
-            f'<div class="v">{point.threshold:.3f}</div>'
-            f'<div class="s">rule: {esc(point.rule)}{"" if point.target is None else f" {point.target:g}"}, '
-            "chosen on dev_seen</div></div>"
-        )
+        target = "" if point.target is None else f" {point.target:g}"
+        sub = f"rule: {point.rule}{target}, chosen on dev_seen"
+        cards.append(_card("operating point", f"{point.threshold:.3f}", sub, "card op"))
     parts = [f'<div class="cards">{"".join(cards)}</div>'] if cards else []
     if rows:
-        parts.append(
-            table(
-                [
-                    "split",
-                    "memes",
-                    "hateful",
-                    "AUROC",
-                    "average precision",
-                    "accuracy",
-                    "precision",
-                    "recall",
-                ],
-                rows,
-            )
-        )
+        how = threshold.describe(point) if point else "none: dev_seen has no labels of both classes"
+        parts.append(table(SUMMARY_HEADER, rows))
         parts.append(
             note(
-                f"{model}; accuracy, precision and recall at the operating point, "
-                + (threshold.describe(point) if point else "none: dev_seen has no labels of both classes")
-                + ", applied unchanged to every split."
+                f"{model}; accuracy, precision and recall at the operating point, {how}, applied "
+                "unchanged to every split."
             )
         )
     if not metrics:
@@ -173,7 +163,13 @@ def _gallery(
     return [
         note(
             f"The {len(worst)} dev_seen memes {model} got most confidently wrong at "
-            f"{threshold.describe(point)}" + (", with their attributions." if explain else ".")
+            f"{threshold.describe(point)}"
+            + (
+                ", with their attributions: the overlay beside each meme; words in red pushed the score "
+                "towards hateful, in blue away from it (hover for the value)."
+                if explain
+                else "."
+            )
         ),
         gallery.gallery_html(worst, memes, data_dir, explain),
     ]

@@ -30,6 +30,7 @@ from memeguard.pipeline.report.page import esc, img
 THUMBNAIL_PX = 256
 JPEG_QUALITY = 82
 GALLERY_SIZE = 12
+MAX_GALLERY_SIZE = 100  # a caller's k is capped: each card embeds up to two images
 MAX_WORDS = 200  # words coloured per meme; a caption is a sentence, not a book
 
 WordScores = Mapping[str, float] | Sequence[tuple[str, float]]
@@ -43,7 +44,7 @@ def most_confidently_wrong(
     ties by id, so the gallery is the same on every run."""
     wrong = np.flatnonzero((proba >= threshold) != (y == 1))
     order = sorted(wrong.tolist(), key=lambda i: (-abs(float(proba[i]) - int(y[i])), int(ids[i])))
-    return [(int(ids[i]), int(y[i]), float(proba[i])) for i in order[: max(0, k)]]
+    return [(int(ids[i]), int(y[i]), float(proba[i])) for i in order[: min(max(0, k), MAX_GALLERY_SIZE)]]
 
 
 def _jpeg(image: Image.Image) -> bytes:
