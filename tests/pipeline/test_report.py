@@ -446,3 +446,14 @@ def test_the_runner_hands_each_family_its_run_dirs(tmp_path: Path) -> None:
         "O": {},
     }
     assert training_logs(run_predictions) == {"V": {"V1-train": a, "V1-traindev": b}}
+
+
+def test_a_huge_log_keeps_a_bounded_number_of_records_and_its_final_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memeguard.pipeline.report import training
+
+    monkeypatch.setattr(training, "MAX_RECORDS", 100)
+    curve = read_curve(_run_dir(tmp_path / "run", "train_clean", 1000, 1, 3))
+    assert curve is not None and len(curve.loss) == len(curve.auroc) == 100
+    assert curve.skipped == 900 and curve.final_auroc == (1000.0, 0.9)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -22,6 +22,7 @@ from memeguard.pipeline.report.common import colour, downsample, style
 from memeguard.pipeline.report.page import figure
 
 MAX_LINE_BYTES = 64 * 1024  # a metrics line is ~200 bytes
+MAX_RECORDS = 200_000  # evaluations kept per run (vilio's longest runs log a few hundred)
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Curve:
     loss: list[tuple[float, float]] = field(default_factory=list)
     auroc: list[tuple[float, float]] = field(default_factory=list)
     final_auroc: tuple[float, float] | None = None
-    skipped: int = 0
+    skipped: int = 0  # unreadable lines, and records beyond MAX_RECORDS
     train_split: str | None = None  # from train_config.json: run (b) trains on traindev, which holds dev
     eval_split: str | None = None
 
@@ -40,19 +41,15 @@ class Curve:
         return self.train_split == TRAINDEV
 
 
-def _lines(handle: IO[bytes]) -> tuple[list[bytes], int]:
-    """Complete lines no longer than the limit, and how many longer ones were skipped."""
-    lines, skipped = [], 0
-    while True:
-        line = handle.readline(MAX_LINE_BYTES)
-        if not line:
-            return lines, skipped
+def _lines(handle: IO[bytes]) -> Iterator[bytes | None]:
+    """The file's lines, streamed; None for one longer than the limit (read past in chunks, never held)."""
+    while line := handle.readline(MAX_LINE_BYTES):
         if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
-            skipped += 1
             while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
                 pass
-            continue
-        lines.append(line)
+            yield None
+        else:
+            yield line
 
 
 def _number(record: dict, key: str) -> float | None:
@@ -74,6 +71,30 @@ def _train_split(run_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _add(curve: Curve, line: bytes | None) -> None:
+    """One log line into the curve; unreadable ones are counted, records past the cap are dropped."""
+    try:
+        record = json.loads(line) if line is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    update = _number(record, "update") if isinstance(record, dict) else None
+    if update is None:
+        curve.skipped += line is None or bool(line.strip())
+        return
+    loss, auroc = _number(record, "train_loss"), _number(record, "auroc")
+    if isinstance(record.get("split"), str) and auroc is not None:
+        curve.eval_split = record["split"]
+    if record.get("final"):
+        curve.final_auroc = (update, auroc) if auroc is not None else curve.final_auroc
+    elif len(curve.loss) + len(curve.auroc) >= 2 * MAX_RECORDS:
+        curve.skipped += 1
+    else:
+        if loss is not None:
+            curve.loss.append((update, loss))
+        if auroc is not None:
+            curve.auroc.append((update, auroc))
+
+
 def read_curve(run_dir: Path) -> Curve | None:
     """The curve of one run dir; None when it has no log (an inference-only stage)."""
     path = Path(run_dir) / METRICS_FILE
@@ -81,26 +102,8 @@ def read_curve(run_dir: Path) -> Curve | None:
         return None
     curve = Curve(train_split=_train_split(Path(run_dir)))
     with open(path, "rb") as handle:
-        lines, curve.skipped = _lines(handle)
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        update = _number(record, "update") if isinstance(record, dict) else None
-        if update is None:
-            curve.skipped += bool(line.strip())
-            continue
-        loss, auroc = _number(record, "train_loss"), _number(record, "auroc")
-        if isinstance(record.get("split"), str) and auroc is not None:
-            curve.eval_split = record["split"]
-        if record.get("final"):
-            curve.final_auroc = (update, auroc) if auroc is not None else curve.final_auroc
-            continue
-        if loss is not None:
-            curve.loss.append((update, loss))
-        if auroc is not None:
-            curve.auroc.append((update, auroc))
+        for line in _lines(handle):
+            _add(curve, line)
     return curve
 
 
