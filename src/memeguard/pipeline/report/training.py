@@ -135,10 +135,11 @@ def family_figure(family: str, runs: Mapping[str, Curve]) -> str | None:
     for k, (name, curve) in enumerate(runs.items()):
         dashed = curve.eval_in_train
         _plot(loss_ax, curve.loss, k, len(runs), dashed, name)
-        points = curve.auroc + ([curve.final_auroc] if curve.final_auroc else [])
-        _plot(auroc_ax, sorted(points), k, len(runs), dashed, name)
+        # The final evaluation is a star of its own: with SWA or select_best it scores other weights.
+        _plot(auroc_ax, curve.auroc, k, len(runs), dashed, name)
         if curve.final_auroc:
-            auroc_ax.plot(*curve.final_auroc, marker="*", ms=11, color=colour(k, len(runs)), zorder=4)
+            label = None if curve.auroc else name
+            auroc_ax.plot(*curve.final_auroc, "*", ms=11, color=colour(k, len(runs)), zorder=4, label=label)
     loss_ax.set(xlabel="update", ylabel="training loss", title=f"{family}: training loss")
     auroc_ax.set(xlabel="update", ylabel="AUROC", title=f"{family}: {eval_split} AUROC")
     for ax in (loss_ax, auroc_ax):
