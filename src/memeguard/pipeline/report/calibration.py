@@ -90,7 +90,7 @@ def calibration_figure(
     for ax in (rel_ax, hist_ax):
         style(ax)
     rel_ax.set_yticks(np.linspace(0, 1, 6))
-    hist_ax.legend(fontsize=8, frameon=False)
+    hist_ax.legend(fontsize=8, frameon=False, loc="upper center")
     fig.tight_layout()
     return figure(
         fig,
