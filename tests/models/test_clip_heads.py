@@ -217,7 +217,7 @@ def test_train_then_predict_from_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
-    """Extract a CLIP store from images (tiny random CLIP), train a head on its projected embeddings, then
+    """Extract a CLIP store from images (tiny random CLIP), train a head on its pooled outputs, then
     ``MemeScorer`` (images + texts, features extracted on the fly) and the exported bundle reproduce the
     run's dev predictions."""
     from clip_memes import save_tiny_clip
@@ -250,7 +250,7 @@ def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
     store = next(iter(store.values()))
     cfg = TrainConfig(
         model="hateclipper-align-tiny", features=store, data_dir=data, out_dir=tmp_path / "run",
-        train_split="train", predict_splits=("dev_seen",), model_overrides={"inputs": "projected"},
+        train_split="train", predict_splits=("dev_seen",),
         epochs=1, lr=1e-3, batch_size=4, eval_every=0, device="cpu", progress=False,
     )  # fmt: skip
     run = finetune(cfg).run_dir
