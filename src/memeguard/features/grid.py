@@ -100,7 +100,8 @@ def _pixel_channels(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarr
     """Per-pixel quantities of the image resized to ``size`` (w, h): the float channels
     [height, width, _NUM_CHANNELS], each pixel's hue code (its hue bin, or ``_NOT_CHROMATIC``) and whether
     it lies on a strong edge [height, width]."""
-    small = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    rgb_image = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
+    small = rgb_image.resize(size, Image.Resampling.BILINEAR)
     rgb = np.asarray(small, dtype=np.float32) / 255.0
     hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 255.0
     hue, sat_val = hsv[..., 0] * (2 * math.pi), hsv[..., 1:]
