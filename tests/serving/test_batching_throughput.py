@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 
@@ -57,3 +59,26 @@ def test_a_batch_scores_like_one_meme_at_a_time_and_a_bad_job_fails_alone(served
     pair = outcomes[-1]
     pair_alone = scorer.score(png_bytes(synthetic_image(9, (50, 40))), "two").proba
     assert [r.proba for r in pair] == pytest.approx([pair_alone, pair_alone], abs=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_the_pools_work_in_a_forked_child() -> None:
+    """A child forked after the pools started must not wait on threads that only exist in its parent."""
+    from PIL import Image
+
+    from memeguard.features.grid import GridExtractor
+
+    images = [Image.new("RGB", (40, 30), (k * 40, 0, 0)) for k in range(3)]
+    expected = [r.features.tobytes() for r in GridExtractor().extract(images, [0, 1, 2])["default"]]
+    assert map_in_threads(abs, [-1, -2]) == [1, 2]  # both pools exist now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_child_work, (images,))
+        assert result.get(timeout=60) == ([1, 2], expected)
+
+
+def _child_work(images: list) -> tuple[list[int], list[bytes]]:
+    from memeguard.features.grid import GridExtractor
+
+    features = GridExtractor().extract(images, [0, 1, 2])["default"]
+    return map_in_threads(abs, [-1, -2]), [r.features.tobytes() for r in features]
