@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from memeguard.errors import ConfigError, DataError, MemeguardError
-from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown
+from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown, map_in_threads
 from memeguard.serving.limits import (
     RequestError,
     ServiceLimits,
@@ -251,17 +251,25 @@ def _reads_text(scorer: Any) -> bool:
 
 def score_jobs(scorer: Any, jobs: list[Job]) -> list[Any]:
     """Decode and score a batch of jobs (in a worker thread); a bad job fails alone, not its batch mates."""
-    from memeguard.serving.scorer import load_image
-
     outcomes: list[Any] = [None] * len(jobs)
     decoded = []
-    for k, job in enumerate(jobs):
-        try:
-            decoded.append((k, [load_image(meme.data, meme.where) for meme in job.items]))
-        except DataError as exc:
-            outcomes[k] = RequestError(422, str(exc))
+    for k, images in enumerate(map_in_threads(_decode_job, jobs)):  # decoders release the GIL: all cores
+        if isinstance(images, RequestError):
+            outcomes[k] = images
+        else:
+            decoded.append((k, images))
     _score_decoded(scorer, jobs, decoded, outcomes)
     return outcomes
+
+
+def _decode_job(job: Job) -> list[Any] | RequestError:
+    """A job's images decoded, or the 422 its first undecodable image earns."""
+    from memeguard.serving.scorer import load_image
+
+    try:
+        return [load_image(meme.data, meme.where) for meme in job.items]
+    except DataError as exc:
+        return RequestError(422, str(exc))
 
 
 def _score_decoded(

@@ -41,6 +41,7 @@ from memeguard.features import factory
 from memeguard.features.record import RegionRecord
 from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
 from memeguard.records import load_json
+from memeguard.serving.batching import map_in_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -493,7 +494,8 @@ class MemeScorer:
         results: list[Score] = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            images = [load_image(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
+            numbered = [(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
+            images = map_in_threads(lambda pair: load_image(*pair), numbered)  # decoders release the GIL
             contexts = [f"item {start + k}" for k in range(len(chunk))]
             results.extend(self.score_images(images, [text for _, text in chunk], ocr, contexts))
         return results
