@@ -77,6 +77,13 @@ def logit_from(
         return model.forward_from_inputs(batch, **inputs).float()
 
 
+def check_steps(steps: int) -> int:
+    """``steps`` when in 1..MAX_STEPS; a ConfigError naming the range otherwise."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
+    return steps
+
+
 def integrated_gradients(
     model: MemeModel,
     batch: Mapping[str, torch.Tensor],
@@ -90,8 +97,7 @@ def integrated_gradients(
     points along the straight path; 32 keeps ``delta`` under 1 % of the logit change on the tiny models,
     at the cost of ``steps`` forward and backward passes.
     """
-    if not 1 <= steps <= MAX_STEPS:
-        raise ConfigError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
+    check_steps(steps)
     if model.training:
         raise ConfigError("explain a model in eval mode (dropout would make the path integral random)")
     inputs = model.attribution_inputs(batch)
