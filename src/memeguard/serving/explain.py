@@ -28,12 +28,15 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, Field
 
 from memeguard.errors import ConfigError
-from memeguard.models.attribution import METHOD, integrated_gradients, keep_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from memeguard.serving.scorer import MemeScorer
 
+# Torch and captum are imported when an explanation is computed, not with the response models (the HTTP
+# app imports them to describe its API).
+METHOD = "integrated_gradients"  # memeguard.models.attribution.METHOD
 DEFAULT_STEPS = 32
+HTTP_STEPS = 32  # fixed for the service: an explanation costs this many forward + backward passes
 MAX_PNG_SIDE = 1024  # the overlay is drawn on the meme scaled to at most this many pixels a side
 MIN_PNG_SIDE = 320  # ... and at least this many, so small memes stay readable
 POSITIVE_RGB = (220, 30, 30)  # toward hateful
@@ -134,6 +137,9 @@ def explain_image(
     scorer: MemeScorer, image: Image.Image, text: str, steps: int = DEFAULT_STEPS
 ) -> Explanation:
     """Attribute every member's logit for one decoded RGB image and the text it is scored with."""
+    from memeguard.models.attribution import check_steps
+
+    check_steps(steps)
     cleaned = " ".join(text.split())
     words = [cleaned[start:end] for start, end in words_of(cleaned)]
     totals = np.zeros(len(words))
@@ -155,6 +161,8 @@ def explain_image(
 def _explain_member(
     member: Any, record: Any, batch: dict, text: str, words: list[str], steps: int, weight: float
 ) -> ModelExplanation:
+    from memeguard.models.attribution import integrated_gradients, keep_mask
+
     tokenizer = member.processor.tokenizer
     (result,) = integrated_gradients(member.model, batch, keep_mask(batch, tokenizer.all_special_ids), steps)
     ids = batch["input_ids"][0].tolist()
