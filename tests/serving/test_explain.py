@@ -266,3 +266,31 @@ def test_openapi_describes_explain(client):
     components = schema["components"]["schemas"]
     assert {"png_b64", "words", "models"} <= set(components["ExplanationResponse"]["properties"])
     assert "explanation" in components["ScoreResponse"]["properties"]
+
+
+def test_synthetic_ground_truth_boxes_and_noun():
+    """The benchmark's truth: each salient object's reach (a star's points reach 1.2 radii) and the noun."""
+    from memeguard.data.synth import render_picture, salient_truth
+
+    record = {
+        "size": [150, 80],
+        "visual": 1,
+        "text_attr": 1,
+        "objects": [
+            {"shape": "star", "centre": [100.0, 50.0], "radius": 20.0},
+            {"shape": "circle", "centre": [10.0, 10.0], "radius": 15.0},
+        ],
+    }
+    truth = salient_truth(record, "when the Bus, finally arrives")
+    assert truth.boxes == ((76.0, 26.0, 124.0, 74.0), (0.0, 0.0, 25.0, 25.0))
+    assert truth.noun == "bus" and truth.visual == 1 and truth.text_attr == 1
+    assert salient_truth(record, "a dog").noun is None  # an animal is not in the vehicle group
+    # On a rendered picture the object's box is inside the image and holds its centre.
+    from memeguard.data.synth import _ImagePlan
+
+    image, info = render_picture(_ImagePlan(key=0, visual=0, seed=11))
+    real = salient_truth({"size": list(image.size), "visual": 0, "text_attr": 0, **info}, "")
+    for (x1, y1, x2, y2), obj in zip(real.boxes, info["objects"], strict=True):
+        assert (
+            0 <= x1 < obj["centre"][0] < x2 <= image.width and 0 <= y1 < obj["centre"][1] < y2 <= image.height
+        )
