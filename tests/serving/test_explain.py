@@ -294,3 +294,32 @@ def test_synthetic_ground_truth_boxes_and_noun():
         assert (
             0 <= x1 < obj["centre"][0] < x2 <= image.width and 0 <= y1 < obj["centre"][1] < y2 <= image.height
         )
+
+
+def test_a_bundle_explains_like_its_runs(served, scorer, explained, tmp_path):
+    """A bundle (its fp32 safetensors members) gives the explanation of the runs it was exported from."""
+    import shutil
+
+    from memeguard.data.predictions import write_predictions
+    from memeguard.serving.bundle import export_bundle, load_scorer
+
+    image, text, expected = explained
+    results = scorer.score_batch(
+        [(served.image(i), t) for i, t in zip(served.ids, served.texts, strict=True)]
+    )
+    runs = []
+    for run in served.runs:
+        copy = tmp_path / run.name
+        shutil.copytree(run, copy)
+        write_predictions(copy / "dev_seen.csv", served.ids, [r.per_model[run.name] for r in results])
+        runs.append(copy)
+    export_bundle(runs, tmp_path / "bundle", data_dir=served.data_dir)
+    got = explain_image(load_scorer(tmp_path / "bundle", device="cpu"), image, text, steps=STEPS)
+    for mine, theirs in zip(got.models, expected.models, strict=True):
+        assert mine.logit == pytest.approx(theirs.logit, abs=1e-6)
+        assert [r.attribution for r in mine.regions] == pytest.approx(
+            [r.attribution for r in theirs.regions], abs=1e-6
+        )
+        assert [t.attribution for t in mine.tokens] == pytest.approx(
+            [t.attribution for t in theirs.tokens], abs=1e-6
+        )
