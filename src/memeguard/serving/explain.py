@@ -144,7 +144,8 @@ def explain_image(
     words = [cleaned[start:end] for start, end in words_of(cleaned)]
     totals = np.zeros(len(words))
     members = []
-    weights = scorer._weights  # noqa: SLF001 - the scorer's normalised ensemble weights
+    total = sum(member.weight for member in scorer.members)
+    weights = [member.weight / total for member in scorer.members]  # as the scorer normalises them
     for (member, records, batch), weight in zip(scorer.member_batches([image], [text]), weights, strict=True):
         explained = _explain_member(member, records[0], batch, cleaned, words, steps, float(weight))
         totals += float(weight) * np.asarray([w.attribution for w in explained.words])
