@@ -15,7 +15,23 @@ measures, each against a baseline from the same run:
   collage has two objects), against the same rate for a region drawn at random from that meme's regions;
   and how often the top word is the target noun, against 1 / number of words.
 
-    .venv/bin/python benchmarks/explain.py --work /tmp/memeguard-explain [--n 2000 --steps 32 --k 1 3]
+    .venv/bin/python benchmarks/explain.py --work /tmp/memeguard-explain [--n 2000 --steps 32 --k 1 3 10]
+        [--per-modality]
+
+Measured 2026-12-02 (n 2000, seed 0, 82 dev_seen memes, 32 steps, 2 shared CPU cores):
+
+* words: deleting the top-1 word drops the logit by 9.26 on average, a random word by 0.90 (ratio 10.3;
+  top-3 vs random-3: 3.3); the top word is the target noun for 100 % of correctly scored benign memes
+  (chance 10 %);
+* regions: deleting 1, 3 or 10 of the 41 grid regions moves the saturated logit (about +-9.3) by less
+  than 0.03 either way, top-ranked or random, so no ratio can be formed: the colour family is in every
+  cell (the scene's light carries it too), no few regions are necessary;
+* top region on the object: benign 0.49 (chance 0.11); hateful 0.24 (chance 0.12). This model scores a
+  meme without a noun and with mean regions (the baseline) as hateful (+9.3), so a hateful meme's logit
+  equals the baseline's and IG has nothing to distribute: its attributions are ~0, which is faithful to
+  the model (removing its noun or its regions leaves it hateful) but locates nothing. With each modality
+  removed on its own (``--per-modality``, not the product's joint baseline) the benign rate is 0.81 and
+  the hateful ones stay near chance (regions 0.29, noun 0.22), for the same reason.
 """
 
 from __future__ import annotations
@@ -34,18 +50,17 @@ from learning import prepare  # noqa: E402 - the learning benchmark's data + gri
 
 MODEL = "visualbert-tiny"
 COVER = 0.5  # a region is "on the object" when at least this share of its box is inside the object's box
+EXPLAINED = 1.0  # memes whose logit differs from the baseline's by more than this have something to explain
 
 
 @dataclass
 class Tally:
-    """Per-k deletion drops and the localisation hits, accumulated over memes."""
+    """Per-k deletion drops and, per group of memes, the localisation hits, accumulated over memes."""
 
     top: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     random: dict[tuple[str, int], list[float]] = field(default_factory=dict)
-    region_hits: list[float] = field(default_factory=list)
-    region_chance: list[float] = field(default_factory=list)
-    noun_hits: list[float] = field(default_factory=list)
-    noun_chance: list[float] = field(default_factory=list)
+    # group -> [(top region on the object, chance of a random region, top word is the noun, 1 / words)]
+    located: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
 
 def train(work: Path, data: Path, store: Path, seed: int) -> Path:
@@ -102,14 +117,34 @@ def deletion_drops(model, batch, inputs, base, key, groups, order, ks, draws, rn
     return out
 
 
-def explain_meme(scorer, image, text, truth, label, steps, ks, draws, rng, tally):
-    from memeguard.models.attribution import integrated_gradients, keep_mask
+def attribute(model, batch, keep, steps, per_modality):
+    """IG from the model's joint baseline, or (``per_modality``) each modality from its own removal with
+    the other kept: words given the image, regions given the text (two runs of ``steps // 2``)."""
+    from memeguard.models.attribution import integrated_gradients
+
+    if not per_modality:
+        return integrated_gradients(model, batch, keep, steps)[0]
+    inputs = model.attribution_inputs(batch)
+    base = model.attribution_baselines(batch, inputs, keep)
+    words = integrated_gradients(model, batch, keep, steps // 2, baselines={**inputs, "text": base["text"]})[
+        0
+    ]
+    regions = integrated_gradients(
+        model, batch, keep, steps // 2, baselines={**inputs, "regions": base["regions"]}
+    )[0]
+    words.regions = regions.regions
+    return words
+
+
+def explain_meme(scorer, image, text, truth, label, args, rng, tally):
+    from memeguard.models.attribution import keep_mask
     from memeguard.serving.explain import token_words
 
+    steps, ks, draws = args.steps, args.k, args.draws
     ((member, records, batch),) = scorer.member_batches([image], [text])
     model, processor = member.model, member.processor
     keep = keep_mask(batch, processor.tokenizer.all_special_ids)
-    (result,) = integrated_gradients(model, batch, keep, steps)
+    result = attribute(model, batch, keep, steps, args.per_modality)
     inputs = model.attribution_inputs(batch)
     base = model.attribution_baselines(batch, inputs, keep)
     logit, sign = result.logit, (1.0 if result.logit >= 0 else -1.0)
@@ -127,15 +162,18 @@ def explain_meme(scorer, image, text, truth, label, steps, ks, draws, rng, tally
         ).items():
             tally.top.setdefault((key, k), []).append(top)
             tally.random.setdefault((key, k), []).append(rand)
-    if label == 1 and logit >= 0:  # a correctly scored hateful meme
-        boxes = processor.region_boxes(records[0])
-        hits = [covered(box, truth.boxes) for box in boxes]
-        tally.region_hits.append(float(hits[int(np.argmax(result.regions))]))
-        tally.region_chance.append(float(np.mean(hits)))
-        if truth.noun is not None and words:
-            top_word = words[int(np.argmax(word_attr))].strip(".,!?:;'\"").lower()
-            tally.noun_hits.append(float(top_word == truth.noun))
-            tally.noun_chance.append(1.0 / len(words))
+    if (label == 1) != (logit >= 0) or truth.noun is None or not words:
+        return  # localisation is measured on correctly scored memes
+    boxes = processor.region_boxes(records[0])
+    hits = [covered(box, truth.boxes) for box in boxes]
+    top_word = words[int(np.argmax(sign * word_attr))].strip(".,!?:;'\"").lower()
+    row = (float(hits[int(np.argmax(sign * result.regions))]), float(np.mean(hits)))
+    row += (float(top_word == truth.noun), 1.0 / len(words))
+    groups = ["hateful" if label == 1 else "benign"]
+    if not args.per_modality and abs(logit - result.baseline_logit) > EXPLAINED:
+        groups.append(f"{groups[0]}, |logit - baseline| > {EXPLAINED:g}")
+    for group in groups:
+        tally.located.setdefault(group, []).append(row)
 
 
 def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float) -> None:
@@ -146,16 +184,16 @@ def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float
             if (key, k) not in tally.top:
                 continue
             top, rand = np.mean(tally.top[key, k]), np.mean(tally.random[key, k])
-            ratio = top / rand if rand > 0 else float("inf")
-            print(f"{name:<10}{k:>3}{top:>12.3f}{rand:>15.3f}{ratio:>8.2f}")
-    print(f"\n{'localisation (correct hateful)':<34}{'memes':>6}{'rate':>8}{'chance':>8}")
-    rows = (
-        ("top region on the object", tally.region_hits, tally.region_chance),
-        ("top word is the noun", tally.noun_hits, tally.noun_chance),
-    )
-    for name, hits, chance in rows:
-        if hits:
-            print(f"{name:<34}{len(hits):>6}{np.mean(hits):>8.3f}{np.mean(chance):>8.3f}")
+            ratio = f"{top / rand:8.2f}" if rand > 1e-3 else "     n/a"  # random deletions move nothing
+            print(f"{name:<10}{k:>3}{top:>12.3f}{rand:>15.3f}{ratio}")
+    print("\nlocalisation, correctly scored memes (top = largest attribution toward the decision)")
+    header = f"{'memes':<44}{'n':>4}{'region on object':>18}{'chance':>8}{'word = noun':>13}{'chance':>8}"
+    print(header)
+    for group, rows in tally.located.items():
+        region, region_chance, noun, noun_chance = np.mean(np.asarray(rows), axis=0)
+        print(
+            f"{group:<44}{len(rows):>4}{region:>18.3f}{region_chance:>8.3f}{noun:>13.3f}{noun_chance:>8.3f}"
+        )
 
 
 def main() -> None:
@@ -166,10 +204,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="synthetic memes (train is 70%%)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 3], help="how many words/regions to delete")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 10], help="words/regions to delete")
     parser.add_argument("--draws", type=int, default=5, help="random deletions per meme and k")
     parser.add_argument("--limit", type=int, default=None, help="explain at most this many dev memes")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--per-modality",
+        action="store_true",
+        help="compare: words from [PAD] with the image kept, regions from zeros with the text kept",
+    )
     args = parser.parse_args()
 
     import torch
@@ -192,7 +235,9 @@ def main() -> None:
     for meme in memes:
         truth = salient_truth(meta["memes"][str(meme.id)], meme.text)
         image = load_image(data / meme.img, str(meme.img))
-        explain_meme(scorer, image, meme.text, truth, meme.label, args.steps, args.k, args.draws, rng, tally)
+        explain_meme(scorer, image, meme.text, truth, meme.label, args, rng, tally)
+    baselines = "per modality (the other kept)" if args.per_modality else "joint (the product's)"
+    print(f"baselines: {baselines}")
     report(tally, args.k, args.steps, len(memes), time.perf_counter() - started)
 
 

@@ -90,19 +90,22 @@ def integrated_gradients(
     keep: torch.Tensor,
     steps: int = 32,
     internal_batch_size: int | None = None,
+    baselines: Mapping[str, torch.Tensor] | None = None,
 ) -> list[Attribution]:
     """IG attributions of every meme of ``batch``, summed over each token's and region's vector.
 
     ``keep`` [B, T]: the text positions the baseline keeps (:func:`keep_mask`). ``steps``: Gauss-Legendre
     points along the straight path; 32 keeps ``delta`` under 1 % of the logit change on the tiny models,
-    at the cost of ``steps`` forward and backward passes.
+    at the cost of ``steps`` forward and backward passes. ``baselines``: other starting points than
+    the model's (``benchmarks/explain.py`` compares one modality removed at a time).
     """
     check_steps(steps)
     if model.training:
         raise ConfigError("explain a model in eval mode (dropout would make the path integral random)")
     inputs = model.attribution_inputs(batch)
     names = tuple(inputs)
-    baselines = model.attribution_baselines(batch, inputs, keep)
+    if baselines is None:
+        baselines = model.attribution_baselines(batch, inputs, keep)
     size = batch["input_ids"].shape[0]
 
     def forward(*values: torch.Tensor) -> torch.Tensor:
