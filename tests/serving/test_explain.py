@@ -323,3 +323,42 @@ def test_a_bundle_explains_like_its_runs(served, scorer, explained, tmp_path):
         assert [t.attribution for t in mine.tokens] == pytest.approx(
             [t.attribution for t in theirs.tokens], abs=1e-6
         )
+
+
+def test_a_second_explanation_meanwhile_is_told_to_retry(client, served, monkeypatch):
+    """Explanations run one at a time outside the micro-batcher: a concurrent one gets 503 + Retry-After,
+    while plain scores still go through."""
+    import threading
+
+    import memeguard.serving.http as http
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(scorer, meme, text):
+        started.set()
+        release.wait(30)
+        return http.ExplanationResponse(
+            text=text, image_size=[1, 1], steps=1, words=[], models=[], png_b64=""
+        )
+
+    monkeypatch.setattr(http, "explain_meme", slow)
+    body = {"image_b64": _b64(served.image(served.ids[0]).read_bytes()), "text": "a dog"}
+    answers = {}
+    first = threading.Thread(
+        target=lambda: answers.setdefault("first", client.post("/v1/score?explain=1", json=body))
+    )
+    first.start()
+    assert started.wait(30)
+    second = client.post("/v1/score?explain=true", json=body)
+    plain = client.post("/v1/score", json=body)
+    release.set()
+    first.join(30)
+    assert (
+        second.status_code == 503
+        and second.headers["Retry-After"]
+        and "explanation" in second.json()["detail"]
+    )
+    assert plain.status_code == 200 and "explanation" not in plain.json()
+    assert answers["first"].status_code == 200 and answers["first"].json()["explanation"]["steps"] == 1
+    # the gate is free again
+    assert client.post("/v1/score?explain=true", json=body).json()["explanation"]["steps"] == 1

@@ -320,10 +320,10 @@ def explain(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
-    """Which words and image regions push each meme's score up or down: JSON + an overlay PNG per meme.
+    r"""Which words and image regions push each meme's score up or down: JSON + an overlay PNG per meme.
 
     Integrated gradients of each model's hateful logit through its word embeddings and region features
-    (needs pip install 'memeguard[explain]'); a bundle is explained with its fp32 weights.
+    (needs pip install 'memeguard\[explain]'); a bundle is explained with its fp32 weights.
     """
     from memeguard.models.attribution import check_steps
     from memeguard.serving.bundle import load_scorer
