@@ -203,6 +203,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/memeguard-explain"))
     parser.add_argument("--n", type=int, default=2000, help="synthetic memes (train is 70%%)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-noise", type=float, default=0.0, help="synthetic label noise (usual set: 0.03)"
+    )
     parser.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 10], help="words/regions to delete")
     parser.add_argument("--draws", type=int, default=5, help="random deletions per meme and k")
@@ -224,7 +227,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    data, store = prepare(args.work, args.n, args.seed, 0.0)
+    data, store = prepare(args.work, args.n, args.seed, args.label_noise)
     run = train(args.work, data, store, args.seed)
     print(f"data, features and {MODEL}: {time.perf_counter() - started:.1f} s ({run})")
     scorer = MemeScorer.from_runs([run], device="cpu")
