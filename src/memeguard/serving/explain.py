@@ -263,6 +263,11 @@ def _word_strip(words: Sequence[WordAttribution], width: int, legend: Sequence[s
     return strip
 
 
+def _short(name: str, limit: int = 24) -> str:
+    """A model name that fits the legend of a 320-pixel-wide PNG."""
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
 def _display_scale(width: int, height: int) -> float:
     """Pixels of the PNG per pixel of the meme: the longer side between 320 and ``MAX_PNG_SIDE``."""
     side = max(width, height)
@@ -282,8 +287,8 @@ def render_png(image: Image.Image, explanation: Explanation) -> bytes:
         values = [member.weight * region.attribution for region in member.regions]
         heat += region_heat(boxes, values, shown.size, scale)
     overlaid = _overlay(shown, heat)
-    legend = ["red: toward hateful, blue: away (integrated gradients)"] + [
-        f"{m.model}: logit {m.logit:+.2f}, baseline {m.baseline_logit:+.2f}, {m.steps} steps"
+    legend = [f"red: toward hateful, blue: away (IG, {explanation.steps} steps)"] + [
+        f"{_short(m.model)}: logit {m.logit:+.2f} (baseline {m.baseline_logit:+.2f})"
         for m in explanation.models
     ]
     strip = _word_strip(explanation.words, max(overlaid.width, MIN_PNG_SIDE), legend)
