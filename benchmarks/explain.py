@@ -18,20 +18,24 @@ measures, each against a baseline from the same run:
     .venv/bin/python benchmarks/explain.py --work /tmp/memeguard-explain [--n 2000 --steps 32 --k 1 3 10]
         [--per-modality]
 
-Measured 2026-12-02 (n 2000, seed 0, 82 dev_seen memes, 32 steps, 2 shared CPU cores):
+Measured 2026-12-02 (n 2000, seed 0, visualbert-tiny, 82 dev_seen memes, 32 steps, 2 shared CPU cores):
 
-* words: deleting the top-1 word drops the logit by 9.26 on average, a random word by 0.90 (ratio 10.3;
-  top-3 vs random-3: 3.3); the top word is the target noun for 100 % of correctly scored benign memes
-  (chance 10 %);
-* regions: deleting 1, 3 or 10 of the 41 grid regions moves the saturated logit (about +-9.3) by less
-  than 0.03 either way, top-ranked or random, so no ratio can be formed: the colour family is in every
-  cell (the scene's light carries it too), no few regions are necessary;
-* top region on the object: benign 0.49 (chance 0.11); hateful 0.24 (chance 0.12). This model scores a
-  meme without a noun and with mean regions (the baseline) as hateful (+9.3), so a hateful meme's logit
-  equals the baseline's and IG has nothing to distribute: its attributions are ~0, which is faithful to
-  the model (removing its noun or its regions leaves it hateful) but locates nothing. With each modality
-  removed on its own (``--per-modality``, not the product's joint baseline) the benign rate is 0.81 and
-  the hateful ones stay near chance (regions 0.29, noun 0.22), for the same reason.
+                                    usual set (--label-noise 0.03)     noise-free set (default)
+  words, top-k / random-k drop      k=1 5.43/0.38 (14.5x), k=3 3.9x     k=1 9.26/0.90 (10.3x), k=3 3.3x
+  regions, top-k / random-k drop    k=1 1.5x, k=3 1.7x, k=10 1.8x       n/a: every drop < 0.03 logit
+  top region on the object          hateful 0.41, benign 0.28           hateful 0.24, benign 0.49
+    (chance: a random region)       (0.12, 0.12)                        (0.12, 0.11)
+  top word is the noun              hateful 0.51, benign 0.72           hateful 0.24, benign 1.00
+    (chance: 1 / words)             (0.10, 0.10)                        (0.10, 0.10)
+
+On the noise-free set the model saturates (logits about +-9.3) and scores the baseline (no noun, mean
+regions) as hateful, +9.3: a hateful meme's logit equals the baseline's, so IG has nothing to distribute
+and its attributions are ~0, which is faithful to the model (removing its noun or its regions leaves it
+hateful) but locates nothing; deleting regions moves no saturated logit (the colour family is in every
+cell: the scene's light carries it too). The usual set's model is less saturated and every ratio is
+above 1. ``--per-modality`` (words from [PAD] with the image kept, regions from zeros with the text kept;
+not the product's joint baseline) moves the usual set's rates to hateful 0.46 / benign 0.21 (regions) and
+0.49 / 0.67 (noun): no better.
 """
 
 from __future__ import annotations
