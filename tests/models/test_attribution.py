@@ -160,3 +160,11 @@ def test_steps_are_bounded_and_eval_mode_required(tokenizer):
     model.train()
     with pytest.raises(ConfigError, match="eval mode"):
         integrated_gradients(model, batch, keep, steps=4)
+
+
+def test_a_model_without_word_pieces_or_regions_is_one_line(tokenizer):
+    """CLIP heads read pooled embeddings: until they define the hook, explaining them is a clear refusal."""
+    model = create_model("clip-concat-tiny").eval()
+    batch = {"ids": torch.tensor([1]), "image_feats": torch.randn(1, 32), "text_feats": torch.randn(1, 24)}
+    with pytest.raises(ConfigError, match="hateclipper models cannot be explained yet"):
+        integrated_gradients(model, batch, torch.zeros(1, 1, dtype=torch.bool), steps=4)

@@ -51,6 +51,17 @@ def _captum_ig():  # noqa: ANN202 - captum's class, imported lazily
     return IntegratedGradients
 
 
+def check_explainable(model: MemeModel, batch: Mapping[str, torch.Tensor]) -> None:
+    """A one-line ConfigError for a model whose batch the default hook cannot read (a head on pooled CLIP
+    embeddings has no word pieces nor regions) and that does not provide its own hook."""
+    overrides = type(model).attribution_inputs is not MemeModel.attribution_inputs
+    if not overrides and not {"input_ids", "visual_feats"} <= set(batch):
+        raise ConfigError(
+            f"{model.config.model_type} models cannot be explained yet: they read no word pieces and region "
+            "features (e.g. pooled CLIP embeddings) and define no MemeModel.attribution_inputs"
+        )
+
+
 def keep_mask(batch: Mapping[str, torch.Tensor], special_ids: Iterable[int]) -> torch.Tensor:
     """[B, T] true where the text baseline keeps the real token: special tokens and padding."""
     input_ids = batch["input_ids"]
@@ -100,13 +111,14 @@ def integrated_gradients(
     the model's (``benchmarks/explain.py`` compares one modality removed at a time).
     """
     check_steps(steps)
+    check_explainable(model, batch)
     if model.training:
         raise ConfigError("explain a model in eval mode (dropout would make the path integral random)")
     inputs = model.attribution_inputs(batch)
     names = tuple(inputs)
     if baselines is None:
         baselines = model.attribution_baselines(batch, inputs, keep)
-    size = batch["input_ids"].shape[0]
+    size = next(iter(inputs.values())).shape[0]
 
     def forward(*values: torch.Tensor) -> torch.Tensor:
         tiled = tile_batch(batch, values[0].shape[0] // size)

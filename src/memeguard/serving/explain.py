@@ -162,8 +162,9 @@ def explain_image(
 def _explain_member(
     member: Any, record: Any, batch: dict, text: str, words: list[str], steps: int, weight: float
 ) -> ModelExplanation:
-    from memeguard.models.attribution import integrated_gradients, keep_mask
+    from memeguard.models.attribution import check_explainable, integrated_gradients, keep_mask
 
+    check_explainable(member.model, batch)
     tokenizer = member.processor.tokenizer
     (result,) = integrated_gradients(member.model, batch, keep_mask(batch, tokenizer.all_special_ids), steps)
     ids = batch["input_ids"][0].tolist()
