@@ -485,7 +485,15 @@ class RecipeRunner:
         shown = dict(family_files)
         if student is not None:  # the report shows the student beside the families and the ensemble
             shown[f"{student.label} (distilled)"] = student_predictions(student.directory)
-        write_run_report(self.out_dir, shown, fin_files, self.clean_dir, timings, self.recipe.name)
+        write_run_report(
+            self.out_dir,
+            shown,
+            fin_files,
+            self.clean_dir,
+            timings,
+            self.recipe.name,
+            self.run_predictions,
+        )
         student_dir = student.directory if student is not None else None
         return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir, student_dir)
 
