@@ -131,3 +131,12 @@ def test_unlabelled_memes_join_training_and_dev_never_does(toy_data, tmp_path):
     bad = _config(data, tmp_path / "x", soft_targets=str(teacher), unlabelled=(str(extra),))
     with pytest.raises(ConfigError, match=r"extra.jsonl: meme id 1004 is in dev_seen"):
         prepare(bad, regions)
+
+
+def test_a_model_with_its_own_objective_is_refused(toy_data, tmp_path):
+    from memeguard.training.loop import prepare
+
+    data, regions = toy_data
+    cfg = _config(data, tmp_path / "r", model="rgcl-tiny", soft_targets=str(_teacher_csv(data, tmp_path)))
+    with pytest.raises(ConfigError, match="rgcl-tiny: trains on its own objective"):
+        prepare(cfg, regions)

@@ -191,8 +191,18 @@ def distillation_memes(
 
     if cfg.soft_targets is None:
         return list(train), None
+    refuse_own_objective(cfg.model)
     memes: list[Meme] = []
     for entry, _, group in distillation_groups(cfg, train):
         require_regions(group, source, entry, str(cfg.features))
         memes.extend(group)
     return memes, build_soft_targets(cfg.soft_targets, [(meme.id, meme.label) for meme in memes])
+
+
+def refuse_own_objective(model: str) -> None:
+    """A model that trains on its own objective (RGCL's contrastive loss over a retrieval memory) has no
+    soft-target form: refused before anything is built, rather than silently ignoring the teacher."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    if hasattr(architecture_for(get_config(model).model_type), "training_objective"):
+        raise ConfigError(f"{model}: trains on its own objective (RGCL), which has no soft-target form")

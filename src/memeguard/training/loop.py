@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from memeguard.data.meme import Meme
-from memeguard.errors import ConfigError
 from memeguard.io import write_bytes_atomic, write_text_atomic
 from memeguard.models.base import MemeModel
 from memeguard.names import (
@@ -121,8 +120,6 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     model = build_model(
         cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
     )
-    if soft is not None and hasattr(model, "training_objective"):
-        raise ConfigError(f"{cfg.model}: trains on its own objective (RGCL), which has no soft-target form")
     return Prepared(train, evaluation, predict, source, feature_dim, model, soft)
 
 
