@@ -126,7 +126,11 @@ def export_onnx(model: MemeModel, path: str | os.PathLike[str]) -> Path:
     Traced by the TorchScript exporter (every architecture's forward is one straight path), with dynamic
     batch/text/region axes; then run by onnxruntime on a batch of other shapes and compared with PyTorch.
     """
+    import importlib.util
+
     path = Path(path)
+    if importlib.util.find_spec("onnx") is None:
+        raise ConfigError(f"{path}: writing an ONNX model needs onnx (pip install 'memeguard[fast]')")
     model = model.eval()
     example = sample_batch(model, batch_size=2, text_length=7, regions=5, seed=0)
     tmp = path.with_name(f".{path.name}.tmp")

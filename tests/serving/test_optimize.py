@@ -1,0 +1,258 @@
+"""CPU fast paths (``export --optimize int8|onnx``): agreement with fp32 on the synthetic test split for every
+tiny architecture, bundle round trips, and one-line errors for a damaged ONNX file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memeguard.cli import app
+from memeguard.data.metrics import auroc
+from memeguard.data.predictions import write_predictions
+from memeguard.errors import CheckpointError, ConfigError
+from memeguard.models import create_model, list_models
+from memeguard.models.fast import (
+    OnnxMemeModel,
+    export_onnx,
+    load_optimized,
+    quantize_int8,
+)
+from memeguard.names import ONNX_MODEL_FILE, TEST_SEEN, TEST_UNSEEN
+from memeguard.serving.bundle import MANIFEST_FILE, export_bundle, load_scorer, read_manifest
+from memeguard.serving.scorer import MemeScorer
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+TINY = sorted(name for name in list_models() if name.endswith("-tiny"))
+PROBA_TOLERANCE = 0.01  # the issue's bounds: probabilities within 0.01 of fp32, AUROC within 0.002
+AUROC_TOLERANCE = 0.002
+
+
+# ----------------------------------------------------------------------- the synthetic test split
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small synthetic set's (labelled) test memes with their grid regions (float32 store)."""
+    from memeguard.data.synth import generate_synthetic
+    from memeguard.features.extract import extract_features
+    from memeguard.features.grid import GridExtractor
+    from memeguard.training.data import open_regions, read_memes
+
+    root = tmp_path_factory.mktemp("optimize")
+    generate_synthetic(root / "data", n=240, seed=3, progress=False)
+    splits = [TEST_SEEN, TEST_UNSEEN]
+    paths = extract_features(
+        root / "data", root / "grid", GridExtractor(), splits=splits, progress=False, dtype="float32"
+    )
+    store = open_regions(next(iter(paths.values())))
+
+    memes = [meme for split in splits for meme in read_memes(root / "data", split)]
+    labels = np.array([meme.label for meme in memes])
+    assert len(memes) >= 50 and 0 < labels.sum() < len(memes)
+    return memes, [store[meme.id] for meme in memes], labels
+
+
+def spread_model(name: str, memes, regions) -> tuple[torch.nn.Module, np.ndarray]:
+    """A random model whose scores clearly depend on its input, and its fp32 probabilities.
+
+    The 0.02-std init scores every meme ~0.5, which any approximation matches; training each model here
+    would cost minutes. Weight matrices are drawn wider instead, at the first scale where P spreads.
+    """
+    for std in (0.1, 0.15, 0.2, 0.3):
+        torch.manual_seed(0)
+        model = create_model(name, visual_feat_dim=regions[0].feature_dim)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim >= 2:
+                    parameter.normal_(0.0, std)
+        fp32 = probabilities(model.eval(), memes, regions)
+        if fp32.std() > 0.05:
+            return model, fp32
+    raise AssertionError(f"{name}: scores barely depend on the input; the comparison would be empty")
+
+
+def probabilities(model, memes, regions, batch_size: int = 16) -> np.ndarray:
+    processor = model.build_processor()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(memes), batch_size):
+            batch = processor(memes[start : start + batch_size], regions[start : start + batch_size])
+            out.append(model.predict_proba(batch).float().numpy())
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_int8_and_onnx_agree_with_fp32_on_the_synthetic_test_split(name, synthetic, tmp_path):
+    memes, regions, labels = synthetic
+    model, fp32 = spread_model(name, memes, regions)
+    print(f"{name}: fp32 AUROC {auroc(labels, fp32):.3f}, P std {fp32.std():.3f}")
+    int8_model = quantize_int8(model)
+    assert not any(type(m) is torch.nn.Linear for m in int8_model.modules()), "a Linear stayed fp32"
+    exported = OnnxMemeModel(export_onnx(model, tmp_path / "m.onnx"), model.config)
+    for path, proba in (("int8", probabilities(int8_model, memes, regions)), ("onnx", None)):
+        proba = probabilities(exported, memes, regions) if proba is None else proba
+        worst = np.abs(proba - fp32).max()
+        assert worst < PROBA_TOLERANCE, f"{name} {path}: max |P - P_fp32| = {worst:.4f}"
+        shift = abs(auroc(labels, proba) - auroc(labels, fp32))
+        assert shift < AUROC_TOLERANCE, f"{name} {path}: AUROC moved by {shift:.4f}"
+    assert np.abs(probabilities(int8_model, memes[:8], regions[:8]) - fp32[:8]).max() > 0  # really int8
+
+
+def test_export_refuses_a_graph_that_froze_a_shape(tmp_path):
+    """UNITER packs text and regions to a length read from the data; without its tracing branch the
+    exported graph would keep the example's length, and the check on other shapes must catch that."""
+    import memeguard.models.uniter as uniter
+
+    original = uniter.pack_text_and_regions
+
+    def data_length_pack(text_mask, visual_mask):
+        with mock.patch.object(torch.jit, "is_tracing", return_value=False):
+            return original(text_mask, visual_mask)
+
+    torch.manual_seed(0)
+    model = create_model("uniter-tiny", visual_feat_dim=24).eval()
+    with mock.patch.object(uniter, "pack_text_and_regions", data_length_pack):
+        with pytest.raises(CheckpointError, match="disagrees with PyTorch on a batch of other shapes"):
+            export_onnx(model, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir()), "a rejected export left a file behind"
+
+
+# ------------------------------------------------------------------------------------------ bundles
+
+
+def items(served):
+    return [(served.image(i), t) for i, t in zip(served.ids, served.texts, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def runs(served, tmp_path_factory):
+    """The serving fixture's two runs, each with the dev_seen.csv that ``memeguard train`` writes."""
+    root = tmp_path_factory.mktemp("optimize_runs")
+    results = MemeScorer.from_runs(served.runs, device="cpu").score_batch(items(served))
+    copies = []
+    for run in served.runs:
+        copy = root / run.name
+        shutil.copytree(run, copy)
+        write_predictions(copy / "dev_seen.csv", served.ids, [r.per_model[run.name] for r in results])
+        copies.append(copy)
+    return copies
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(served, runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("optimize_bundles") / "onnx"
+    export_bundle(runs, out, data_dir=served.data_dir, optimize="onnx")
+    return out
+
+
+@pytest.mark.parametrize("optimize", ["int8", "onnx"])
+def test_optimized_bundle_scores_like_the_optimized_models_in_memory(
+    optimize, served, runs, onnx_bundle, tmp_path
+):
+    if optimize == "onnx":
+        bundle = onnx_bundle
+    else:
+        bundle = tmp_path / optimize
+        export_bundle(runs, bundle, data_dir=served.data_dir, optimize=optimize)
+    manifest = read_manifest(bundle)
+    assert manifest.optimize == optimize
+    listed = {entry.path for entry in manifest.files}
+    for member in manifest.members:
+        assert (f"members/{member.name}/model/{ONNX_MODEL_FILE}" in listed) == (optimize == "onnx")
+    assert f"export --optimize {optimize}" in (bundle / "README.md").read_text()
+
+    loaded = MemeScorer.from_bundle(bundle)
+    kinds = {type(member.model).__name__ for member in loaded.members}
+    assert kinds == ({"OnnxMemeModel"} if optimize == "onnx" else {"VisualBertModel"})
+    in_memory = MemeScorer.from_runs(runs, device="cpu", optimize=optimize)
+    if optimize == "onnx":  # the in-memory optimised model: the same export, made here
+        for member, run in zip(in_memory.members, runs, strict=True):
+            path = export_onnx(load_optimized(run / "model", "fp32"), tmp_path / f"{run.name}.onnx")
+            member.model = OnnxMemeModel(path, member.model.config)
+    in_memory.threshold = loaded.threshold
+    got, expected = loaded.score_batch(items(served)), in_memory.score_batch(items(served))
+    for a, b in zip(got, expected, strict=True):
+        assert a.per_model == pytest.approx(b.per_model, abs=1e-6) and a.label == b.label
+    fp32 = MemeScorer.from_runs(runs, device="cpu").score_batch(items(served))
+    worst = max(abs(a.proba - b.proba) for a, b in zip(got, fp32, strict=True))
+    assert worst < PROBA_TOLERANCE
+
+
+def test_from_runs_refuses_an_onnx_model_that_was_never_exported(runs):
+    with pytest.raises(CheckpointError, match=f"{ONNX_MODEL_FILE}: ONNX model file not found"):
+        MemeScorer.from_runs(runs[:1], device="cpu", optimize="onnx")
+
+
+def test_score_cli_runs_the_onnx_bundle(served, onnx_bundle):
+    image, text = items(served)[0]
+    result = CliRunner().invoke(app, ["score", str(image), "--model", str(onnx_bundle), "--text", text])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])
+    expected = load_scorer(onnx_bundle).score(image, text)
+    assert printed["proba"] == pytest.approx(expected.proba, abs=1e-6)
+
+
+def test_a_damaged_onnx_file_in_a_bundle_is_one_line_naming_it(served, onnx_bundle, tmp_path):
+    bundle = tmp_path / "damaged"
+    shutil.copytree(onnx_bundle, bundle)
+    member = read_manifest(bundle).members[0].name
+    target = bundle / "members" / member / "model" / ONNX_MODEL_FILE
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    image, text = items(served)[0]
+    result = CliRunner().invoke(app, ["score", str(image), "--model", str(bundle), "--text", text])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert len(lines) == 1 and str(target) in lines[0] and "sha256" in lines[0], result.output
+
+
+def test_an_unreadable_onnx_file_is_one_error_naming_it(runs, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(runs[0] / "model", model_dir)
+    (model_dir / ONNX_MODEL_FILE).write_bytes(b"\x08\x07 this is not a protobuf graph")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model") as info:
+        load_optimized(model_dir, "onnx")
+    assert str(model_dir / ONNX_MODEL_FILE) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_optimizations_are_refused_at_export_and_in_the_manifest(served, runs, onnx_bundle, tmp_path):
+    result = CliRunner().invoke(
+        app, ["export", str(runs[0]), "--out", str(tmp_path / "b"), "--optimize", "int4"]
+    )
+    assert result.exit_code != 0 and "unknown optimization 'int4'" in result.output
+    assert not (tmp_path / "b").exists()
+    bundle = tmp_path / "edited"
+    shutil.copytree(onnx_bundle, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["optimize"] = "int4"
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="invalid manifest at optimize"):
+        read_manifest(bundle)
+
+
+def test_an_onnx_bundle_without_its_graph_is_refused(onnx_bundle, tmp_path):
+    bundle = tmp_path / "no_graph"
+    shutil.copytree(onnx_bundle, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["files"] = [f for f in manifest["files"] if not f["path"].endswith(ONNX_MODEL_FILE)]
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=f"lists no model/{ONNX_MODEL_FILE}"):
+        MemeScorer.from_bundle(bundle)
+
+
+def test_fast_paths_run_on_the_cpu_only(runs, onnx_bundle):
+    scorer = MemeScorer.from_runs(runs[:1], optimize="int8")  # device auto -> cpu, even with a GPU
+    assert scorer.device.type == "cpu"
+    member = read_manifest(onnx_bundle).members[0].name
+    model_dir = onnx_bundle / "members" / member / "model"
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        load_optimized(model_dir, "onnx").to("cuda")
