@@ -173,7 +173,9 @@ def test_optimized_bundle_scores_like_the_optimized_models_in_memory(
         bundle = onnx_bundle
     else:
         bundle = tmp_path / optimize
-        export_bundle(runs, bundle, data_dir=served.data_dir, optimize=optimize)
+        args = ["export", *map(str, runs), "--out", str(bundle), "--data-dir", str(served.data_dir)]
+        result = CliRunner().invoke(app, [*args, "--optimize", optimize])
+        assert result.exit_code == 0 and f"({optimize};" in result.output, result.output
     manifest = read_manifest(bundle)
     assert manifest.optimize == optimize
     listed = {entry.path for entry in manifest.files}
