@@ -91,6 +91,7 @@ def probabilities(model, memes, regions, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
+@pytest.mark.slow  # a synthetic set rendered and extracted, one ONNX export per architecture
 @pytest.mark.parametrize("name", TINY)
 def test_onnx_meets_the_issue_bounds_and_int8_stays_near_fp32(name, synthetic, tmp_path):
     """ONNX: probabilities within 0.01 of fp32 and AUROC within 0.002 on the synthetic test split.
