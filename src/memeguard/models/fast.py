@@ -157,7 +157,7 @@ def export_onnx(model: MemeModel, path: str | os.PathLike[str]) -> Path:
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError(f"{path}: writing an ONNX model needs onnx (pip install 'memeguard[fast]')")
     model = model.eval()
-    example = sample_batch(model, batch_size=2, text_length=7, regions=5, seed=0)
+    example = _example_batch(model, path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -179,6 +179,20 @@ def export_onnx(model: MemeModel, path: str | os.PathLike[str]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _example_batch(model: MemeModel, path: Path) -> dict:
+    """The batch the export traces; a model that does not read the region-feature inputs is refused."""
+    try:
+        example = sample_batch(model, batch_size=2, text_length=7, regions=5, seed=0)
+        with torch.no_grad():
+            model(example)  # a model that reads other keys fails here, before the tracer sees it
+    except (ConfigError, KeyError, ValueError, AttributeError, RuntimeError):
+        raise ConfigError(
+            f"{path}: ONNX export covers the models that read {', '.join(MODEL_INPUTS)}; a "
+            f"{model.config.model_type} model reads other inputs (score it in fp32 or int8)"
+        ) from None
+    return example
 
 
 def _verify_export(model: MemeModel, exported: OnnxMemeModel, batch: dict, path: Path) -> None:
