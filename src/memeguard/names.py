@@ -54,6 +54,9 @@ STORE_BOXES_FILE = "boxes.bin"
 # -- model dir (``MemeModel.save_pretrained``) -----------------------------------------------------------
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
+ONNX_MODEL_FILE = (
+    "model.onnx"  # ``export --optimize onnx``: the forward as an ONNX graph, next to the weights
+)
 
 # -- run dir (``train`` / ``pretrain``) ------------------------------------------------------------------
 DONE_FILE = "DONE"  # written last: a folder with it is finished (run dirs and pipeline stages alike)

@@ -389,14 +389,16 @@ class MemeScorer:
         threshold: float = 0.5,
         weights: Sequence[float] | None = None,
         batch_size: int = 16,
+        optimize: str = "fp32",
     ) -> MemeScorer:
         """Load every run (a train run dir or a ``save_pretrained`` model dir) and the extractors they need.
 
         ``extractor``: use this one for every run instead of rebuilding from the store metadata (required
         for runs trained on imported TSV/LMDB features or bare model dirs). ``weights``: one non-negative
-        weight per run for the weighted mean (default: equal).
+        weight per run for the weighted mean (default: equal). ``optimize``: ``fp32``, or a CPU fast path
+        (``int8``, ``onnx``: see :mod:`memeguard.models.fast`), which puts ``device='auto'`` on the CPU.
         """
-        from memeguard.training.build import load_model_dir
+        from memeguard.models.fast import FP32, check_optimization, load_optimized
         from memeguard.training.distributed import resolve_device
 
         if not runs:
@@ -407,7 +409,10 @@ class MemeScorer:
                 raise ConfigError(f"{len(weights)} weights for {len(runs)} runs")
             if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
                 raise ConfigError(f"ensemble weights must be non-negative with a positive sum, got {weights}")
-        torch_device = resolve_device(device)
+        check_optimization(optimize)
+        torch_device = resolve_device("cpu" if optimize != FP32 and device == "auto" else device)
+        if optimize != FP32 and torch_device.type != "cpu":
+            raise ConfigError(f"optimize={optimize!r} is a CPU fast path; it cannot run on {torch_device}")
         plans = [_plan_run(Path(run), extractor is not None, str(torch_device)) for run in runs]
         extractors = (
             {"explicit": extractor}
@@ -419,7 +424,7 @@ class MemeScorer:
         taken: set[str] = set()
         members = []
         for k, plan in enumerate(plans):
-            model = load_model_dir(plan.model_dir).to(torch_device).eval()
+            model = load_optimized(plan.model_dir, optimize).to(torch_device).eval()
             if plan.spec is not None:
                 key, variant, dim = plan.spec.key, plan.spec.variant, plan.spec.feature_dim
                 origin = "its store has"
@@ -469,6 +474,7 @@ class MemeScorer:
             threshold=manifest.operating_point.threshold if threshold is None else threshold,
             weights=[member.weight for member in manifest.members],
             batch_size=batch_size,
+            optimize=manifest.optimize,
         )
         if threshold is None:
             scorer.operating_point = manifest.operating_point
