@@ -283,3 +283,23 @@ def test_fast_paths_run_on_the_cpu_only(runs, onnx_bundle):
     model_dir = onnx_bundle / "members" / member / "model"
     with pytest.raises(ConfigError, match="runs on the CPU"):
         load_optimized(model_dir, "onnx").to("cuda")
+
+
+def test_an_optimized_bundle_is_explained_with_its_fp32_weights(served, runs, onnx_bundle):
+    """Gradients do not flow through an ONNX graph: explanations load the bundle's fp32 members (as
+    ``memeguard explain`` does), and an optimised scorer asked to explain says so in one line."""
+    pytest.importorskip("captum")
+    from memeguard.serving.explain import explain_image
+    from memeguard.serving.scorer import load_image
+
+    image, text = items(served)[0]
+    image = load_image(image)
+    with pytest.raises(ConfigError, match="onnx fast path"):
+        explain_image(load_scorer(onnx_bundle), image, text, steps=4)
+    from_bundle = explain_image(load_scorer(onnx_bundle, optimize="fp32"), image, text, steps=4)
+    from_runs = explain_image(MemeScorer.from_runs(runs, device="cpu"), image, text, steps=4)
+    for mine, theirs in zip(from_bundle.models, from_runs.models, strict=True):
+        assert mine.logit == pytest.approx(theirs.logit, abs=1e-6)
+        assert [r.attribution for r in mine.regions] == pytest.approx(
+            [r.attribution for r in theirs.regions], abs=1e-6
+        )

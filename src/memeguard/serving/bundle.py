@@ -272,8 +272,11 @@ def load_scorer(
     batch_size: int = 16,
     extractor: Extractor | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    optimize: str | None = None,
 ) -> MemeScorer:
     """One entry point for ``score``/``serve``: a run dir, a list of run dirs, a bundle folder or a Hub id.
+
+    ``optimize=None``: a bundle's own fast path, fp32 for runs; a value overrides both.
 
     ``threshold=None``: a bundle's operating point, or 0.5 for runs. A bundle carries its own members,
     weights and extractor settings, so it is loaded alone and ``weights``/``extractor`` must be unset.
@@ -288,7 +291,12 @@ def load_scorer(
         if weights or extractor is not None:
             raise ConfigError(f"{bundles[0]}: a bundle records its own ensemble weights and extractor")
         return MemeScorer.from_bundle(
-            bundles[0], device=device, threshold=threshold, batch_size=batch_size, cache_dir=cache_dir
+            bundles[0],
+            device=device,
+            threshold=threshold,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            optimize=optimize,
         )
     return MemeScorer.from_runs(
         sources,
@@ -297,6 +305,7 @@ def load_scorer(
         threshold=0.5 if threshold is None else threshold,
         weights=weights,
         batch_size=batch_size,
+        optimize=optimize or "fp32",
     )
 
 

@@ -341,6 +341,6 @@ def explain(
         import torch
 
         torch.set_num_threads(threads)
-    scorer = load_scorer(model, device=device, threshold=threshold, batch_size=1)
+    scorer = load_scorer(model, device=device, threshold=threshold, batch_size=1, optimize="fp32")
     for path in explain_files(scorer, memes, out, text=text, ocr=ocr, steps=steps):
         typer.echo(str(path))

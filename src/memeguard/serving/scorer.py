@@ -372,6 +372,7 @@ class MemeScorer:
         self.extractors = dict(extractors)
         self.device = device
         self.threshold = float(threshold)
+        self.optimize = "fp32"  # from_runs sets the fast path it loaded the members with
         self.batch_size = int(batch_size)
         # How the threshold was chosen (a bundle's dev-set rule), or None for a threshold given by hand.
         self.operating_point = operating_point
@@ -449,7 +450,9 @@ class MemeScorer:
                     spec=plan.spec,
                 )
             )
-        return cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
+        scorer = cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
+        scorer.optimize = optimize
+        return scorer
 
     @classmethod
     def from_bundle(
@@ -459,11 +462,13 @@ class MemeScorer:
         threshold: float | None = None,
         batch_size: int = 16,
         cache_dir: str | os.PathLike[str] | None = None,
+        optimize: str | None = None,
     ) -> MemeScorer:
         """Load a bundle (``memeguard export``): a folder or a Hugging Face Hub id ``org/name``.
 
         Every file is hash-checked first; labels use the bundle's operating point unless ``threshold``
-        overrides it.
+        overrides it. ``optimize`` overrides the bundle's fast path (explanations need ``fp32``: gradients
+        do not flow through int8 layers or an ONNX graph; every bundle holds the fp32 weights).
         """
         from memeguard.serving.bundle import load_bundle, member_dir
 
@@ -474,7 +479,7 @@ class MemeScorer:
             threshold=manifest.operating_point.threshold if threshold is None else threshold,
             weights=[member.weight for member in manifest.members],
             batch_size=batch_size,
-            optimize=manifest.optimize,
+            optimize=manifest.optimize if optimize is None else optimize,
         )
         if threshold is None:
             scorer.operating_point = manifest.operating_point
