@@ -13,7 +13,11 @@ from memeguard.features.factory import extractor_names
 
 app = typer.Typer(help="Score new memes with trained runs.", no_args_is_help=True)
 
-MODEL_HELP = "A train run dir (or model dir); repeat for an ensemble (mean probability)."
+MODEL_HELP = (
+    "A train run dir (or model dir); repeat for an ensemble (mean probability). Or one bundle "
+    "(`memeguard export`): its members, weights and operating point."
+)
+THRESHOLD_HELP = "Label = proba >= threshold (default: a bundle's operating point, else 0.5)."
 EXTRACTOR_HELP = (
     "Extractor to use instead of the one the runs' feature stores record (needed for imported TSV/LMDB "
     f"features): one of {', '.join(extractor_names())}."
@@ -26,7 +30,7 @@ THREADS_HELP = "torch CPU threads (default: torch's choice). 1 is often fastest 
 def _build_scorer(
     models: list[Path],
     device: str,
-    threshold: float,
+    threshold: float | None,
     weights: list[float] | None,
     batch_size: int,
     extractor: str | None,
@@ -34,7 +38,7 @@ def _build_scorer(
     boxes: str | None,
     threads: int | None = None,
 ) -> Any:
-    from memeguard.serving.scorer import MemeScorer
+    from memeguard.serving.bundle import load_scorer
 
     if threads is not None:
         if threads < 1:
@@ -53,7 +57,7 @@ def _build_scorer(
         )
     elif extractor_weights is not None or boxes is not None:
         raise ConfigError("--extractor-weights and --boxes go with --extractor")
-    return MemeScorer.from_runs(
+    return load_scorer(
         models,
         device=device,
         extractor=explicit,
@@ -86,7 +90,7 @@ def score(
     merge: bool = typer.Option(
         False, "--merge", help="Only merge the OUT.part* files of a multi-machine torchrun into --out."
     ),
-    threshold: float = typer.Option(0.5, "--threshold", help="Label = proba >= threshold."),
+    threshold: float | None = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     weight: list[float] | None = typer.Option(
         None, "--weight", help="One weight per --model (default equal)."
     ),
@@ -216,7 +220,7 @@ def serve(
     model: list[Path] = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, "--port"),
-    threshold: float = typer.Option(0.5, "--threshold"),
+    threshold: float | None = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     weight: list[float] | None = typer.Option(
         None, "--weight", help="One weight per --model (default equal)."
     ),
