@@ -83,7 +83,8 @@ def test_shipped_clip_recipe_has_the_papers_settings_and_needs_the_clip_folders(
     assert "clip-vit-large-patch14" in str(info.value) and "clip-vit-large-patch14-336" in str(info.value)
     recipe = shipped("clip.yaml")
     features = recipe["features"]
-    assert features["clip224"]["params"] == {"resize": "square"}  # Hate-CLIPper: 224 x 224, no crop
+    # Hate-CLIPper (224) and RGCL (336) stretch the whole meme to the tower's square, no crop
+    assert features["clip224"]["params"] == features["clip336"]["params"] == {"resize": "square"}
     models = {m["name"]: m for m in recipe["models"]}
     align, cross, rgcl = models["HCA"], models["HCX"], models["RGCL"]
     assert (align["model"], align["features"]) == ("hateclipper-align", "clip224")
