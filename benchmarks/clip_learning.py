@@ -269,7 +269,10 @@ def latency_rows(args: argparse.Namespace, data: Path) -> list[tuple]:
     clip = save_random_clip(root / "clip-vit-l14", VIT_L14, ["when the benchmark meme"])
     clip_store, _ = extract(memes, root / "clip_store", ClipExtractor(clip, resize="square"))
     torch.manual_seed(0)
-    head = create_model("hateclipper-align", image_dim=1024, text_dim=768, visual_feat_dim=1024)
+    image_dim, text_dim = VIT_L14["vision"]["hidden_size"], VIT_L14["text"]["hidden_size"]
+    head = create_model(
+        "hateclipper-align", image_dim=image_dim, text_dim=text_dim, visual_feat_dim=image_dim
+    )
     clip_run = save_run(root / "HCA", head, "hateclipper-align", clip_store, memes)
     ids = list(range(len(images)))
     write_predictions(clip_run / "dev_seen.csv", ids, np.linspace(0.1, 0.9, len(ids)))
@@ -314,14 +317,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-memes", type=int, default=8)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-learning", action="store_true", help="only the latency table")
     parser.add_argument("--skip-bert", action="store_true", help="skip the visualbert-tiny baseline")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     data = prepare(args.work, args.n, args.seed)
-    rows = learning_rows(args, data)
-    print_learning(rows)
+    if not args.skip_learning:
+        print_learning(learning_rows(args, data))
     if not args.skip_latency:
         print_latency(latency_rows(args, data), args.latency_memes)
 
