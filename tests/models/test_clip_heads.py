@@ -13,7 +13,7 @@ from clip_memes import IMAGE_DIM, PROJ_DIM, TEXT_DIM, make_clip_memes, write_cli
 from typer.testing import CliRunner
 
 from memeguard.data.meme import Meme
-from memeguard.errors import ConfigError, DataError
+from memeguard.errors import CheckpointError, ConfigError, DataError
 from memeguard.models.base import MemeModel
 from memeguard.models.registry import create_model, get_config
 
@@ -97,6 +97,8 @@ def test_the_fusions_have_the_papers_sizes():
     assert count("clip-concat") == expected(2048, 1024, 1)
     assert count("hateclipper-cross-32") == expected(32 * 32, 32, 1, m=32)
     assert get_config("hateclipper-cross").drop_probs == [0.2, 0.4, 0.1]
+    for name in ("hateclipper-cross", "hateclipper-align", "clip-concat", "rgcl", "hateclipper-cross-32"):
+        assert get_config(name).parameter_count() == count(name)
 
 
 def test_dropout_is_active_only_in_training():
@@ -137,10 +139,27 @@ def test_processor_errors_name_the_meme():
 
 
 def test_bad_configs_are_config_errors():
+    from memeguard.training.build import require_pretrainable
+
+    require_pretrainable("visualbert-tiny")
+    with pytest.raises(ConfigError, match="rgcl-tiny: has no text encoder to pretrain"):
+        require_pretrainable("rgcl-tiny")
     with pytest.raises(ConfigError, match="not implemented yet"):
         create_model("hateclipper-align-tiny", unfreeze_clip_layers=2)
     with pytest.raises(ConfigError, match="drop_probs needs 3 values"):
         create_model("hateclipper-align-tiny", drop_probs=[0.1])
+    with pytest.raises(ConfigError, match=r"drop_probs needs 3 values in \[0, 1\)"):
+        create_model("hateclipper-align-tiny", drop_probs=[0.1, 1.5, 0.1])
+    with pytest.raises(ConfigError, match="sizes must be >= 1"):
+        get_config("clip-concat-tiny", map_dim=0)
+    with pytest.raises(ConfigError, match="cross fusion of map_dim 2048 makes a head of 4,29"):
+        get_config("hateclipper-cross", map_dim=2048)  # refused before a byte is allocated
+    with pytest.raises(ConfigError, match="align fusion of map_dim 1024 makes a head of"):
+        get_config("hateclipper-align", num_pre_output_layers=3000)
+    with pytest.raises(ConfigError, match="ce_weight must be in"):
+        get_config("rgcl-tiny", ce_weight=2.0)
+    with pytest.raises(ConfigError, match="retrieval_pool, knn_top_k >= 1"):
+        get_config("rgcl-tiny", knn_top_k=0)
     with pytest.raises(ConfigError, match="fusion"):
         get_config("hateclipper-align-tiny", fusion="outer")
 
@@ -198,7 +217,7 @@ def test_train_then_predict_from_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
-    """Extract a CLIP store from images (tiny random CLIP), train a head on its projected embeddings, then
+    """Extract a CLIP store from images (tiny random CLIP), train a head on its pooled outputs, then
     ``MemeScorer`` (images + texts, features extracted on the fly) and the exported bundle reproduce the
     run's dev predictions."""
     from clip_memes import save_tiny_clip
@@ -231,7 +250,7 @@ def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
     store = next(iter(store.values()))
     cfg = TrainConfig(
         model="hateclipper-align-tiny", features=store, data_dir=data, out_dir=tmp_path / "run",
-        train_split="train", predict_splits=("dev_seen",), model_overrides={"inputs": "projected"},
+        train_split="train", predict_splits=("dev_seen",),
         epochs=1, lr=1e-3, batch_size=4, eval_every=0, device="cpu", progress=False,
     )  # fmt: skip
     run = finetune(cfg).run_dir
@@ -242,3 +261,64 @@ def test_a_run_on_a_clip_store_is_served_and_bundled_as_it_predicted(tmp_path):
     export_bundle([run], tmp_path / "bundle", data_dir=data)
     bundled = [s.proba for s in MemeScorer.from_bundle(tmp_path / "bundle", device="cpu").score_batch(items)]
     assert np.allclose(bundled, served, atol=1e-6)
+
+
+def test_the_authors_lightning_checkpoint_loads_without_the_clip_towers(tmp_path):
+    """Hate-CLIPper's ModelCheckpoint file: the head under ``state_dict`` beside the frozen CLIP towers
+    (not used: the embeddings come from the store) and an auxiliary image head."""
+    source = _model("hateclipper-cross-tiny")
+    state = {key: value.clone() for key, value in source.state_dict().items()}
+    state["image_encoder.embeddings.patch_embedding.weight"] = torch.randn(48, 3, 8, 8)
+    state["text_encoder.final_layer_norm.weight"] = torch.randn(32)
+    state["output_image.weight"] = torch.randn(1, 8)
+    ckpt = {"epoch": 7, "global_step": 1064, "pytorch-lightning_version": "1.6.5", "state_dict": state}
+    torch.save(ckpt, tmp_path / "hateclipper-epoch=07.ckpt")
+    torch.manual_seed(1)
+    model = create_model("hateclipper-cross-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM).eval()
+    missing, unexpected = model.load_original(tmp_path / "hateclipper-epoch=07.ckpt")
+    assert missing == [] and sorted(unexpected) == sorted(k for k in state if k not in source.state_dict())
+    memes, regions = _memes_and_regions()
+    batch = model.build_processor()(memes, regions)
+    with torch.no_grad():
+        assert torch.equal(model(batch), source(batch))
+    with pytest.raises(CheckpointError, match="not a Hate-CLIPper checkpoint in a known layout"):
+        torch.save({"state_dict": {"classifier.weight": torch.zeros(1, 2)}}, tmp_path / "other.ckpt")
+        model.load_original(tmp_path / "other.ckpt")
+
+
+def test_the_text_only_control_zeroes_the_image_vector():
+    from memeguard.training.data import Collator
+
+    memes, regions = _memes_and_regions(3)
+    processor = _model("hateclipper-align-tiny").build_processor()
+    plain = Collator(processor)(list(zip(memes, regions, strict=True)))
+    control = Collator(processor, zero_visual=True)(list(zip(memes, regions, strict=True)))
+    assert plain["image_feats"].abs().sum() > 0 and control["image_feats"].abs().sum() == 0
+    assert torch.equal(control["text_feats"], plain["text_feats"])
+
+
+def test_the_trainer_takes_the_input_sizes_from_the_store_and_refuses_what_it_lacks(tmp_path):
+    from memeguard.training.config import TrainConfig
+    from memeguard.training.loop import prepare
+
+    data, regions = write_clip_dataset(tmp_path, n_train=8, n_dev=4)
+    shared = dict(model="hateclipper-cross-tiny", features="mem", data_dir=data, out_dir=tmp_path / "r")
+    shared.update(train_split="train", predict_splits=("dev_seen",), device="cpu", progress=False)
+    model = prepare(TrainConfig(**shared), regions).model
+    assert (model.config.image_dim, model.config.text_dim, model.config.feature_mean) == (
+        IMAGE_DIM,
+        TEXT_DIM,
+        None,
+    )
+    with pytest.raises(
+        ConfigError, match=f"store gives image_dim={IMAGE_DIM}, but the model overrides ask for 7"
+    ):
+        prepare(TrainConfig(**shared, model_overrides={"image_dim": 7}), regions)
+    for record in regions.values():
+        del record.extras["image_pooled"]
+    with pytest.raises(
+        ConfigError, match=r"meme 1: the feature store has no 'image_pooled' vectors .*projected"
+    ):
+        prepare(TrainConfig(**shared), regions)
+    projected = prepare(TrainConfig(**shared, model_overrides={"inputs": "projected"}), regions).model
+    assert (projected.config.image_dim, projected.config.text_dim) == (PROJ_DIM, PROJ_DIM)

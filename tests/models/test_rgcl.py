@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from clip_memes import IMAGE_DIM, TEXT_DIM, write_clip_dataset
 
-from memeguard.errors import ConfigError
+from memeguard.errors import CheckpointError, ConfigError
 from memeguard.models.base import MemeModel
 from memeguard.models.registry import create_model
 from memeguard.models.rgcl import Memory, Mined, contrastive_loss, knn_vote, mine
@@ -134,8 +134,8 @@ def test_objective_loss_mixes_contrastive_and_bce(tmp_path):
     batch = model.build_processor()(memes, [regions[m.id] for m in memes])
     objective = model.training_objective()
     objective.refresh([batch])
-    assert sorted(model.memory_ids.tolist()) == [m.id for m in memes]
-    assert "memory_ids" not in model.state_dict()  # the training memory stays out of checkpoints
+    assert sorted(model.current_memory().ids.tolist()) == [m.id for m in memes]
+    assert not any(key.startswith("memory") for key in model.state_dict())  # nor in checkpoints
     model.train()
     torch.manual_seed(1)
     logits = model(batch)
@@ -244,3 +244,122 @@ def test_the_final_memory_is_saved_and_a_new_training_run_keeps_it_out_of_checkp
     )
     loaded.training_objective()  # a run started from it (--init): the memory is rebuilt, not checkpointed
     assert loaded.config.memory_size == 0 and "memory_ids" not in loaded.state_dict()
+
+
+class _AuthorsHead(torch.nn.Module):
+    """RGCL's ``classifier_hateClipper`` (align fusion, no batch norm), rebuilt from its code's layer list
+    with the authors' attribute names; its forward is theirs (normalise, multiply, mlp, output_layer)."""
+
+    def __init__(self, image_dim: int, text_dim: int, map_dim: int, proj_dim: int, layers: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.img_proj = nn.Sequential(nn.Linear(image_dim, map_dim), nn.Dropout(0.2))
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, map_dim), nn.Dropout(0.2))
+        mlp: list[nn.Module] = [nn.Dropout(0.4)]
+        width = map_dim
+        for _ in range(layers):
+            mlp += [nn.Linear(width, proj_dim), nn.ReLU(), nn.Dropout(0.1)]
+            width = proj_dim
+        self.mlp = nn.Sequential(*mlp)
+        self.output_layer = nn.Linear(proj_dim, 1)
+
+    def forward(self, img_feats, text_feats):
+        img = F.normalize(self.img_proj(img_feats), p=2, dim=1)
+        text = F.normalize(self.text_proj(text_feats), p=2, dim=1)
+        x = torch.mul(img, text)
+        return self.output_layer(self.mlp(x)), self.mlp[:-2](x)
+
+
+def test_the_authors_rgcl_checkpoint_loads_and_scores_as_their_head(tmp_path):
+    torch.manual_seed(3)
+    authors = _AuthorsHead(IMAGE_DIM, TEXT_DIM, 16, 16, 3).eval()
+    path = tmp_path / "best_model_7_0.78.pt"
+    torch.save(authors.state_dict(), path)
+    model = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM).eval()
+    missing, unexpected = model.load_original(path)
+    assert missing == [] and unexpected == []
+    image, text = torch.randn(5, IMAGE_DIM), torch.randn(5, TEXT_DIM)
+    batch = {"image_feats": image, "text_feats": text, "ids": torch.arange(5)}
+    with torch.no_grad():
+        logits, embed = authors(image, text)
+        assert torch.allclose(model(batch), logits.squeeze(1), atol=1e-6)
+        assert torch.allclose(model.embedding(batch), embed, atol=1e-6)
+    wrong = create_model("rgcl-tiny", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, map_dim=8)
+    with pytest.raises(CheckpointError, match="shape"):
+        wrong.load_original(path)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_an_epoch_checkpoint_to_identical_weights_and_memory(tmp_path):
+    """The memory is rebuilt at each epoch's start, so resuming from an epoch checkpoint rebuilds the one the
+    uninterrupted run used: same weights, same saved memory, same predictions."""
+    from safetensors.torch import load_file
+
+    from memeguard.training.loop import finetune
+
+    data, regions = write_clip_dataset(tmp_path, n_train=48, n_dev=16)
+
+    def config(out: str):
+        from memeguard.training.config import TrainConfig
+
+        return TrainConfig(
+            model="rgcl-tiny", features="mem", data_dir=data, out_dir=tmp_path / out, train_split="train",
+            predict_splits=("dev_seen",), lr=3e-3, batch_size=16, epochs=3, eval_every=0, device="cpu",
+            progress=False, sum_loss=False,
+        )  # fmt: skip
+
+    reference = finetune(config("ref"), regions=regions)
+
+    def kill(update: int) -> None:
+        if update == 4:  # one batch into the second epoch (3 batches an epoch)
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(config("killed"), regions=regions, on_update=kill)
+    resumed = finetune(config("killed"), regions=regions)
+    assert resumed.resumed
+    ref_state = load_file(str(reference.model_dir / "model.safetensors"))
+    new_state = load_file(str(resumed.model_dir / "model.safetensors"))
+    assert ref_state.keys() == new_state.keys() and "memory_embeds" in ref_state
+    for key in ref_state:
+        assert torch.equal(ref_state[key], new_state[key]), key
+    assert (reference.run_dir / "dev_seen.csv").read_text() == (resumed.run_dir / "dev_seen.csv").read_text()
+
+
+def _ddp_worker(rank: int, port: int, cfg, regions: dict, out: str) -> None:
+    import os
+
+    from memeguard.training.loop import finetune
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.set_num_threads(1)
+    result = finetune(cfg, regions=regions)
+    torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_end_with_identical_weights_and_memory(tmp_path):
+    """Under DDP the objective reads the embedding of the DDP forward, and every rank builds the memory."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from memeguard.training.config import TrainConfig
+
+    data, regions = write_clip_dataset(tmp_path, n_train=32, n_dev=8)
+    cfg = TrainConfig(
+        model="rgcl-tiny", features="mem", data_dir=data, out_dir=tmp_path / "run", train_split="train",
+        predict_splits=("dev_seen",), epochs=2, batch_size=8, lr=1e-3, eval_every=2, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, cfg, regions, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and "memory_embeds" in rank0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert (tmp_path / "run" / "DONE").is_file()

@@ -19,6 +19,13 @@ bundles) handles it as any other model; the BERT fields (``vocab_size`` ... ``to
 ``max_regions``, ``feature_mean``/``feature_std``) are unused by these heads. ``visual_feat_dim`` only
 records the store's patch-feature size so that ``predict`` and ``score`` can refuse a store of another
 CLIP model.
+
+Named configs: ``clip-concat``, ``hateclipper-align``, ``hateclipper-cross`` (n = 1024: ~1.08 B
+parameters), ``hateclipper-cross-32`` (the authors' ``run.sh``), their ``-tiny`` variants; RGCL lives in
+:mod:`memeguard.models.rgcl`. The family's optimiser settings: ``train --family-defaults``
+(``train_defaults`` below). The authors' trained heads load with ``train --init their.ckpt``.
+Not implemented: fine-tuning the last k CLIP layers (``unfreeze_clip_layers``; it would need the CLIP towers
+inside the model and pixels/tokens in the batch, while the trainer feeds stored features).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from torch import nn
 from memeguard.errors import ConfigError, DataError
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
+from memeguard.models.checkpoints import OriginalLayout
 from memeguard.models.registry import register_architecture, register_config
 
 Fusion = Literal["concat", "align", "cross"]
@@ -45,6 +53,11 @@ INPUT_EXTRAS: dict[str, tuple[str, str]] = {
     "pooled": ("image_pooled", "text_pooled"),
     "projected": ("image_embeds", "text_embeds"),
 }
+
+# The largest head a config may ask for: hateclipper-cross (n = 1024) has ~1.08 B weights (4.3 GB in fp32);
+# about twice that is allowed, anything beyond is a typo that would exhaust memory.
+MAX_HEAD_PARAMETERS = 2 * 1024**3
+INPUTS_HINT = "inputs=pooled reads image_pooled/text_pooled, inputs=projected image_embeds/text_embeds"
 
 # Hate-CLIPper's optimisation (paper §4 and ``hateclipper:main.py``): AdamW lr 1e-4, weight decay 1e-4,
 # batch 64, at most 20 epochs, grad-norm clip 0.1, the best dev epoch kept. The authors keep the lr
@@ -64,13 +77,46 @@ HATECLIPPER_TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Keys of the authors' Lightning checkpoint we do not use: the frozen CLIP towers the head sits on, and the
+# auxiliary heads of their optional losses (image-only, text-only, fine-grained labels).
+HATECLIPPER_UNUSED = (
+    "image_encoder.",
+    "text_encoder.",
+    "pre_output_image.",
+    "output_image.",
+    "pre_output_text.",
+    "output_text.",
+    "output_pc",
+    "output_attack",
+    "output_super.",
+)
+
+
+def _is_hateclipper(state: Mapping[str, torch.Tensor]) -> bool:
+    prefixes = ("image_map.", "text_map.", "pre_output.")
+    return all(any(key.startswith(p) for key in state) for p in prefixes) and "output.weight" in state
+
+
+# ``hateclipper:engine.py`` (``CLIPClassifier``, ``use_pretrained_map=False``): the head's modules carry
+# our names and indices (``image_map.0``, ``pre_output.1/4/7``, ``output``); ``ModelCheckpoint`` saves
+# them in a Lightning ``.ckpt`` under ``state_dict`` (read_torch_checkpoint unwraps it).
+HATECLIPPER_LIGHTNING = OriginalLayout(
+    "hateclipper-lightning",
+    _is_hateclipper,
+    lambda state, config: dict(state),
+    unexpected=lambda key: key.startswith(HATECLIPPER_UNUSED),
+    has_head=True,
+    hint="Hate-CLIPper's Lightning .ckpt: image_map.*, text_map.*, pre_output.*, output.*",
+)
+
+
 @dataclass
 class ClipHeadConfig(VLConfig):
     """Config of a head on CLIP embeddings (see the module docstring for the unused BERT fields)."""
 
     model_type: ClassVar[str] = "hateclipper"
 
-    fusion: Fusion = "align"
+    fusion: Fusion = "align"  # a registered config's own; overriding it changes the head
     inputs: ClipInputs = "pooled"
     image_dim: int = 1024  # CLIP ViT-L/14 vision width (pooled); set from the store by the trainer
     text_dim: int = 768  # CLIP ViT-L/14 text width (pooled)
@@ -83,8 +129,28 @@ class ClipHeadConfig(VLConfig):
     unfreeze_clip_layers: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.drop_probs) != 3:
-            raise ConfigError(f"{type(self).__name__}: drop_probs needs 3 values, got {self.drop_probs}")
+        """Refuse sizes that cannot build a head, or would build one too large to allocate (a cross
+        fusion's first layer grows with map_dim squared)."""
+        name = type(self).__name__
+        if len(self.drop_probs) != 3 or not all(0 <= p < 1 for p in self.drop_probs):
+            raise ConfigError(f"{name}: drop_probs needs 3 values in [0, 1), got {self.drop_probs}")
+        sizes = {k: getattr(self, k) for k in ("image_dim", "text_dim", "map_dim", "pre_output_dim")}
+        if min(sizes.values()) < 1 or self.num_pre_output_layers < 0:
+            raise ConfigError(f"{name}: sizes must be >= 1 and num_pre_output_layers >= 0, got {sizes}")
+        total = self.parameter_count()
+        if total > MAX_HEAD_PARAMETERS:
+            raise ConfigError(
+                f"{name}: {self.fusion} fusion of map_dim {self.map_dim} makes a head of {total:,} weights "
+                f"(more than {MAX_HEAD_PARAMETERS:,}); use a smaller map_dim, pre_output_dim or depth"
+            )
+
+    def parameter_count(self) -> int:
+        """The head's trainable parameters, from the sizes alone (checked before anything is allocated)."""
+        n, m, layers = self.map_dim, self.pre_output_dim, self.num_pre_output_layers
+        width = fused_dim(self.fusion, n)
+        maps = (self.image_dim + 1) * n + (self.text_dim + 1) * n
+        pre = ((width + 1) * m + (layers - 1) * (m + 1) * m) if layers else 0
+        return maps + pre + (m if layers else width) + 1
 
 
 class ClipEmbeddingProcessor(RegionTextProcessor):
@@ -104,7 +170,7 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             raise ConfigError(
                 f"meme {record.meme_id}: its region record has no {key!r} vector (it has "
                 f"{sorted(record.extras)}); {self.head_config.model_type} models read CLIP embeddings: "
-                "extract the features with the clip extractor"
+                f"extract the features with the clip extractor ({INPUTS_HINT})"
             )
         value = np.asarray(record.extras[key], dtype=np.float32).reshape(-1)
         if value.shape[0] != dim:
@@ -145,7 +211,10 @@ def fuse(image: torch.Tensor, text: torch.Tensor, fusion: str) -> torch.Tensor:
 
 
 def fused_dim(fusion: str, map_dim: int) -> int:
-    return {"align": map_dim, "cross": map_dim * map_dim, "concat": 2 * map_dim}[fusion]
+    sizes = {"align": map_dim, "cross": map_dim * map_dim, "concat": 2 * map_dim}
+    if fusion not in sizes:
+        raise ConfigError(f"unknown fusion {fusion!r}; known: concat, align, cross")
+    return sizes[fusion]
 
 
 @register_architecture
@@ -160,8 +229,10 @@ class ClipFusionModel(MemeModel):
     config_class: ClassVar[type[VLConfig]] = ClipHeadConfig
     processor_class: ClassVar[type[RegionTextProcessor]] = ClipEmbeddingProcessor
     original_name: ClassVar[str] = "Hate-CLIPper"
+    original_layouts: ClassVar[tuple[OriginalLayout, ...]] = (HATECLIPPER_LIGHTNING,)
     train_defaults: ClassVar[dict[str, Any]] = HATECLIPPER_TRAIN_DEFAULTS
     reads_region_features: ClassVar[bool] = False  # only the per-meme CLIP vectors of the extras
+    pretrainable: ClassVar[bool] = False  # no text encoder for MLM/ITM
 
     def __init__(self, config: VLConfig) -> None:
         super().__init__(config)
@@ -218,7 +289,8 @@ class ClipFusionModel(MemeModel):
             if key not in record.extras:
                 raise ConfigError(
                     f"meme {record.meme_id}: the feature store has no {key!r} vectors (it has "
-                    f"{sorted(record.extras)}); {config.model_type} models need a CLIP feature store"
+                    f"{sorted(record.extras)}); {config.model_type} models need a CLIP feature store "
+                    f"({INPUTS_HINT})"
                 )
             dims[name] = int(np.asarray(record.extras[key]).size)
         return dims

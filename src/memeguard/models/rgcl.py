@@ -19,7 +19,14 @@ dev and test memes never enter it.
 The kNN retrieval classifier (``classifier="knn"``): a meme's probability is the rank-weighted vote of the
 labels of its ``knn_top_k`` nearest memory entries (weights k, k-1, ..., 1: the authors' "arithmetic"
 majority voting). The final memory (embeddings, labels, ids) is saved with the model, so a trained model
-can switch to it (``classifier`` in its ``config.json``) without the training data.
+can switch to it (``classifier`` in its ``config.json``) without the training data; trained with
+``classifier="knn"``, evaluations during training vote on the epoch's memory. At prediction a meme skips
+an entry only when it is that meme (same id and same embedding): the scorer numbers memes 0, 1, ....
+
+Other deviations: the authors run the MLP twice per batch (embedding and logit get independent dropout
+masks), we once; our AdamW spares biases from weight decay. The memory is rebuilt at every epoch start, so
+a run resumed from an epoch checkpoint is identical to the uninterrupted one; one resumed mid-epoch
+(``checkpoint_every``) rebuilds it from the resumed weights instead.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 
 from memeguard.errors import ConfigError
 from memeguard.models.base import VLConfig
+from memeguard.models.checkpoints import OriginalLayout, has_prefix, rename_unique
 from memeguard.models.clip_heads import ClipFusionModel, ClipHeadConfig
 from memeguard.models.registry import register_architecture, register_config
 
@@ -55,6 +63,32 @@ RGCL_TRAIN_DEFAULTS: dict[str, Any] = {
 SAME_EMBEDDING = 0.9999
 # A probability of exactly 0 or 1 from the vote becomes a finite logit.
 KNN_EPS = 1e-4
+
+
+# ``RGCL:src/model/classifier.py`` (``classifier_hateClipper``) -> our names; the indices inside the
+# Sequentials are the same (projection Linear at 0; Dropout, then Linear/ReLU/Dropout per layer).
+RGCL_RENAMES = (("img_proj.", "image_map."), ("text_proj.", "text_map."), ("mlp.", "pre_output."))
+
+
+def _from_rgcl(key: str) -> str:
+    if key.startswith("output_layer."):
+        return "output." + key.removeprefix("output_layer.")
+    for old, new in RGCL_RENAMES:
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return key
+
+
+# ``run_rac.py`` saves ``torch.save(model.state_dict(), .../ckpt/best_model_<epoch>_<acc>.pt)``.
+RGCL_STATE_DICT = OriginalLayout(
+    "rgcl-state-dict",
+    lambda state: (
+        has_prefix("img_proj.")(state) and has_prefix("mlp.")(state) and "output_layer.weight" in state
+    ),
+    lambda state, config: rename_unique(state, _from_rgcl),
+    has_head=True,
+    hint="RGCL best_model_*.pt: img_proj.*, text_proj.*, mlp.*, output_layer.*",
+)
 
 
 def _require_faiss() -> Any:
@@ -87,6 +121,11 @@ class RgclConfig(ClipHeadConfig):
         super().__post_init__()
         if self.num_pre_output_layers < 1:
             raise ConfigError("RgclConfig: the embedding is a pre-output layer: num_pre_output_layers >= 1")
+        counts = {k: getattr(self, k) for k in ("hard_negatives", "pseudo_gold_positives", "memory_size")}
+        if min(counts.values()) < 0 or self.retrieval_pool < 1 or self.knn_top_k < 1:
+            raise ConfigError(f"RgclConfig: counts must be >= 0 and retrieval_pool, knn_top_k >= 1: {counts}")
+        if not 0 <= self.ce_weight <= 1:
+            raise ConfigError(f"RgclConfig: ce_weight must be in [0, 1], got {self.ce_weight}")
 
 
 class Memory:
@@ -221,6 +260,7 @@ class RgclModel(ClipFusionModel):
 
     config_class: ClassVar[type[VLConfig]] = RgclConfig
     original_name: ClassVar[str] = "RGCL"
+    original_layouts: ClassVar[tuple[OriginalLayout, ...]] = (RGCL_STATE_DICT,)
     train_defaults: ClassVar[dict[str, Any]] = RGCL_TRAIN_DEFAULTS
 
     def __init__(self, config: VLConfig) -> None:
@@ -229,14 +269,17 @@ class RgclModel(ClipFusionModel):
         self.last_embedding: torch.Tensor | None = None
         self.memory: Memory | None = None
         if config.memory_size > 0:
-            self._register_memory(config.memory_size, persistent=True)
+            self._register_memory(config.memory_size)
 
-    def _register_memory(self, size: int, persistent: bool) -> None:
+    _MEMORY_BUFFERS = ("memory_embeds", "memory_labels", "memory_ids")
+
+    def _register_memory(self, size: int) -> None:
+        """The saved memory's buffers (persistent: in ``model.safetensors``, not a checkpoint's concern)."""
         dim = self.config.pre_output_dim  # type: ignore[attr-defined]
         device = self.output.weight.device
-        self.register_buffer("memory_embeds", torch.zeros(size, dim, device=device), persistent=persistent)
-        self.register_buffer("memory_labels", torch.zeros(size, dtype=torch.long, device=device), persistent)
-        self.register_buffer("memory_ids", torch.zeros(size, dtype=torch.long, device=device), persistent)
+        self.register_buffer("memory_embeds", torch.zeros(size, dim, device=device))
+        self.register_buffer("memory_labels", torch.zeros(size, dtype=torch.long, device=device))
+        self.register_buffer("memory_ids", torch.zeros(size, dtype=torch.long, device=device))
 
     def embedding(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The contrastive embedding: the last pre-output Linear's output, before its ReLU and dropout."""
@@ -253,27 +296,29 @@ class RgclModel(ClipFusionModel):
     def attach_memory(
         self, embeds: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, persistent: bool
     ) -> None:
-        """Make (embeds, labels, ids) the model's memory; ``persistent`` ones are saved with the weights
-        (the final memory; the ones rebuilt during training stay out of checkpoints)."""
-        self._register_memory(int(ids.shape[0]), persistent)
+        """Make (embeds, labels, ids) the model's memory. During training (``persistent`` False) it is a
+        plain attribute, rebuilt every epoch: never in a checkpoint, never broadcast by DDP; the final one
+        (``persistent``) also goes into buffers saved with the weights."""
+        self.memory = Memory(embeds.detach().float().cpu().numpy(), labels.cpu().numpy(), ids.cpu().numpy())
+        if not persistent:
+            return
+        self._register_memory(int(ids.shape[0]))
         self.memory_embeds.copy_(embeds)
         self.memory_labels.copy_(labels.long())
         self.memory_ids.copy_(ids.long())
-        if persistent:
-            self.config.memory_size = int(ids.shape[0])  # type: ignore[attr-defined]
-        self.memory = None  # rebuilt from the buffers when next needed
+        self.config.memory_size = int(ids.shape[0])  # type: ignore[attr-defined]
 
     def forget_saved_memory(self) -> None:
         """Training starts: a memory loaded with the weights (``--init`` from a trained RGCL) is rebuilt
-        each epoch and saved again at the end, so it stays out of the run's checkpoints meanwhile."""
-        if self.config.memory_size > 0:  # type: ignore[attr-defined]
-            for name in ("memory_embeds", "memory_labels", "memory_ids"):
-                self._non_persistent_buffers_set.add(name)
-            self.config.memory_size = 0  # type: ignore[attr-defined]
+        each epoch and saved again at the end, so meanwhile it leaves the state (and the checkpoints)."""
+        for name in self._MEMORY_BUFFERS:
+            self._buffers.pop(name, None)
+        self.config.memory_size = 0  # type: ignore[attr-defined]
+        self.memory = None
 
     def current_memory(self) -> Memory:
         if self.memory is None:
-            if getattr(self, "memory_ids", None) is None or self.memory_ids.numel() == 0:
+            if "memory_ids" not in self._buffers or self.memory_ids.numel() == 0:
                 raise ConfigError(
                     "rgcl: the kNN classifier needs the training memory, which this model does not hold "
                     "(a model saved by `memeguard train` holds it)"
@@ -285,9 +330,12 @@ class RgclModel(ClipFusionModel):
             )
         return self.memory
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self.memory = None  # loaded buffers invalidate the index
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        if prefix + "memory_ids" in state_dict:
+            self.memory = None  # the loaded buffers replace the index built from the old ones
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def knn_logits(self, embed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         memory = self.current_memory()

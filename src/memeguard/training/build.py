@@ -99,6 +99,14 @@ def train_defaults(name: str) -> dict[str, Any]:
     return dict(getattr(architecture_for(get_config(name).model_type), "train_defaults", {}))
 
 
+def require_pretrainable(name: str) -> None:
+    """Task pretraining (MLM/ITM) needs a text encoder; the heads on CLIP embeddings have none."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    if not getattr(architecture_for(get_config(name).model_type), "pretrainable", True):
+        raise ConfigError(f"{name}: has no text encoder to pretrain (MLM/ITM); fine-tune it with `train`")
+
+
 def reads_region_features(name: str) -> bool:
     """Whether ``name``'s model reads the store's region features (the CLIP heads read only the per-meme
     vectors, so there is nothing to standardise for them)."""

@@ -486,11 +486,11 @@ def _finish(
     run_dir, model = state.run_dir, p.model
     predictions = {split: run_dir / prediction_file(split) for split in p.predict}
 
+    if objective is not None:  # every rank: their models stay identical, memory included
+        train_set = MemeRegionDataset(p.train, p.regions)
+        objective.finish(_memory_batches(cfg, train_set, collate, state.device))
+
     def write_outputs() -> None:
-        if objective is not None:
-            objective.finish(
-                _memory_batches(cfg, MemeRegionDataset(p.train, p.regions), collate, state.device)
-            )
         for split, memes in p.predict.items():
             ids, proba = predict_memes(
                 model,
