@@ -23,7 +23,7 @@ Random weights: speed does not depend on them. Pass --skip-latency to skip it (i
 
 Heads and the baseline use 1 torch thread each by default (the tiny models are fastest so on 2 shared cores).
 
-Measured 2026-12-02 (defaults, n 2000: 1,400 train / 104 dev_seen memes, 2 CPU cores shared with other
+Measured 2026-12-02 (defaults, n 2000: 1,400 train / 82 dev_seen memes, 2 CPU cores shared with other
 jobs, load average 12-16, so the seconds are pessimistic): CLIP pass 17 s (every split); dev AUROC /
 seconds / train memes/s: clip-concat 0.769 / 24 / 1191, hateclipper-align 0.776 / 34 / 833, its text-only
 control 0.502, image-only control 0.446, hateclipper-cross-32 0.569 / 11 / 2499, rgcl 0.522 / 356 / 79
