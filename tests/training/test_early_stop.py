@@ -201,3 +201,33 @@ def test_updates_taken_refuses_a_done_without_the_count(tmp_path):
     (tmp_path / "DONE").write_text(json.dumps({"finished": 1.0, "metrics": {"auroc": 0.5}}))
     with pytest.raises(ConfigError, match="does not record the updates"):
         updates_taken(tmp_path)
+
+
+@pytest.mark.slow  # synthesises a small set and extracts its features (~10 s)
+def test_pipeline_trains_traindev_for_as_long_as_its_early_stopped_train_run(tmp_path):
+    """The runner makes a traindev run wait for its train run and passes on the updates it took."""
+    from memeguard.data.synth import generate_synthetic
+    from memeguard.pipeline.recipe import load_recipe
+    from memeguard.pipeline.runner import RecipeRunner
+
+    data = tmp_path / "data"
+    generate_synthetic(data, n=120, seed=3, progress=False)
+    train = (
+        "{lr: 0.001, epochs: 2, batch_size: 16, sum_loss: false, eval_every: 2, "
+        "early_stop_patience: 1, early_stop_min_delta: 1.0}"
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: es\nfeatures:\n  grid: {extractor: grid}\nmodels:\n"
+        f"  - name: V\n    model: visualbert-tiny\n    features: grid\n    seeds: [1]\n    train: {train}\n"
+    )
+    runner = RecipeRunner(load_recipe(recipe), data, tmp_path / "out")
+    stages = {stage.label: stage for stage in runner.build()}
+    train_stage, traindev_stage = stages["V1-train"], stages["V1-traindev"]
+    assert train_stage in traindev_stage.deps
+    runner.execute()
+    assert updates_taken(train_stage.directory) == 4  # evaluation 1 (update 2) is the best, 2 is stale
+    traindev_config = json.loads((traindev_stage.directory / "train_config.json").read_text())
+    assert traindev_config["max_updates"] == 4
+    assert traindev_config["early_stop_patience"] == 0 and traindev_config["eval_every"] == 0
+    assert json.loads((traindev_stage.directory / "DONE").read_text())["updates"] == 4
