@@ -423,7 +423,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     report: dict[str, list[dict]] = {}
     if args.end_to_end:
-        memes = min(args.memes, 40) if args.tiny else args.memes
+        memes = min(args.memes, 50) if args.tiny else args.memes  # synth makes at least 50
         report["end_to_end"] = end_to_end_table(device, memes, args.precision, args.tiny, work)
         if args.out:
             args.out.write_text(json.dumps(report, indent=1))
