@@ -231,3 +231,17 @@ def test_pipeline_trains_traindev_for_as_long_as_its_early_stopped_train_run(tmp
     assert traindev_config["max_updates"] == 4
     assert traindev_config["early_stop_patience"] == 0 and traindev_config["eval_every"] == 0
     assert json.loads((traindev_stage.directory / "DONE").read_text())["updates"] == 4
+
+
+def test_a_run_dir_saved_before_the_early_stop_fields_still_resumes(toy_data, tmp_path):
+    """Fields added since a run dir was written count as their defaults: the run is not refused."""
+    data, regions = toy_data
+    cfg = config(data, tmp_path / "old", eval_every=0, epochs=1)
+    first = finetune(cfg, regions=regions)
+    saved = json.loads((first.run_dir / "train_config.json").read_text())
+    for key in ("early_stop_patience", "early_stop_min_delta", "early_stop_after_auroc", "max_updates"):
+        del saved[key]
+    (first.run_dir / "train_config.json").write_text(json.dumps(saved))
+    assert finetune(cfg, regions=regions).skipped
+    with pytest.raises(ConfigError, match="early_stop_patience"):
+        finetune(cfg.replace(early_stop_patience=2, eval_every=1), regions=regions)
