@@ -127,15 +127,20 @@ def main() -> None:
         batched = timed([lambda c=c: scorer.score_batch(c) for c in chunks])
         rows.append(row(f"score_batch({size})", batched, size))
 
-        # Where a batch's time goes: decoding + extraction vs the model.
+        # Where a batch's time goes: decoding + extraction (both spread over the cores) vs the model.
+        from memeguard.serving.batching import map_in_threads
         from memeguard.serving.scorer import load_image
 
-        decode = timed([lambda c=c: [load_image(p) for p, _ in c] for c in chunks])
+        decode = timed([lambda c=c: map_in_threads(lambda item: load_image(item[0]), c) for c in chunks])
         rows.append(row("  of which: decode PNGs", decode, size))
+        decode_one = timed([lambda c=c: [load_image(p) for p, _ in c] for c in chunks])
+        rows.append(row("    (one thread)", decode_one, size))
         decoded = [[load_image(p) for p, _ in c] for c in chunks]
         (extractor,) = scorer.extractors.values()
         extract = timed([lambda d=d: extractor.extract(d, list(range(len(d)))) for d in decoded])
         rows.append(row("  of which: grid features", extract, size))
+        extract_one = timed([lambda d=d: [extractor.extract_one(i, 0) for i in d] for d in decoded])
+        rows.append(row("    (one thread)", extract_one, size))
 
         try:
             from fastapi.testclient import TestClient

@@ -96,3 +96,9 @@ STORE_DIR = "store"
 PREDICTIONS_DIR = "predictions"
 REPORT_FILE = "report.html"
 TIMINGS_FILE = "timings.json"
+
+
+# -- explanations (``memeguard explain --out DIR``) ------------------------------------------------------
+def explanation_files(stem: str) -> tuple[str, str]:
+    """One meme's explanation files: ``img/01235.png`` -> (``01235.explain.json``, ``01235.explain.png``)."""
+    return f"{stem}.explain.json", f"{stem}.explain.png"

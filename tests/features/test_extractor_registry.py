@@ -242,7 +242,9 @@ def test_butd_and_clip_from_meta(tmp_path: Path) -> None:
     assert found == {"weights": str(weights), "fp16": False}
     with pytest.raises(ConfigError, match="m: CLIP model folder .*clip is not here"):
         ClipExtractor.from_meta({"model_dir": str(tmp_path / "clip")}, "m", "cpu")
-    assert ClipExtractor.from_meta({"model_dir": str(tmp_path)}, "m", "cpu") == {"weights": str(tmp_path)}
+    # A store written before resize/patches/dtype existed: patch regions, float32 extras, centre crop.
+    old = {"weights": str(tmp_path), "resize": "crop", "patches": True, "dtype": "float32"}
+    assert ClipExtractor.from_meta({"model_dir": str(tmp_path)}, "m", "cpu") == old
 
 
 LAZY = textwrap.dedent(

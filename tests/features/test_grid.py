@@ -153,3 +153,97 @@ def test_bad_levels_rejected() -> None:
     with pytest.raises(ValueError, match="positive"):
         GridExtractor(levels=(0,))
     assert GridExtractor(levels=(4,)).extract_one(Image.new("RGB", (33, 17)), 1).features.shape == (16, 42)
+
+
+# ------------------------------------------------------------------ the fast path keeps every bit
+
+
+def _reference_features(grid: GridExtractor, image: Image.Image) -> np.ndarray:
+    """The features computed the plain way (every statistic, counts included, as a float32 channel
+    averaged by ``ndarray.mean``; the steepest channel by argmax): what every stored grid feature was made
+    with before the fast path, so trained runs and the demo's stored features depend on these bits."""
+    from scipy import ndimage
+
+    width, height = image.size
+    work_w, work_h = grid.work_size(width, height)
+    small = image.convert("RGB").resize((work_w, work_h), Image.Resampling.BILINEAR)
+    rgb = np.asarray(small, dtype=np.float32) / 255.0
+    hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 255.0
+    gx = np.stack([ndimage.sobel(rgb[..., c], axis=1) for c in range(3)])
+    gy = np.stack([ndimage.sobel(rgb[..., c], axis=0) for c in range(3)])
+    magnitudes = np.hypot(gx, gy)
+    steepest = magnitudes.argmax(axis=0)[None]
+    gx, gy = (np.take_along_axis(g, steepest, axis=0)[0] for g in (gx, gy))
+    magnitude = np.take_along_axis(magnitudes, steepest, axis=0)[0] / 4.0
+    orient = np.rint(np.mod(np.arctan2(gy, gx), math.pi) / (math.pi / 8)).astype(np.int64) % 8
+    strong = magnitude > 0.1
+    chromatic = (hsv[..., 1] > 0.25) & (hsv[..., 2] > 0.2)
+    hue_bin = np.minimum((hsv[..., 0] * 12).astype(np.int64), 11)
+    hue = hsv[..., 0] * (2 * math.pi)
+    channels = [
+        rgb,
+        rgb * rgb,
+        hsv[..., 1:],
+        hsv[..., 1:] ** 2,
+        np.stack([np.cos(hue), np.sin(hue)], axis=-1) * hsv[..., 1:2],
+        (np.arange(12) == hue_bin[..., None]) * chromatic[..., None],
+        np.stack([magnitude, magnitude * magnitude, strong], axis=-1),
+        (np.arange(8) == orient[..., None]) * (magnitude * strong)[..., None],
+    ]
+    pixels = np.concatenate([c.astype(np.float32) for c in channels], axis=-1)
+    rows = []
+    for cells in grid.levels:
+        blocks = pixels.reshape(cells, work_h // cells, cells, work_w // cells, -1).mean(axis=(1, 3))
+        rows.append(blocks.reshape(cells * cells, -1))
+    means = np.concatenate(rows)
+    image_rgb = pixels[..., :3].reshape(-1, 3).mean(axis=0)
+    record = grid.extract_one(image, 0)  # boxes and positions are plain arithmetic: taken as they are
+    std = lambda mean, square: np.sqrt(np.maximum(square - mean * mean, 0.0))  # noqa: E731
+    orient_mean = means[:, 27:35] / np.maximum(means[:, 27:35].sum(axis=1, keepdims=True), 1e-6)
+    parts = [
+        means[:, 0:3],
+        std(means[:, 0:3], means[:, 3:6]),
+        means[:, 6:8],
+        std(means[:, 6:8], means[:, 8:10]),
+        means[:, 10:24],
+        means[:, 24:25],
+        std(means[:, 24:25], means[:, 25:26]),
+        means[:, 26:27],
+        orient_mean,
+        means[:, 0:3] - image_rgb[None, :],
+        record.features[:, -4:],
+    ]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _varied_image(width: int, height: int, mode: str, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 4, height // 4, width // 2 + 1, height // 2 + 1), fill=(200, 30, 40))
+    draw.rectangle((0, 0, width // 3, height // 5), fill=(30, 200, 90))
+    return image.convert(mode)
+
+
+VARIED = [(550, 500, "RGB"), (600, 400, "L"), (37, 900, "RGBA"), (1000, 123, "P"), (1, 1, "RGB")]
+VARIED += [(64, 64, "CMYK"), (333, 222, "LA"), (5000, 40, "RGB")]
+
+
+@pytest.mark.parametrize("levels, cell_px", [((6, 2, 1), 32), ((4,), 8), ((3, 2), 16), ((5, 1), 3)])
+def test_features_are_bit_identical_to_the_plain_computation(levels: tuple[int, ...], cell_px: int) -> None:
+    grid = GridExtractor(levels=levels, cell_px=cell_px)
+    for k, (width, height, mode) in enumerate(VARIED):
+        image = _varied_image(width, height, mode, k)
+        got = grid.extract_one(image, 0).features
+        assert got.tobytes() == _reference_features(grid, image).tobytes(), (levels, width, height, mode)
+
+
+def test_a_batch_gives_each_image_its_one_image_bytes() -> None:
+    grid = GridExtractor()
+    images = [_varied_image(w, h, mode, k) for k, (w, h, mode) in enumerate(VARIED)]
+    batch = grid.extract(images, list(range(10, 10 + len(images))))["default"]
+    assert [r.meme_id for r in batch] == list(range(10, 10 + len(images)))
+    for image, record in zip(images, batch, strict=True):
+        alone = grid.extract_one(image, record.meme_id)
+        assert record.features.tobytes() == alone.features.tobytes()
+        assert record.boxes.tobytes() == alone.boxes.tobytes() and record.image_size == alone.image_size

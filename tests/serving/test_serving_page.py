@@ -153,3 +153,28 @@ def test_page_scores_a_dropped_meme(live_server, browser, scorer, tmp_path):
     screenshot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
     (tmp_path / "page.png").write_bytes(screenshot)
     assert screenshot.startswith(b"\x89PNG")
+
+
+def test_page_shows_the_explanation_overlay(live_server, browser, scorer, tmp_path):
+    """With "explain" ticked the page shows the overlay PNG the server drew for this meme."""
+    pytest.importorskip("captum")
+    meme = rendered_meme(tmp_path / "meme.png")
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=live_server)
+    browser.wait_for("document.readyState === 'complete' && !!document.getElementById('explain')")
+    root = browser.call("DOM.getDocument")["root"]["nodeId"]
+    file_input = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+    browser.call("DOM.setFileInputFiles", files=[str(meme)], nodeId=file_input)
+    browser.evaluate("document.getElementById('text').value = 'nobody expects the cat'")
+    browser.evaluate("document.getElementById('explain').checked = true")
+    browser.wait_for("!document.getElementById('go').disabled")
+    browser.evaluate("document.getElementById('go').click()")
+    overlay = "document.getElementById('overlay')"
+    loaded = f"(o => o.style.display === 'block' && o.complete && o.naturalWidth > 0)({overlay})"
+    browser.wait_for(loaded, seconds=120)
+    assert browser.evaluate("document.getElementById('error').textContent") == ""
+    width = browser.evaluate("document.getElementById('overlay').naturalWidth")
+    assert width == 320  # the meme's width: the overlay is drawn on the meme itself
+    assert "Strongest words: " in browser.evaluate("document.getElementById('explained').textContent")
+    screenshot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+    (tmp_path / "page-explained.png").write_bytes(screenshot)

@@ -60,7 +60,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -907,6 +907,37 @@ def _meta_record(
         "duplicate_of": None,
         **picture,
     }
+
+
+# How far a shape reaches from its centre, in units of its drawn radius (see ``_shape_points``).
+SHAPE_EXTENT = {"circle": 1.0, "square": 1.0, "triangle": 1.15, "star": 1.2}
+
+
+@dataclass(frozen=True)
+class SalientTruth:
+    """Where a synthetic meme's label comes from: the salient objects' bounding boxes (x1, y1, x2, y2,
+    pixels of the meme; two in a collage) and the caption's target noun. Benchmarks of explanations
+    compare attributions against it."""
+
+    boxes: tuple[tuple[float, float, float, float], ...]
+    noun: str | None
+    visual: int
+    text_attr: int
+
+
+def salient_truth(record: Mapping[str, object], text: str) -> SalientTruth:
+    """A meme's ``synth_meta.json`` record and its caption -> its :class:`SalientTruth`."""
+    width, height = (float(v) for v in record["size"])  # type: ignore[union-attr]
+    boxes = []
+    for obj in record["objects"]:  # type: ignore[union-attr]
+        (cx, cy), reach = obj["centre"], obj["radius"] * SHAPE_EXTENT[obj["shape"]]
+        boxes.append(
+            (max(0.0, cx - reach), max(0.0, cy - reach), min(width, cx + reach), min(height, cy + reach))
+        )
+    text_attr = int(record["text_attr"])  # type: ignore[call-overload]
+    words = [word.strip(".,!?:;'\"").lower() for word in text.split()]
+    noun = next((word for word in words if word in TARGET_NOUNS[text_attr]), None)
+    return SalientTruth(tuple(boxes), noun, int(record["visual"]), text_attr)  # type: ignore[call-overload]
 
 
 def _write_split(path: Path, plans: Sequence[_MemePlan]) -> None:

@@ -27,6 +27,25 @@ def _print_report(report: object) -> None:
         typer.echo(line, err=True)
 
 
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``--param KEY=VALUE`` items -> the extractor's params; values read as YAML (``true``, ``8``,
+    ``square``) so they mean what they mean in a recipe's ``params:``; one line naming a bad item."""
+    import yaml
+
+    from memeguard.errors import ConfigError
+
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. --param resize=square")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--param {item!r}: the value is not valid YAML") from None
+    return params
+
+
 @app.command("extract")
 def extract_command(
     data_dir: Annotated[Path, typer.Argument(help="Hateful Memes folder (img/ + *.jsonl).")],
@@ -45,12 +64,41 @@ def extract_command(
         str | None, typer.Option("--splits", help="Comma-separated splits (default: all).")
     ] = None,
     dtype: DtypeOption = "float16",
+    remove_text: Annotated[
+        bool,
+        typer.Option(
+            "--remove-text",
+            help="Inpaint the caption (OCR boxes) before the extractor sees an image; needs memeguard[ocr].",
+        ),
+    ] = False,
+    remove_text_dilation: Annotated[
+        int | None,
+        typer.Option(
+            "--remove-text-dilation", min=0, max=64, help="Pixels the OCR boxes grow by (default 4)."
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="An extractor parameter as KEY=VALUE (YAML value), repeatable: --param resize=square.",
+        ),
+    ] = None,
 ) -> None:
     """Extract region features of every meme image (resumes an interrupted run)."""
+    from memeguard.errors import ConfigError
     from memeguard.features.extract import extract_features
     from memeguard.features.factory import make_extractor
 
-    kw = {"batch_size": batch_size} if batch_size else {}
+    kw = parse_params(param or [])
+    if batch_size:
+        kw["batch_size"] = batch_size
+    if remove_text_dilation is not None and not remove_text:
+        raise ConfigError("--remove-text-dilation goes with --remove-text")
+    if remove_text:
+        kw["remove_text"] = True
+    if remove_text_dilation is not None:
+        kw["remove_text_dilation"] = remove_text_dilation
     made = make_extractor(extractor, weights=weights, boxes=boxes, device=device, **kw)
     split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
     paths = extract_features(data_dir, out, made, batch_size=batch_size, splits=split_list, dtype=dtype)
@@ -117,6 +165,7 @@ def info_command(
         "extractor": str(opened.meta.get("extractor", "?")),
         "fields": ", ".join(opened.fields) or "-",
         "extras": ", ".join(f"{k}[{v}]" for k, v in opened.extras.items()) or "-",
+        "extras dtype": opened.extras_dtype if opened.extras else "-",
     }
     for key, value in rows.items():
         table.add_row(key, value)

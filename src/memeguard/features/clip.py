@@ -1,28 +1,45 @@
-"""CLIP patch features: the vision tower of a local Hugging Face ``CLIPModel`` as a region extractor.
+"""CLIP features: a Hugging Face ``CLIPModel`` (local folder or hub id) as a frozen per-meme encoder.
 
-Each ViT patch is one "region": its feature is the last encoder layer's hidden state passed through
-the vision tower's ``post_layernorm`` (the same normalisation the pooled [CLS] token gets before the
-projection, so patch and pooled features live on one scale); its box is the patch's square in the
-ORIGINAL image's pixels. The [CLS] token is not a region. Per image we also store, in
-``RegionRecord.extras``:
+What the CLIP-family heads (clip-concat, Hate-CLIPper, RGCL) read is stored per meme in
+``RegionRecord.extras`` (names are a contract with :mod:`memeguard.models`):
 
-- ``image_embeds``: the projected pooled image embedding, L2-normalised (as ``CLIPModel.forward``
-  returns it for the contrastive score),
-- ``text_embeds``: the projected embedding of the meme text, L2-normalised, truncated to the text
-  tower's maximum length.
+- ``image_embeds``, ``text_embeds``: the projected embeddings, L2-normalised (``CLIPModel``'s
+  ``get_image_features``/``get_text_features`` then normalised: what the contrastive score uses and what
+  clip-concat takes);
+- ``image_pooled``, ``text_pooled``: the PRE-projection pooled outputs, not normalised:
+  ``vision_model(...).pooler_output`` (``post_layernorm`` of [CLS]) and ``text_model(...).pooler_output``
+  (the EOS token after ``final_layer_norm``). Hate-CLIPper feeds these to its own trainable projections;
+  RGCL does too (``CLIPVisionModel``/``CLIPTextModel`` ``pooler_output``, ``JingbiaoMei/RGCL``
+  ``src/utils/extract_CLIP_features.py``).
 
-Pixels come from the checkpoint's own image processor (``preprocessor_config.json``; without one,
-``CLIPImageProcessor`` at the tower's image size): shortest side resized, centre crop. Patches
-therefore cover the centre crop only: on a wide meme the left and right edges are not seen, exactly
-as for any CLIP user of that checkpoint. :class:`CropGeometry` maps patch squares back to pixels.
+The regions (``RegionRecord.features``/``boxes``) are, with ``patches=False`` (the default), ONE row per
+meme: the pooled image output (the same vector as ``image_pooled``) with the whole-image box, so region
+models and store tools still see a valid store. With ``patches=True`` each ViT patch is a region: its
+last-layer hidden state through ``post_layernorm`` (the pooled [CLS] token's normalisation, so patch and
+pooled features share one scale), its box the patch's square mapped back to ORIGINAL image pixels.
+
+Preprocessing is the checkpoint's own (``preprocessor_config.json``; without one ``CLIPImageProcessor`` at
+the tower's image size), in one of two geometries (``resize``):
+
+- ``"crop"``: the processor as is: shortest side resized, centre crop; on a wide meme the left and right
+  edges are not seen, as for any CLIP user of that checkpoint (:class:`CropGeometry`);
+- ``"square"``: the whole meme resized to image_size x image_size (PIL, the processor's resampling), then
+  the processor's rescale and mean/std only: what Hate-CLIPper (``image.resize((224, 224))``) and RGCL
+  (``resize((336, 336))`` before the processor) feed CLIP; nothing is cut, the aspect ratio is not kept.
+
+Text goes through the checkpoint's own tokenizer, at most ``text_config.max_position_embeddings`` tokens
+(77 for OpenAI CLIP): a longer caption keeps its start (BOS, the first 75 BPE tokens, EOS); the store's
+meta counts the memes so cut (``text_truncated``). The towers run in float32; what is stored (the
+extras) is rounded to ``dtype`` (float16 by default), and the store keeps the extras in that dtype.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -90,47 +107,142 @@ def patch_boxes(
     return boxes.astype(np.float32)
 
 
+def square_geometry(image_size: int, height: int, width: int) -> tuple[float, float, float, float]:
+    """``resize="square"``: the whole image stretched to ``image_size`` x ``image_size``, nothing cut;
+    -> (scale_x, scale_y, left, top) as :class:`CropGeometry` gives them."""
+    return image_size / width, image_size / height, 0.0, 0.0
+
+
+# ---------------------------------------------------------------------------------- the checkpoint
+
+# "openai/clip-vit-large-patch14": a hub repo id (owner/name); anything else that is not a folder is refused.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a CLIP snapshot needs: configs, tokenizer files, safetensors weights (never pickled .bin files).
+HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return constants.HF_HUB_OFFLINE or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_checkpoint(name: str | os.PathLike[str]) -> Path:
+    """A local CLIP folder as is, or a hub id's snapshot folder (``huggingface_hub.snapshot_download``:
+    the cache, and the network unless HF_HUB_OFFLINE is set); CheckpointError as one line otherwise."""
+    from transformers.utils import CONFIG_NAME
+
+    text = str(name)
+    if not is_hub_id(text):
+        folder = Path(text)
+        if not (folder / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{folder}: not a Hugging Face CLIP folder (no {CONFIG_NAME})")
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = _hub_offline()
+    try:
+        return Path(snapshot_download(text, allow_patterns=HUB_FILES, local_files_only=offline))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        if offline:
+            why = "it is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it once online"
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            why = f"the hub did not give it ({type(exc).__name__}: {first})"
+        raise CheckpointError(
+            f"{text}: no such local folder, and {why} (or pass a local CLIP folder)"
+        ) from None
+
+
+def weights_sha256(folder: Path) -> str | None:
+    """sha256 of the weights file (``model.safetensors``, else ``pytorch_model.bin``); a sharded
+    checkpoint: sha256 over its shards' digests in name order. None when no weights file is found."""
+    import hashlib
+
+    from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+
+    from memeguard.records import file_sha256
+
+    single = next((folder / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME) if (folder / n).is_file()), None)
+    if single is not None:
+        return file_sha256(single)
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        return None
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(f"{shard.name}:{file_sha256(shard)}\n".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- the extractor
+
+
 class ClipParams(ExtractorParams):
-    """``make_extractor("clip", **params)`` / recipe ``params:`` (the model folder is ``weights``)."""
+    """``make_extractor("clip", **params)`` / recipe ``params:`` (``weights``: the folder or hub id)."""
 
     batch_size: int = Field(8, ge=1)
+    resize: Literal["crop", "square"] = "crop"  # see the module docstring
+    patches: bool = False  # True: the ViT patch tokens are the regions; False: one whole-image row
+    dtype: Literal["float16", "float32"] = "float16"  # what the extras are rounded to and stored as
 
 
 class ClipExtractor(BaseExtractor):
-    """The `Extractor` for CLIP patch tokens + pooled image/text embeddings (one variant, "default")."""
+    """The `Extractor` for CLIP: pooled/projected image and text embeddings (+ patch tokens), variant
+    "default"."""
 
     name = "clip"
     Params = ClipParams
-    weights_kind = "a local Hugging Face CLIP folder"
+    weights_kind = "a Hugging Face CLIP folder, or a hub id such as openai/clip-vit-large-patch14"
     weights_required = True
 
-    def __init__(self, model_dir: str | os.PathLike[str], device: str = "cpu", batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        device: str = "cpu",
+        batch_size: int = 8,
+        resize: str = "crop",
+        patches: bool = False,
+        dtype: str = "float16",
+    ) -> None:
         import torch
-        from transformers import AutoTokenizer, CLIPModel
-        from transformers.utils import CONFIG_NAME
 
-        self.model_dir = Path(model_dir)
-        if not (self.model_dir / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{self.model_dir}: not a Hugging Face CLIP folder (no config.json)")
-        if batch_size < 1:
-            raise ConfigError(f"CLIP extractor: batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        try:
-            self.model = (
-                CLIPModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
-            )
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.model_dir}: cannot load CLIP model/tokenizer ({exc})") from exc
-        vision = self.model.config.vision_config
-        self.patch_size = int(vision.patch_size)
-        self.grid = int(vision.image_size) // self.patch_size
-        self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
-        self.processor = self._image_processor(int(vision.image_size))
-        self.geometry = CropGeometry.from_processor(
-            self.processor, int(vision.image_size), str(self.model_dir)
+        settings = self.validate_params(
+            dict(batch_size=batch_size, resize=resize, patches=patches, dtype=dtype)
         )
+        assert isinstance(settings, ClipParams)
+        self.model_id = str(model_dir)  # as given: a folder or a hub id
+        self.model_dir = resolve_checkpoint(model_dir)
+        self.batch_size, self.resize = settings.batch_size, settings.resize
+        self.patches, self.dtype = settings.patches, settings.dtype
+        self.device = torch.device(device)
+        self.model, self.tokenizer = self._load()
+        vision = self.model.config.vision_config
+        self.image_size = int(vision.image_size)
+        self.patch_size = int(vision.patch_size)
+        self.grid = self.image_size // self.patch_size
+        self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
+        self.processor = self._image_processor(self.image_size)
+        self.geometry = CropGeometry.from_processor(self.processor, self.image_size, str(self.model_dir))
+
+    def _load(self) -> tuple[Any, Any]:
+        from safetensors import SafetensorError
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:
+            model = CLIPModel.from_pretrained(self.model_dir, local_files_only=True).eval().to(self.device)
+            tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as exc:  # a truncated download: SafetensorError
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise CheckpointError(f"{self.model_dir}: cannot load CLIP model/tokenizer ({first})") from None
+        return model, tokenizer
 
     @classmethod
     def create(cls, options: ExtractorOptions) -> ClipExtractor:
@@ -139,12 +251,24 @@ class ClipExtractor(BaseExtractor):
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
-        model_dir = meta.get("model_dir")
-        if not model_dir or not Path(model_dir).exists():
+        """The recorded folder when it is here, else the recorded hub id (the cache, or online). Stores
+        written before ``patches``/``dtype``/``resize`` existed held patch regions, float32 extras and the
+        processor's centre crop: those are the defaults for a meta without the keys."""
+        model_dir, model_id = meta.get("model_dir"), str(meta.get("model") or "")
+        if model_dir and Path(model_dir).exists():
+            weights = str(model_dir)
+        elif model_id and is_hub_id(model_id):
+            weights = model_id
+        else:
             raise ConfigError(
                 f"{source}: CLIP model folder {model_dir} is not here; pass the extractor explicitly"
             )
-        return {"weights": model_dir}
+        return {
+            "weights": weights,
+            "resize": meta.get("resize", "crop"),
+            "patches": bool(meta.get("patches", True)),
+            "dtype": meta.get("dtype", "float32"),
+        }
 
     def _image_processor(self, image_size: int) -> Any:
         from transformers import AutoImageProcessor, CLIPImageProcessor
@@ -162,6 +286,46 @@ class ClipExtractor(BaseExtractor):
     def variants(self) -> list[str]:
         return ["default"]
 
+    def pixel_values(self, images: Sequence[Image.Image]) -> Any:
+        """[n, 3, S, S] float32 pixels as the tower sees them, in this extractor's ``resize`` mode."""
+        rgb = [image.convert("RGB") for image in images]
+        if self.resize == "crop":
+            return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+        side = (self.image_size, self.image_size)
+        resample = Image.Resampling(int(getattr(self.processor, "resample", Image.Resampling.BICUBIC)))
+        squares = [image.resize(side, resample=resample) for image in rgb]
+        return self.processor(images=squares, do_resize=False, do_center_crop=False, return_tensors="pt")[
+            "pixel_values"
+        ]
+
+    def geometry_of(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """(scale_x, scale_y, left, top) mapping tower pixels back to the image, per ``resize`` mode."""
+        if self.resize == "crop":
+            return self.geometry(height, width)
+        return square_geometry(self.image_size, height, width)
+
+    def tokens(self, texts: Sequence[str]) -> Any:
+        """The captions as the text tower reads them: padded, cut to ``max_text_length`` tokens."""
+        return self.tokenizer(
+            [str(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_length,
+            return_tensors="pt",
+        )
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each caption is longer than the text tower takes (tokenised one token past the limit,
+        so a huge caption costs no more than a long one)."""
+        ids = self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_text_length + 1)[
+            "input_ids"
+        ]
+        return [len(row) > self.max_text_length for row in ids]
+
+    def dataset_meta(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Store meta about every caption of the dataset (``extract_features`` asks once per store)."""
+        return {"text_truncated": sum(self.truncated(texts)), "text_count": len(texts)}
+
     def extract(
         self, images: Sequence[Image.Image], meme_ids: Sequence[int], texts: Sequence[str]
     ) -> dict[str, list[RegionRecord]]:
@@ -173,68 +337,80 @@ class ClipExtractor(BaseExtractor):
             records.extend(self._batch(images[start:stop], meme_ids[start:stop], texts[start:stop]))
         return {"default": records}
 
-    def _batch(
-        self, images: Sequence[Image.Image], ids: Sequence[int], texts: Sequence[str]
-    ) -> list[RegionRecord]:
+    def encode(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, Any]:
+        """One batch through both towers -> float32 tensors: the four extras and ``patch_tokens``."""
         import torch
         from torch.nn import functional as F
 
-        rgb = [image.convert("RGB") for image in images]
-        pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"].to(self.device)
-        tokens = self.tokenizer(
-            [str(t) for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_length,
-            return_tensors="pt",
-        ).to(self.device)
+        pixels = self.pixel_values(images).to(self.device)
+        tokens = self.tokens(texts).to(self.device)
         with torch.no_grad():
             vision = self.model.vision_model(pixel_values=pixels)
-            patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-            image_embeds = F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1)
             text = self.model.text_model(
                 input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
             )
-            text_embeds = F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
+            out = {
+                "image_pooled": vision.pooler_output,
+                "text_pooled": text.pooler_output,
+                "image_embeds": F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1),
+                "text_embeds": F.normalize(self.model.text_projection(text.pooler_output), dim=-1),
+            }
+            if self.patches:
+                out["patch_tokens"] = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+        return {key: value.float().cpu().numpy() for key, value in out.items()}
+
+    def _batch(
+        self, images: Sequence[Image.Image], ids: Sequence[int], texts: Sequence[str]
+    ) -> list[RegionRecord]:
+        encoded = self.encode(images, texts)
         out = []
         for i, (image, meme_id) in enumerate(zip(images, ids, strict=True)):
             size = (image.height, image.width)
-            out.append(
-                RegionRecord(
-                    meme_id=int(meme_id),
-                    features=patches[i].float().cpu().numpy(),
-                    boxes=patch_boxes(self.grid, self.patch_size, self.geometry(*size), size),
-                    image_size=size,
-                    extras={
-                        "image_embeds": image_embeds[i].float().cpu().numpy(),
-                        "text_embeds": text_embeds[i].float().cpu().numpy(),
-                    },
-                )
-            )
+            if self.patches:
+                features = encoded["patch_tokens"][i]
+                boxes = patch_boxes(self.grid, self.patch_size, self.geometry_of(*size), size)
+            else:
+                features = encoded["image_pooled"][i][None]
+                boxes = np.array([[0, 0, image.width, image.height]], dtype=np.float32)
+            extras = {name: encoded[name][i].astype(self.dtype) for name in EXTRA_NAMES}
+            out.append(RegionRecord(int(meme_id), features, boxes, size, extras=extras))
         return out
 
     def meta(self) -> dict[str, Any]:
-        from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
-
-        from memeguard.features.butd import file_sha256
-
-        weights = next(
-            (self.model_dir / n for n in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME) if (self.model_dir / n).is_file()),
-            None,
+        geometry = self.geometry
+        crop = (
+            f"shortest side {geometry.shortest_edge}, centre crop {geometry.crop_h}x{geometry.crop_w}"
+            if self.resize == "crop"
+            else f"whole image resized to {self.image_size}x{self.image_size} (aspect not kept)"
         )
         return {
             "extractor": self.name,
+            "model": self.model_id,
             "model_dir": str(self.model_dir),
-            "weights_sha256": file_sha256(weights) if weights is not None else None,
+            "weights_sha256": weights_sha256(self.model_dir),
             "feature_dim": int(self.model.config.vision_config.hidden_size),
-            "num_regions": self.grid * self.grid,
+            "num_regions": self.grid * self.grid if self.patches else 1,
             "patch_size": self.patch_size,
+            "image_size": self.image_size,
             "projection_dim": int(self.model.config.projection_dim),
-            "features": "last layer patch tokens after post_layernorm",
-            "embeddings": "image_embeds/text_embeds projected and L2-normalised",
-            "crop": (
-                f"shortest side {self.geometry.shortest_edge}, "
-                f"centre crop {self.geometry.crop_h}x{self.geometry.crop_w}"
+            "resize": self.resize,
+            "patches": self.patches,
+            "dtype": self.dtype,
+            "max_text_tokens": self.max_text_length,
+            "features": (
+                "last layer patch tokens after post_layernorm"
+                if self.patches
+                else "one row: the pooled image output (= image_pooled), whole-image box"
             ),
+            "embeddings": (
+                "image_embeds/text_embeds projected and L2-normalised; image_pooled/text_pooled the "
+                "pre-projection pooler outputs"
+            ),
+            "text_truncation": f"captions cut to their first {self.max_text_length} tokens (BOS ... EOS)",
+            "crop": crop,
             "box_format": "xyxy pixels of the original image",
         }
+
+
+# The per-meme vectors every CLIP store holds (a contract with the CLIP-family models).
+EXTRA_NAMES = ("image_embeds", "text_embeds", "image_pooled", "text_pooled")

@@ -93,6 +93,11 @@ def extract_features(
     batch_size = int(batch_size or getattr(extractor, "batch_size", 8) or 8)
     base_meta = {key: value for key, value in extractor.meta().items() if key != "store"}
     base_meta.setdefault("extractor", extractor.name)
+    # Facts about the whole dataset an extractor may record (CLIP: captions cut to 77 tokens); asked
+    # about every meme up front, so the meta of a resumed store is the same as an uninterrupted one's.
+    dataset_meta = getattr(extractor, "dataset_meta", None)
+    if callable(dataset_meta):
+        base_meta.update(dataset_meta([meme.text for meme in memes]))
     writers: dict[str, FeatureStoreWriter] = {}
     try:
         with ExitStack() as stack:

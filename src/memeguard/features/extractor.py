@@ -13,12 +13,13 @@ registration line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memeguard.errors import ConfigError
 from memeguard.features.record import RegionRecord
@@ -26,6 +27,10 @@ from memeguard.features.record import RegionRecord
 
 @runtime_checkable
 class Extractor(Protocol):
+    """What ``extract_features`` and the scorer call. Optional: ``batch_size`` (images per call), and
+    ``dataset_meta(texts) -> dict``, facts about every caption of the dataset recorded in the store's meta
+    (CLIP: how many captions were cut to its 77 tokens)."""
+
     name: str  # "butd", "grid", "clip"
 
     def variants(self) -> list[str]:
@@ -51,6 +56,51 @@ class ExtractorParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def _params_error(name: str, exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return ConfigError(f"the {name} extractor's params: {problems}")
+
+
+# Pixels the OCR boxes grow by before inpainting (meme text has a black outline and anti-aliasing).
+DEFAULT_TEXT_DILATION = 4
+
+
+class TextRemoval(BaseModel):
+    """``--remove-text`` (recipe ``params: {remove_text: true}``), which every extractor takes: the caption
+    is found by OCR and inpainted before the extractor sees the image (Zhu's 1st-place trick; see
+    :mod:`memeguard.features.text_removal`). Kept out of each extractor's own ``Params`` so it is
+    implemented once, as a wrapper around any extractor (:func:`memeguard.features.factory.make_extractor`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    remove_text: bool = False
+    remove_text_dilation: int = Field(DEFAULT_TEXT_DILATION, ge=0, le=64)
+
+    @classmethod
+    def split(cls, name: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], TextRemoval]:
+        """(the extractor's own params, the text-removal settings) from one ``params`` mapping."""
+        own = {key: value for key, value in params.items() if key not in cls.model_fields}
+        try:
+            removal = cls.model_validate({k: v for k, v in params.items() if k in cls.model_fields})
+        except ValidationError as exc:
+            raise _params_error(name, exc) from None
+        return own, removal
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``make_extractor`` params that repeat a store's recorded text removal ({} when none)."""
+        if not meta.get("remove_text"):
+            return {}
+        return {
+            "remove_text": True,
+            "remove_text_dilation": int(meta.get("remove_text_dilation", DEFAULT_TEXT_DILATION)),
+        }
 
 
 @dataclass(frozen=True)
@@ -89,6 +139,15 @@ class BaseExtractor:
     # The variant made when none is asked for (the name the extractor gives its only variant otherwise).
     default_variant: ClassVar[str] = "default"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``from_meta`` a subclass defines also returns the store's recorded text removal, so an
+        extractor rebuilt from a store (the scorer) repeats it: done once here, no extractor can forget it,
+        and the scorer needs no text-removal code."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("from_meta")
+        if isinstance(own, classmethod):
+            cls.from_meta = classmethod(_repeating_text_removal(own.__func__))  # type: ignore[method-assign]
+
     @classmethod
     def check_options(
         cls, weights: str | None, boxes: str | Sequence[str] | None, params: Mapping[str, Any]
@@ -103,7 +162,8 @@ class BaseExtractor:
         if boxes is not None and not cls.variants_share_pass:
             raise ConfigError(f"the {cls.name} extractor has no box variants: drop --boxes (recipe: boxes)")
         variants = None if boxes is None else cls.parse_variants(boxes)
-        return variants, cls.validate_params(params)
+        own, _ = TextRemoval.split(cls.name, params)  # every extractor takes remove_text (a wrapper)
+        return variants, cls.validate_params(own)
 
     @classmethod
     def parse_variants(cls, boxes: str | Sequence[str]) -> tuple[str, ...]:
@@ -121,11 +181,7 @@ class BaseExtractor:
         try:
             return cls.Params.model_validate(dict(params))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise ConfigError(f"the {cls.name} extractor's params: {problems}") from None
+            raise _params_error(cls.name, exc) from None
 
     @classmethod
     def create(cls, options: ExtractorOptions) -> Extractor:
@@ -138,3 +194,13 @@ class BaseExtractor:
         extractor a store's ``meta.json`` records: what the scorer needs to featurise new memes exactly as
         the training store was. ``source`` names the meta file in errors."""
         raise NotImplementedError(f"{cls.__name__}.from_meta")
+
+
+def _repeating_text_removal(rebuild: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``from_meta`` plus the recorded text-removal params (see ``BaseExtractor.__init_subclass__``)."""
+
+    @functools.wraps(rebuild)
+    def from_meta(cls: type, meta: Mapping[str, Any], source: str, device: str) -> dict[str, Any]:
+        return {**rebuild(cls, meta, source, device), **TextRemoval.from_meta(meta)}
+
+    return from_meta

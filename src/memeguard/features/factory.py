@@ -58,12 +58,19 @@ def make_extractor(
 ) -> Extractor:
     """Build a registered extractor from its options: ``weights`` (file or folder), ``boxes`` (variants
     that share a pass, e.g. ``"36,50"``), ``device`` and its typed ``params``; ConfigError for options it
-    does not take."""
-    from memeguard.features.extractor import ExtractorOptions  # imported on use, as the classes are
+    does not take. ``remove_text=True`` (+ ``remove_text_dilation``), taken by every extractor, wraps it
+    so it sees each image with its caption inpainted (:mod:`memeguard.features.text_removal`)."""
+    from memeguard.features.extractor import ExtractorOptions, TextRemoval  # imported on use
 
     cls = extractor_class(name)
     variants, typed = cls.check_options(weights, boxes, params)
-    return cls.create(ExtractorOptions(weights, variants, device, typed))
+    made = cls.create(ExtractorOptions(weights, variants, device, typed))
+    _, removal = TextRemoval.split(name, params)
+    if not removal.remove_text:
+        return made
+    from memeguard.features.text_removal import TextRemovingExtractor
+
+    return TextRemovingExtractor(made, dilation=removal.remove_text_dilation)
 
 
 def parse_box_variants(boxes: str | Sequence[str] | None) -> tuple[str, ...] | None:

@@ -25,7 +25,10 @@ position               4   box centre x, y and width, height as fractions of the
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
@@ -64,61 +67,135 @@ ORIENT_BINS = 8
 CHROMA_SAT, CHROMA_VAL = 0.25, 0.2
 STRONG_EDGE = 0.1
 
-# Per-pixel channels whose region means give every statistic above.
+# Per-pixel float channels whose region means give the real-valued statistics above.
 _RGB, _RGB2 = slice(0, 3), slice(3, 6)
 _SV, _SV2 = slice(6, 8), slice(8, 10)
 _HUEVEC = slice(10, 12)
-_HUEHIST = slice(12, 12 + HUE_BINS)
-_EDGE = 12 + HUE_BINS  # magnitude, magnitude², strong indicator
-_ORIENT = slice(_EDGE + 3, _EDGE + 3 + ORIENT_BINS)
-_NUM_CHANNELS = _EDGE + 3 + ORIENT_BINS
+_EDGE = 12  # magnitude, magnitude²
+_ORIENT = slice(_EDGE + 2, _EDGE + 2 + ORIENT_BINS)
+_NUM_CHANNELS = _EDGE + 2 + ORIENT_BINS
+# The 0/1 statistics (hue histogram, strong-edge fraction) are counted as integers instead: a float32 sum
+# of zeros and ones is the exact count, so counting gives the same bits for a third of the work.
+_NOT_CHROMATIC = HUE_BINS  # hue code of a pixel outside every hue bin
+
+# Images of one ``extract`` call are featurised in parallel threads: PIL and most numpy/scipy work here
+# release the GIL, so a batch uses every core while each image's features stay exactly the one-image ones.
+MAX_THREADS = min(
+    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-def _pixel_channels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """[height, width, _NUM_CHANNELS] per-pixel quantities of the image resized to ``size`` (w, h)."""
-    small = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool there rather than hang on it."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """The process-wide pool (created on first use: importing the module starts no threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="memeguard-grid")
+        return _pool
+
+
+def _pixel_channels(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel quantities of the image resized to ``size`` (w, h): the float channels
+    [height, width, _NUM_CHANNELS], each pixel's hue code (its hue bin, or ``_NOT_CHROMATIC``) and whether
+    it lies on a strong edge [height, width]."""
+    rgb_image = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
+    small = rgb_image.resize(size, Image.Resampling.BILINEAR)
     rgb = np.asarray(small, dtype=np.float32) / 255.0
     hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 255.0
     hue, sat_val = hsv[..., 0] * (2 * math.pi), hsv[..., 1:]
     chromatic = (hsv[..., 1] > CHROMA_SAT) & (hsv[..., 2] > CHROMA_VAL)
     hue_bin = np.minimum((hsv[..., 0] * HUE_BINS).astype(np.int64), HUE_BINS - 1)
+    hue_code = np.where(chromatic, hue_bin, _NOT_CHROMATIC)
 
-    # Colour gradient: per pixel, the RGB channel with the steepest Sobel gradient. A grey-level
-    # gradient would miss edges between colours of equal brightness (green on mid-grey).
-    gx = np.stack([ndimage.sobel(rgb[..., c], axis=1) for c in range(3)])
-    gy = np.stack([ndimage.sobel(rgb[..., c], axis=0) for c in range(3)])
-    channel_magnitude = np.hypot(gx, gy)
-    steepest = channel_magnitude.argmax(axis=0)[None]
-    gx = np.take_along_axis(gx, steepest, axis=0)[0]
-    gy = np.take_along_axis(gy, steepest, axis=0)[0]
-    magnitude = np.take_along_axis(channel_magnitude, steepest, axis=0)[0] / 4.0  # Sobel's gain is 4
+    gx, gy, magnitude = _steepest_gradient(rgb)
     angle = np.mod(np.arctan2(gy, gx), math.pi)
     orient_bin = np.rint(angle / (math.pi / ORIENT_BINS)).astype(np.int64) % ORIENT_BINS
     # Only strong edges vote: faint texture/noise would otherwise drown an object's outline.
     strong = magnitude > STRONG_EDGE
 
     channels = np.zeros((size[1], size[0], _NUM_CHANNELS), dtype=np.float32)
+    # Products are written straight into their channels (out=): the same float32 operations, no temporaries.
     channels[..., _RGB] = rgb
-    channels[..., _RGB2] = rgb * rgb
+    np.multiply(rgb, rgb, out=channels[..., _RGB2])
     channels[..., _SV] = sat_val
-    channels[..., _SV2] = sat_val * sat_val
-    channels[..., _HUEVEC] = np.stack([np.cos(hue), np.sin(hue)], axis=-1) * hsv[..., 1:2]
-    # One-hot histograms: write each pixel's single non-zero entry in place.
-    np.put_along_axis(
-        channels[..., _HUEHIST], hue_bin[..., None], chromatic[..., None].astype(np.float32), axis=-1
-    )
+    np.multiply(sat_val, sat_val, out=channels[..., _SV2])
+    np.multiply(np.cos(hue), hsv[..., 1], out=channels[..., _HUEVEC.start])
+    np.multiply(np.sin(hue), hsv[..., 1], out=channels[..., _HUEVEC.start + 1])
     channels[..., _EDGE] = magnitude
-    channels[..., _EDGE + 1] = magnitude * magnitude
-    channels[..., _EDGE + 2] = strong
+    np.multiply(magnitude, magnitude, out=channels[..., _EDGE + 1])
+    # One-hot histogram: write each pixel's single non-zero entry in place.
     np.put_along_axis(channels[..., _ORIENT], orient_bin[..., None], (magnitude * strong)[..., None], axis=-1)
-    return channels
+    return channels, hue_code, strong
+
+
+def _steepest_gradient(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour gradient: per pixel, the Sobel (gx, gy, magnitude / 4) of the RGB channel with the steepest
+    gradient (the first on ties). A grey-level gradient would miss edges between colours of equal
+    brightness (green on mid-grey). Selected with two comparisons rather than argmax + take_along_axis:
+    the same values at a third of the cost."""
+    # ndimage.sobel per channel, all three channels in one call: derivative along one axis, [1, 2, 1]
+    # smoothing along the other (not along the channels), the same arithmetic in the same order.
+    gx = ndimage.correlate1d(ndimage.correlate1d(rgb, [-1, 0, 1], axis=1), [1, 2, 1], axis=0)
+    gy = ndimage.correlate1d(ndimage.correlate1d(rgb, [-1, 0, 1], axis=0), [1, 2, 1], axis=1)
+    magnitudes = np.hypot(gx, gy)
+    m0, m1, m2 = magnitudes[..., 0], magnitudes[..., 1], magnitudes[..., 2]
+    pick1 = m1 > m0
+    best = np.where(pick1, m1, m0)
+    pick2 = m2 > best
+    select_x = np.where(pick2, gx[..., 2], np.where(pick1, gx[..., 1], gx[..., 0]))
+    select_y = np.where(pick2, gy[..., 2], np.where(pick1, gy[..., 1], gy[..., 0]))
+    return select_x, select_y, np.where(pick2, m2, best) / 4.0  # Sobel's gain is 4
+
+
+def _numpy_mean(sums: np.ndarray, count: int) -> np.ndarray:
+    """``sums / count`` exactly as ``ndarray.mean`` divides its float32 sum (by an intp, in place)."""
+    return np.true_divide(sums, np.intp(count), out=sums, casting="unsafe")
 
 
 def _block_means(channels: np.ndarray, cells: int) -> np.ndarray:
-    """Mean of every channel over each cell of a cells x cells grid -> [cells * cells, C], row-major."""
+    """Mean of every channel over each cell of a cells x cells grid -> [cells * cells, C], row-major.
+
+    Bit for bit ``channels.reshape(cells, h, cells, w, C).mean(axis=(1, 3))``: that sums each cell's pixels
+    one after the other in row-major order, which a contiguous (h, w, cell, cell, C) copy summed over its
+    two leading axes does too, with one long inner loop instead of one 22-value loop per pixel.
+    """
     height, width = channels.shape[:2]
-    blocks = channels.reshape(cells, height // cells, cells, width // cells, -1).mean(axis=(1, 3))
-    return blocks.reshape(cells * cells, -1)
+    blocks = channels.reshape(cells, height // cells, cells, width // cells, -1).transpose(1, 3, 0, 2, 4)
+    sums = np.ascontiguousarray(blocks).sum(axis=(0, 1))
+    return _numpy_mean(sums, (height // cells) * (width // cells)).reshape(cells * cells, -1)
+
+
+def _cell_index(height: int, width: int, cells: int) -> np.ndarray:
+    """[height * width] row-major index of the cell each working-copy pixel falls in."""
+    rows = np.arange(height) // (height // cells)
+    columns = np.arange(width) // (width // cells)
+    return (rows[:, None] * cells + columns[None, :]).ravel()
+
+
+def _count_means(hue_code: np.ndarray, strong: np.ndarray, cells: int) -> np.ndarray:
+    """[cells * cells, HUE_BINS + 1]: per cell, the fraction of pixels in each hue bin, then the fraction on
+    strong edges. Integer counts divided like ``_block_means`` divides its float sums: the same bits."""
+    height, width = hue_code.shape
+    cell = _cell_index(height, width, cells)
+    regions = cells * cells
+    hue = np.bincount(cell * (HUE_BINS + 1) + hue_code.ravel(), minlength=regions * (HUE_BINS + 1))
+    edges = np.bincount(cell * 2 + strong.ravel(), minlength=regions * 2)
+    counts = np.concatenate(
+        [hue.reshape(regions, HUE_BINS + 1)[:, :HUE_BINS], edges.reshape(regions, 2)[:, 1:]], 1
+    )
+    return _numpy_mean(counts.astype(np.float32), (height // cells) * (width // cells))
 
 
 def _cell_boxes(cells: int, height: int, width: int) -> np.ndarray:
@@ -131,9 +208,13 @@ def _cell_boxes(cells: int, height: int, width: int) -> np.ndarray:
 
 
 def _region_features(
-    means: np.ndarray, image_mean_rgb: np.ndarray, boxes: np.ndarray, size: tuple[int, int]
+    means: np.ndarray,
+    counts: np.ndarray,
+    image_mean_rgb: np.ndarray,
+    boxes: np.ndarray,
+    size: tuple[int, int],
 ) -> np.ndarray:
-    """Per-region channel means -> the documented feature rows."""
+    """Per-region channel means and count fractions -> the documented feature rows."""
     height, width = size
     rgb = means[:, _RGB]
     rgb_std = np.sqrt(np.maximum(means[:, _RGB2] - rgb * rgb, 0.0))
@@ -158,10 +239,10 @@ def _region_features(
         sv,
         sv_std,
         means[:, _HUEVEC],
-        means[:, _HUEHIST],
+        counts[:, :HUE_BINS],
         edge[:, None],
         edge_std[:, None],
-        means[:, _EDGE + 2 : _EDGE + 3],
+        counts[:, HUE_BINS:],
         orient,
         rgb - image_mean_rgb[None, :],
         position,
@@ -228,11 +309,17 @@ class GridExtractor(BaseExtractor):
 
     def extract_one(self, image: Image.Image, meme_id: int) -> RegionRecord:
         width, height = image.size
-        channels = _pixel_channels(image, self.work_size(width, height))
-        image_mean_rgb = channels[..., _RGB].reshape(-1, 3).mean(axis=0)
-        means = np.concatenate([_block_means(channels, level) for level in self.levels], axis=0)
+        channels, hue_code, strong = _pixel_channels(image, self.work_size(width, height))
+        means = [_block_means(channels, level) for level in self.levels]
+        if 1 in self.levels:  # the whole-image level sums the same pixels in the same order
+            image_mean_rgb = means[self.levels.index(1)][0, _RGB]
+        else:
+            image_mean_rgb = channels[..., _RGB].reshape(-1, 3).mean(axis=0)
+        counts = np.concatenate([_count_means(hue_code, strong, level) for level in self.levels], axis=0)
         boxes = np.concatenate([_cell_boxes(level, height, width) for level in self.levels], axis=0)
-        features = _region_features(means, image_mean_rgb, boxes, (height, width))
+        features = _region_features(
+            np.concatenate(means, axis=0), counts, image_mean_rgb, boxes, (height, width)
+        )
         return RegionRecord(meme_id=int(meme_id), features=features, boxes=boxes, image_size=(height, width))
 
     def extract(
@@ -240,11 +327,10 @@ class GridExtractor(BaseExtractor):
     ) -> dict[str, list[RegionRecord]]:
         if len(images) != len(meme_ids):
             raise ValueError(f"{len(images)} images but {len(meme_ids)} meme ids")
-        return {
-            "default": [
-                self.extract_one(image, meme_id) for image, meme_id in zip(images, meme_ids, strict=True)
-            ]
-        }
+        if len(images) < 2 or MAX_THREADS < 2:
+            pairs = zip(images, meme_ids, strict=True)
+            return {"default": [self.extract_one(image, meme_id) for image, meme_id in pairs]}
+        return {"default": list(_thread_pool().map(self.extract_one, images, meme_ids))}
 
     def meta(self) -> dict[str, Any]:
         return {

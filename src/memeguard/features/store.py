@@ -12,8 +12,12 @@ Directory layout::
     features.bin         [rows, D] float16|float32
     boxes.bin            [rows, 4] float32, pixel x1, y1, x2, y2 of the original image
     object_ids.bin ...   [rows] int64 / float32, only when the extractor has them
-    extra.<name>.bin     [images, dim] float32, fixed-size per-image vectors (CLIP embeddings)
+    extra.<name>.bin     [images, dim] float32 (or float16: layout ``extras_dtype``), fixed-size per-image
+                         vectors (CLIP embeddings)
     meta.json            written LAST by ``finalize`` (atomically): counts, file sizes, user meta
+
+Extras are float32 unless the layout says ``"extras_dtype": "float16"``: the key is written only for
+float16 extras, so a float32 store's files and JSON are exactly what earlier versions wrote and read.
 
 Crash safety: a record's data is appended and flushed before its index entry, so after a kill the
 index is a prefix of complete records; the writer cuts any partial tail on resume. Readers only
@@ -67,7 +71,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 BOXES_DTYPE = "<f4"
 # Rows of one file that ``verify`` checks at a time: 16k rows of 2048 float16 features are 64 MiB read.
 VERIFY_CHUNK_ROWS = 16384
-EXTRA_DTYPE = "<f4"
+EXTRA_DTYPE = "<f4"  # the extras' dtype when the layout names none (every store before float16 extras)
 
 
 def _now() -> str:
@@ -91,9 +95,17 @@ def _row_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return files
 
 
+def layout_extras_dtype(layout: dict[str, Any]) -> str:
+    """The extras' on-disk dtype name: the layout's ``extras_dtype``, float32 when absent (older stores)."""
+    return str(layout.get("extras_dtype", "float32"))
+
+
 def _image_files(layout: dict[str, Any]) -> dict[str, tuple[str, int]]:
     """Files with one entry per image (the extras): name -> (dtype, bytes per image)."""
-    return {_extra_file(name): (EXTRA_DTYPE, 4 * int(dim)) for name, dim in layout["extras"].items()}
+    dtype = np.dtype(layout_extras_dtype(layout)).newbyteorder("<")
+    return {
+        _extra_file(name): (dtype.str, dtype.itemsize * int(dim)) for name, dim in layout["extras"].items()
+    }
 
 
 def _read_layout(path: Path) -> dict[str, Any]:
@@ -118,6 +130,8 @@ def _check_layout(layout: dict[str, Any], path: Path) -> dict[str, Any]:
         )
     if layout["dtype"] not in FEATURE_DTYPES:
         raise FeatureStoreError(f"{path}: unsupported feature dtype {layout['dtype']!r}")
+    if layout_extras_dtype(layout) not in FEATURE_DTYPES:
+        raise FeatureStoreError(f"{path}: unsupported extras dtype {layout_extras_dtype(layout)!r}")
     unknown = set(layout["fields"]) - set(OPTIONAL_FIELDS)
     if unknown:
         raise FeatureStoreError(f"{path}: unknown per-box fields {sorted(unknown)}")
@@ -154,7 +168,7 @@ class FeatureStore:
             width = row_bytes // np.dtype(dtype).itemsize
             self._arrays[name] = self._map(name, dtype, (num_rows, width))
         for name, (dtype, row_bytes) in _image_files(info).items():
-            self._arrays[name] = self._map(name, dtype, (num_images, row_bytes // 4))
+            self._arrays[name] = self._map(name, dtype, (num_images, row_bytes // np.dtype(dtype).itemsize))
 
     def _map(self, name: str, dtype: str, shape: tuple[int, int]) -> np.ndarray:
         if shape[0] == 0:
@@ -331,6 +345,11 @@ class FeatureStore:
         """Per-image extra vectors: name -> dimension."""
         return dict(self._layout["extras"])
 
+    @property
+    def extras_dtype(self) -> str:
+        """On-disk dtype of the extras (reads are always float32)."""
+        return layout_extras_dtype(self._layout)
+
     def num_boxes(self, meme_id: int) -> int:
         return int(self._index[self._lookup(meme_id), 2])
 
@@ -394,6 +413,9 @@ class FeatureStoreWriter:
     """Appends records to a store directory; resumable, never stores an id twice.
 
     ``feature_dim`` may be None: it is then taken from an existing store or the first record.
+    ``extras_dtype`` (float32 or float16) may be None: then an existing store's, or float16 when every
+    extra of the first record is a float16 array (an extractor that rounds its extras to float16 says so
+    by their dtype), else float32.
     Re-opening a store (finalised or interrupted) continues it; ``add`` skips ids already stored and
     returns False for them. Only ``finalize`` makes the store readable, by writing ``meta.json`` last.
     """
@@ -404,11 +426,14 @@ class FeatureStoreWriter:
         feature_dim: int | None = None,
         dtype: str = "float16",
         meta: dict[str, Any] | None = None,
+        extras_dtype: str | None = None,
     ) -> None:
-        if dtype not in FEATURE_DTYPES:
-            raise FeatureStoreError(
-                f"{path}: unsupported feature dtype {dtype!r}; choose one of {FEATURE_DTYPES}"
-            )
+        for kind, value in (("feature", dtype), ("extras", extras_dtype or "float32")):
+            if value not in FEATURE_DTYPES:
+                raise FeatureStoreError(
+                    f"{path}: unsupported {kind} dtype {value!r}; choose one of {FEATURE_DTYPES}"
+                )
+        self._extras_dtype = extras_dtype
         if meta is not None and "store" in meta:
             raise FeatureStoreError(f"{path}: 'store' is a reserved meta.json key")
         self.path = Path(path)
@@ -474,6 +499,15 @@ class FeatureStoreWriter:
             raise FeatureStoreError(
                 f"{self.path}: existing store holds {layout['dtype']} features, asked for {dtype}"
             )
+        if (
+            self._extras_dtype is not None
+            and layout["extras"]
+            and self._extras_dtype != layout_extras_dtype(layout)
+        ):
+            raise FeatureStoreError(
+                f"{self.path}: existing store holds {layout_extras_dtype(layout)} extras, "
+                f"asked for {self._extras_dtype}"
+            )
         self._layout = layout
         self._feature_dim, self._dtype = int(layout["feature_dim"]), str(layout["dtype"])
         self._user_meta = dict(meta) if meta is not None else dict(layout.get("meta", {}))
@@ -518,9 +552,13 @@ class FeatureStoreWriter:
         dim = self._feature_dim if self._feature_dim is not None else record.feature_dim
         fields = [field for field in OPTIONAL_FIELDS if getattr(record, field) is not None]
         extras = {name: int(np.asarray(value).size) for name, value in sorted(record.extras.items())}
-        self._write_layout(int(dim), fields, extras)
+        half = bool(record.extras) and all(np.asarray(v).dtype == np.float16 for v in record.extras.values())
+        chosen = self._extras_dtype or ("float16" if half else "float32")
+        self._write_layout(int(dim), fields, extras, chosen if extras else "float32")
 
-    def _write_layout(self, feature_dim: int, fields: list[str], extras: dict[str, int]) -> None:
+    def _write_layout(
+        self, feature_dim: int, fields: list[str], extras: dict[str, int], extras_type: str = "float32"
+    ) -> None:
         self._feature_dim = feature_dim
         self._layout = {
             "format": FORMAT_NAME,
@@ -532,6 +570,8 @@ class FeatureStoreWriter:
             "created": self._created,
             "meta": self._user_meta,
         }
+        if extras_type != "float32":  # absent means float32: such stores stay byte-identical to older ones
+            self._layout["extras_dtype"] = extras_type
         write_json_atomic(self.path / STORE_LAYOUT_FILE, self._layout)
 
     # -- writing
@@ -630,11 +670,18 @@ class FeatureStoreWriter:
                 f"{where}: extras {sorted(record.extras)} differ from this store's "
                 f"{sorted(self._layout['extras'])}"
             )
+        extra_type = np.dtype(layout_extras_dtype(self._layout)).newbyteorder("<")
         for name, dim in self._layout["extras"].items():
-            value = np.asarray(record.extras[name], dtype=EXTRA_DTYPE).reshape(-1)
+            value = np.asarray(record.extras[name]).reshape(-1)
             if value.size != dim:
                 raise FeatureStoreError(f"{where}: extra {name!r} has {value.size} values, expected {dim}")
-            arrays[_extra_file(name)] = value
+            with np.errstate(over="ignore"):  # overflow is reported below, with the meme id
+                stored = value.astype(extra_type)
+            if not np.isfinite(stored).all():
+                raise FeatureStoreError(
+                    f"{where}: extra {name!r} holds NaN/inf or overflows {extra_type.name}"
+                )
+            arrays[_extra_file(name)] = stored
         return arrays
 
     def finalize(self) -> Path:
@@ -658,7 +705,8 @@ class FeatureStoreWriter:
         if not self._finalised_on_disk:
             info = {
                 key: self._layout[key]
-                for key in ("format", "version", "feature_dim", "dtype", "fields", "extras")
+                for key in ("format", "version", "feature_dim", "dtype", "fields", "extras", "extras_dtype")
+                if key in self._layout
             }
             info.update(
                 num_images=len(self._ids),

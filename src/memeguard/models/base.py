@@ -9,6 +9,14 @@ One contract so that training, prediction and ensembling never branch on archite
   Two-class heads of the original checkpoints are kept as they are and reduced with
   ``blocks.two_class_to_logit`` (logit1 - logit0), so sigmoid(logit) equals their softmax[:, 1];
 * ``model.encode(batch)`` exposes the encoder states for task pretraining (MLM / ITM);
+* explanations (:mod:`memeguard.models.attribution`): ``attribution_inputs(batch)`` names the continuous
+  inputs attributions are computed for (``"text"``: word embeddings [B, T, E] whose rows align with
+  ``input_ids``; ``"regions"``: the region features [B, N, D] the model reads, rows aligned with the
+  regions' boxes), ``attribution_baselines(batch, inputs, keep)`` their "absent" values, and
+  ``forward_from_inputs(batch, **inputs)`` the hateful logit computed from them, differentiable in them.
+  The defaults serve every BERT-style family (they swap the output of ``get_input_embeddings()`` and
+  pass ``visual_feats`` through); a head on pooled embeddings (CLIP) overrides the three methods and may
+  return only the keys it has (e.g. ``"regions"`` = patch embeddings aligned with its patch boxes);
 * ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` + ``model.safetensors``;
 * ``load_original(path)``: the architecture's original weights (paper release, MMF, Hugging Face, vilio),
   in any layout listed in the class's ``original_layouts`` (see :mod:`memeguard.models.checkpoints`).
@@ -212,6 +220,12 @@ class RegionTextProcessor:
         positions = encode_boxes(record.boxes[:n], record.image_size, self.box_encoding)
         return features, positions
 
+    def region_boxes(self, record: RegionRecord) -> np.ndarray:
+        """Pixel boxes (x1, y1, x2, y2) of the region rows ``encode_regions`` gives, in order: what an
+        explanation draws each region's attribution on."""
+        n = min(record.num_boxes, self.config.max_regions)
+        return np.asarray(record.boxes[:n], dtype=np.float32).reshape(n, 4)
+
     def normalize_regions(self, regions: Sequence[RegionRecord]) -> list[RegionRecord]:
         """Standardise features with the config's ``feature_mean`` / ``feature_std`` (a no-op when unset)."""
         mean, std = self.config.feature_mean, self.config.feature_std
@@ -289,6 +303,59 @@ class MemeModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:  # pragma: no cover - abstract
         """Word embeddings (for the MLM decoder tied to them)."""
         raise NotImplementedError
+
+    # -- explanations (see the module docstring) ------------------------------------------------
+    def attribution_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``text``: the word embeddings looked up from ``input_ids`` (before position and token-type
+        embeddings are added, so a word's attribution is about the word, not its place); ``regions``:
+        ``visual_feats`` as the model reads them (after the processor's standardisation)."""
+        with torch.no_grad():
+            words = self.get_input_embeddings()(batch["input_ids"])
+        return {"text": words.detach(), "regions": batch["visual_feats"].detach()}
+
+    def attribution_baselines(
+        self, batch: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor], keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The "absent" input integrated gradients start from.
+
+        Text: the ``[PAD]`` embedding at every word piece, while positions where ``keep`` [B, T] is true
+        ([CLS], [SEP], padding) keep their own embedding, so the sequence keeps its frame and those
+        positions get zero attribution. Regions: zeros in the model's input space, which is the store's
+        mean feature for models that standardise their inputs (grid) and "nothing detected" for BUTD's
+        post-ReLU features; the boxes stay, so a region's attribution is about what it shows.
+        """
+        text = inputs["text"]
+        pad_id = torch.full_like(batch["input_ids"][:1, :1], self.config.pad_token_id)
+        with torch.no_grad():
+            pad = self.get_input_embeddings()(pad_id).to(text.dtype)
+        return {
+            "text": torch.where(keep[..., None].to(text.device), text, pad.expand_as(text)),
+            "regions": torch.zeros_like(inputs["regions"]),
+        }
+
+    def forward_from_inputs(self, batch: Mapping[str, torch.Tensor], **inputs: torch.Tensor) -> torch.Tensor:
+        """The hateful logit [B] with the word embeddings and region features replaced by ``inputs``.
+
+        The word-embedding module's output is swapped for ``inputs["text"]`` by a forward hook, so each
+        architecture's own embedding code (positions, token types, LayerNorm) runs unchanged.
+        """
+        batch = dict(batch)
+        if "regions" in inputs:
+            batch["visual_feats"] = inputs["regions"]
+        if "text" not in inputs:
+            return self(batch)
+        text = inputs["text"]
+
+        def swap(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            if output.shape != text.shape:
+                raise ValueError(f"word embeddings of shape {list(output.shape)}, given {list(text.shape)}")
+            return text.to(output.dtype)
+
+        handle = self.get_input_embeddings().register_forward_hook(swap)
+        try:
+            return self(batch)
+        finally:
+            handle.remove()
 
     def head_parameter_names(self) -> list[str]:
         """Names of the task-head parameters (new when starting from a pretrained backbone)."""

@@ -140,6 +140,13 @@ class ErnieVilProcessor(RegionTextProcessor):
         n = self.config.max_regions
         return features[:n], locations[:n]
 
+    def region_boxes(self, record: RegionRecord) -> np.ndarray:
+        """The global token's box is the whole image (its location is [0, 0, 1, 1, 1]), then the regions."""
+        height, width = record.image_size
+        whole = np.array([[0.0, 0.0, width, height]], dtype=np.float32)
+        boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+        return np.concatenate([whole, boxes], axis=0)[: self.config.max_regions]
+
     def __call__(
         self,
         memes: Sequence[MemeLike],

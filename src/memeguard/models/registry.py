@@ -26,6 +26,8 @@ _ARCHITECTURE_MODULES = (
     "memeguard.models.lxmert",
     "memeguard.models.devlbert",
     "memeguard.models.ernie_vil",
+    "memeguard.models.clip_heads",
+    "memeguard.models.rgcl",
 )
 
 _ARCHITECTURES: dict[str, type[MemeModel]] = {}

@@ -489,7 +489,15 @@ class RecipeRunner:
         fin_files = run_ensemble(pred_dir, self.clean_dir, self.out_dir, self.recipe.ensemble)
         timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
         write_json_atomic(self.out_dir / TIMINGS_FILE, timings)
-        write_run_report(self.out_dir, family_files, fin_files, self.clean_dir, timings, self.recipe.name)
+        write_run_report(
+            self.out_dir,
+            family_files,
+            fin_files,
+            self.clean_dir,
+            timings,
+            self.recipe.name,
+            self.run_predictions,
+        )
         return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memeguard.data.hm import read_split, split_path
 from memeguard.data.predictions import Predictions, read_predictions, write_predictions
@@ -24,6 +24,9 @@ from memeguard.names import (
     prediction_file,
 )
 from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memeguard.pipeline.report import Explainer
 
 
 def show_progress() -> bool:
@@ -217,6 +220,18 @@ def split_labels(data_dir: Path) -> dict[str, dict[int, int]]:
     return labels
 
 
+def training_logs(
+    run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]],
+) -> dict[str, dict[str, Path]]:
+    """family -> stage label (``V43-train``, ``V43-traindev``) -> run dir: the folders of the prediction
+    CSVs, whose ``metrics.jsonl`` the report draws (an inference-only stage has none and is skipped)."""
+    logs: dict[str, dict[str, Path]] = {}
+    for family, runs in run_predictions.items():
+        for csv in (path for outputs in runs.values() for path in outputs.values()):
+            logs.setdefault(family, {})[csv.parent.name.rsplit("-", 1)[0]] = csv.parent
+    return logs
+
+
 def write_run_report(
     out_dir: Path,
     family_files: Mapping[str, Mapping[str, Path]],
@@ -224,7 +239,10 @@ def write_run_report(
     data_dir: Path,
     timings: Mapping[str, Mapping[str, Any]],
     title: str,
+    run_predictions: Mapping[str, Mapping[str, Mapping[str, Path]]] | None = None,
+    explain: Explainer | None = None,
 ) -> Path:
+    """``OUT/report.html`` from the run's outputs; ``explain`` adds attributions to the gallery."""
     from memeguard.pipeline.report import write_report
 
     predictions: dict[str, dict[str, Predictions]] = {
@@ -242,4 +260,7 @@ def write_run_report(
         weights=weights,
         stage_times=stage_times,
         title=f"memeguard report: {title}",
+        training_logs=training_logs(run_predictions or {}),
+        data_dir=data_dir,
+        explain=explain,
     )

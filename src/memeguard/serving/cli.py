@@ -298,3 +298,47 @@ def _log_config() -> dict[str, Any]:
         "propagate": False,
     }
     return config
+
+
+@app.command("explain")
+def explain(
+    memes: list[Path] = typer.Argument(..., help="Meme image files."),
+    model: list[Path] = typer.Option(
+        ..., "--model", "-m", help="A run dir, model dir or bundle; repeat runs."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder for <stem>.explain.json and <stem>.explain.png."
+    ),
+    text: str | None = typer.Option(None, "--text", "-t", help="The meme's text (one MEME; default: OCR)."),
+    ocr: str = typer.Option("auto", "--ocr", help=OCR_HELP),
+    steps: int = typer.Option(
+        32, "--steps", help="Integrated-gradients steps (each a forward+backward pass)."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Label threshold (default: a bundle's operating point, else 0.5)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+) -> None:
+    r"""Which words and image regions push each meme's score up or down: JSON + an overlay PNG per meme.
+
+    Integrated gradients of each model's hateful logit through its word embeddings and region features
+    (needs pip install 'memeguard\[explain]'); a bundle is explained with its fp32 weights.
+    """
+    from memeguard.models.attribution import check_steps
+    from memeguard.serving.bundle import load_scorer
+    from memeguard.serving.explain import explain_files
+    from memeguard.serving.scorer import OCR_MODES
+
+    if ocr not in OCR_MODES:
+        raise ConfigError(f"--ocr must be one of {', '.join(OCR_MODES)}, got {ocr!r}")
+    check_steps(steps)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    scorer = load_scorer(model, device=device, threshold=threshold, batch_size=1)
+    for path in explain_files(scorer, memes, out, text=text, ocr=ocr, steps=steps):
+        typer.echo(str(path))

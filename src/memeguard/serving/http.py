@@ -4,7 +4,11 @@ Routes: ``POST /v1/score`` (one meme: multipart ``image`` + optional ``text``, o
 "text"?}``), ``POST /v1/score/batch`` (several: repeated multipart ``image``/``text`` parts, or JSON
 ``{"items": [...]}``), the original ``POST /score`` (JSON, text required), ``GET /health`` (models,
 threshold, limits; no file paths), ``GET /healthz`` (alive), ``GET /readyz`` (models loaded, taking work),
-``GET /metrics`` (Prometheus) and ``GET /`` (a page for moderators). Every error is one line,
+``GET /metrics`` (Prometheus) and ``GET /`` (a page for moderators). ``explain=true`` on ``POST /v1/score``
+(query parameter, JSON or multipart field) adds the explanation (``memeguard.serving.explain``: word and
+region attributions and the overlay PNG); it costs ``HTTP_STEPS`` forward and backward passes, so it runs
+outside the micro-batcher, one at a time (a second one meanwhile gets 503 + ``Retry-After``). Every error
+is one line,
 ``{"detail": "..."}``, naming the item and field:
 
 * 400: body not JSON or not acceptable JSON (too deep, huge integers, lone surrogates), fields missing or
@@ -20,6 +24,7 @@ scorer is built once, before the app, and its batches run in worker threads, ``m
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime.
 
+import asyncio
 import base64
 import binascii
 import inspect
@@ -32,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from memeguard.errors import ConfigError, DataError, MemeguardError
-from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown
+from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown, map_in_threads
+from memeguard.serving.explain import HTTP_STEPS, ExplanationResponse
 from memeguard.serving.limits import (
     RequestError,
     ServiceLimits,
@@ -62,6 +68,7 @@ class ScoreItem(BaseModel):
 
     image_b64: str = Field(description="The image file (PNG, JPEG, GIF, WebP, BMP) in base64, or a data: URL")
     text: str | None = Field(None, description="The meme's text; omitted: read from the image (OCR)")
+    explain: bool = Field(False, description="POST /v1/score only: add the explanation (slow)")
 
 
 class LegacyScoreItem(BaseModel):
@@ -91,6 +98,9 @@ class ScoreResult(BaseModel):
 
 class ScoreResponse(ScoreResult):
     latency_ms: float
+    explanation: ExplanationResponse | None = Field(
+        None, description="With explain=true: which words and regions push the score up or down"
+    )
 
 
 class BatchResponse(BaseModel):
@@ -140,7 +150,22 @@ def _multipart_schema(many: bool) -> dict[str, Any]:
     text = {"type": "string"}
     if many:
         image, text = {"type": "array", "items": image}, {"type": "array", "items": text}
-    return {"type": "object", "required": ["image"], "properties": {"image": image, "text": text}}
+        return {"type": "object", "required": ["image"], "properties": {"image": image, "text": text}}
+    properties = {"image": image, "text": text, EXPLAIN_FIELD: {"type": "boolean"}}
+    return {"type": "object", "required": ["image"], "properties": properties}
+
+
+EXPLAIN_FIELD = "explain"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def explain_flag(value: object, where: str) -> bool:
+    """``explain`` from a query parameter, a form field (strings) or JSON (a boolean)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise RequestError(400, f"{where}: 'explain' must be true or false, got {str(value)[:40]!r}")
 
 
 # ------------------------------------------------------------------------------------- parsing
@@ -202,15 +227,18 @@ def parse_items(payload: object, limits: ServiceLimits) -> tuple[list[tuple[byte
     return [(meme.data, meme.text or "") for meme in memes], "items" not in payload  # type: ignore[operator]
 
 
-async def _multipart_memes(request: Any, limits: ServiceLimits, batch: bool) -> list[Meme]:
-    """``image`` parts (+ ``text`` parts: none, or one per image), held in memory (the body is bounded)."""
+async def _multipart_memes(
+    request: Any, limits: ServiceLimits, batch: bool, options: dict[str, object] | None = None
+) -> list[Meme]:
+    """``image`` parts (+ ``text`` parts: none, or one per image), held in memory (the body is bounded).
+    ``options``: filled with the single-meme form's ``explain`` field when it has one."""
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     parser = MultiPartParser(
         request.headers,
         request.stream(),
         max_files=limits.max_batch if batch else 1,
-        max_fields=limits.max_batch if batch else 1,
+        max_fields=limits.max_batch if batch else 1 + (options is not None),
         max_part_size=limits.max_request_bytes,
     )
     parser.spool_max_size = limits.max_request_bytes  # never spill an upload to a temp file
@@ -219,6 +247,8 @@ async def _multipart_memes(request: Any, limits: ServiceLimits, batch: bool) -> 
     except MultiPartException as exc:
         raise RequestError(400, f"the multipart body is malformed ({exc.message})") from None
     images, texts = form.getlist("image"), form.getlist("text")
+    if options is not None and form.get(EXPLAIN_FIELD) is not None:
+        options[EXPLAIN_FIELD] = str(form.get(EXPLAIN_FIELD))
     if not images or any(isinstance(image, str) for image in images):
         raise RequestError(400, "the multipart body needs an 'image' file part")
     if texts and len(texts) != len(images):
@@ -251,17 +281,25 @@ def _reads_text(scorer: Any) -> bool:
 
 def score_jobs(scorer: Any, jobs: list[Job]) -> list[Any]:
     """Decode and score a batch of jobs (in a worker thread); a bad job fails alone, not its batch mates."""
-    from memeguard.serving.scorer import load_image
-
     outcomes: list[Any] = [None] * len(jobs)
     decoded = []
-    for k, job in enumerate(jobs):
-        try:
-            decoded.append((k, [load_image(meme.data, meme.where) for meme in job.items]))
-        except DataError as exc:
-            outcomes[k] = RequestError(422, str(exc))
+    for k, images in enumerate(map_in_threads(_decode_job, jobs)):  # decoders release the GIL: all cores
+        if isinstance(images, RequestError):
+            outcomes[k] = images
+        else:
+            decoded.append((k, images))
     _score_decoded(scorer, jobs, decoded, outcomes)
     return outcomes
+
+
+def _decode_job(job: Job) -> list[Any] | RequestError:
+    """A job's images decoded, or the 422 its first undecodable image earns."""
+    from memeguard.serving.scorer import load_image
+
+    try:
+        return [load_image(meme.data, meme.where) for meme in job.items]
+    except DataError as exc:
+        return RequestError(422, str(exc))
 
 
 def _score_decoded(
@@ -286,6 +324,19 @@ def _score_decoded(
             _result(score, meme) for score, meme in zip(scores[start:], jobs[k].items, strict=False)
         ]
         start += len(job_images)
+
+
+def explain_meme(scorer: Any, meme: Meme, text: str) -> ExplanationResponse:
+    """The explanation of one meme of a request (in a worker thread); bad input is one 422 line."""
+    from memeguard.serving.explain import explanation_response
+    from memeguard.serving.scorer import load_image
+
+    if not hasattr(scorer, "member_batches"):
+        raise RequestError(422, f"{meme.where}: this server's scorer cannot explain its scores")
+    try:
+        return explanation_response(scorer, load_image(meme.data, meme.where), text, HTTP_STEPS)
+    except MemeguardError as exc:
+        raise RequestError(422, f"{meme.where}: {exc}") from None
 
 
 def _result(score: Any, meme: Meme) -> ScoreResult:
@@ -418,15 +469,20 @@ def _add_score_routes(
     app: Any, scorer: Any, limits: ServiceLimits, batcher: MicroBatcher, metrics: Any
 ) -> None:
     from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     reads_text = _reads_text(scorer)
 
-    async def read_memes(request: Request, batch: bool | None, text_required: bool) -> list[Meme]:
+    async def read_memes(
+        request: Request, batch: bool | None, text_required: bool, options: dict[str, object] | None = None
+    ) -> list[Meme]:
         content_type = request.headers.get("content-type", "")
         if batch is not None and content_type.startswith("multipart/form-data"):
-            memes = await _multipart_memes(request, limits, batch)
+            memes = await _multipart_memes(request, limits, batch, options)
         else:
             payload = parse_json(await request.body(), limits)
+            if options is not None and isinstance(payload, dict) and EXPLAIN_FIELD in payload:
+                options[EXPLAIN_FIELD] = payload[EXPLAIN_FIELD]
             memes = [
                 _json_meme(w, item, limits, text_required) for w, item in _item_list(payload, limits, batch)
             ]
@@ -449,17 +505,43 @@ def _add_score_routes(
     def ms_since(started: float) -> float:
         return round(1000.0 * (time.perf_counter() - started), 3)
 
+    explain_gate = asyncio.Lock()
+
+    async def explain(meme: Meme, text: str) -> ExplanationResponse:
+        """One explanation at a time, in a worker thread; a second one meanwhile is told to retry."""
+        if explain_gate.locked():
+            metrics.rejections.labels("explain_busy").inc()
+            busy = "an explanation is running; retry shortly"
+            raise RequestError(503, busy, {"Retry-After": RETRY_AFTER_S})
+        async with explain_gate:
+            return await asyncio.to_thread(explain_meme, scorer, meme, text)
+
+    one_extra = _json_body(ScoreItem, _multipart_schema(False))
+    one_extra["parameters"] = [
+        {"name": EXPLAIN_FIELD, "in": "query", "required": False, "schema": {"type": "boolean"}}
+    ]
+
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=_json_body(ScoreItem, _multipart_schema(False)),
+        openapi_extra=one_extra,
     )
     async def score_one(request: Request) -> ScoreResponse:
-        """Score one meme: multipart (``image`` file, optional ``text``) or JSON (``image_b64``, ``text``)."""
+        """Score one meme: multipart (``image`` file, optional ``text``) or JSON (``image_b64``, ``text``);
+        ``explain=true`` (query, JSON or form field) adds the explanation."""
         started = time.perf_counter()
-        (result,) = await score(await read_memes(request, False, False))
-        return ScoreResponse(**result.model_dump(), latency_ms=ms_since(started))
+        options: dict[str, object] = {}
+        if EXPLAIN_FIELD in request.query_params:
+            options[EXPLAIN_FIELD] = request.query_params[EXPLAIN_FIELD]
+        memes = await read_memes(request, False, False, options)
+        wanted = explain_flag(options.get(EXPLAIN_FIELD, False), "request")
+        (result,) = await score(memes)
+        if not wanted:  # the response keys of a plain score stay what they were: no "explanation"
+            body = ScoreResponse(**result.model_dump(), latency_ms=ms_since(started))
+            return JSONResponse(body.model_dump(exclude={"explanation"}))  # type: ignore[return-value]
+        explanation = await explain(memes[0], result.text)
+        return ScoreResponse(**result.model_dump(), latency_ms=ms_since(started), explanation=explanation)
 
     @app.post(
         "/v1/score/batch",
@@ -470,6 +552,8 @@ def _add_score_routes(
     async def score_many(request: Request) -> BatchResponse:
         """Score several memes: repeated multipart ``image`` (+ ``text``) parts, or JSON ``{"items"}``."""
         started = time.perf_counter()
+        if explain_flag(request.query_params.get(EXPLAIN_FIELD, "false"), "request"):
+            raise RequestError(400, "explain=true is for POST /v1/score (one meme at a time)")
         results = await score(await read_memes(request, True, False))
         return BatchResponse(results=results, latency_ms=ms_since(started))
 

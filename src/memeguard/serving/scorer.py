@@ -41,6 +41,7 @@ from memeguard.features import factory
 from memeguard.features.record import RegionRecord
 from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
 from memeguard.records import load_json
+from memeguard.serving.batching import map_in_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -493,7 +494,8 @@ class MemeScorer:
         results: list[Score] = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            images = [load_image(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
+            numbered = [(image, f"item {start + k}") for k, (image, _) in enumerate(chunk)]
+            images = map_in_threads(lambda pair: load_image(*pair), numbered)  # decoders release the GIL
             contexts = [f"item {start + k}" for k in range(len(chunk))]
             results.extend(self.score_images(images, [text for _, text in chunk], ocr, contexts))
         return results
@@ -556,6 +558,34 @@ class MemeScorer:
                 batch = to_device(batch, self.device)
                 probs[m] = member.model.predict_proba(batch).float().cpu().numpy()
         return probs
+
+    def member_batches(
+        self, images: Sequence[Image.Image], texts: Sequence[str]
+    ) -> list[tuple[Member, list[RegionRecord], dict[str, torch.Tensor]]]:
+        """Each member's model batch (on the scorer's device) and the region records it was built from,
+        made as :meth:`member_probabilities` makes them, but outside inference mode: explanations
+        differentiate through these batches (``memeguard.serving.explain``)."""
+        import torch
+
+        from memeguard.training.data import to_device, zero_visual_input
+
+        ids = list(range(len(images)))
+        memes = [Meme(id=i, img="", text=text) for i, text in zip(ids, texts, strict=True)]
+        with torch.no_grad():
+            regions = {
+                key: extractor.extract(images, ids, list(texts)) for key, extractor in self.extractors.items()
+            }
+        out = []
+        for member in self.members:
+            records = regions[member.extractor_key].get(member.variant)
+            if records is None:
+                raise ConfigError(f"{member.name}: the extractor produced no {member.variant!r} variant")
+            records = [round_to_dtype(record, member.dtype) for record in records]
+            batch = member.processor(memes, records)
+            if member.zero_visual:
+                zero_visual_input(batch)
+            out.append((member, records, to_device(batch, self.device)))
+        return out
 
     def warmup(self) -> None:
         """One throw-away pass so the first real request does not pay for lazy initialisation."""

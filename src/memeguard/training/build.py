@@ -91,6 +91,49 @@ def build_model(
     return model
 
 
+def train_defaults(name: str) -> dict[str, Any]:
+    """The training settings of ``name``'s family (its class's ``train_defaults``; {} for the BERT-style
+    models, whose defaults are TrainConfig's own: vilio's)."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    return dict(getattr(architecture_for(get_config(name).model_type), "train_defaults", {}))
+
+
+def require_pretrainable(name: str) -> None:
+    """Task pretraining (MLM/ITM) needs a text encoder; the heads on CLIP embeddings have none."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    if not getattr(architecture_for(get_config(name).model_type), "pretrainable", True):
+        raise ConfigError(f"{name}: has no text encoder to pretrain (MLM/ITM); fine-tune it with `train`")
+
+
+def reads_region_features(name: str) -> bool:
+    """Whether ``name``'s model reads the store's region features (the CLIP heads read only the per-meme
+    vectors, so there is nothing to standardise for them)."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    return bool(getattr(architecture_for(get_config(name).model_type), "reads_region_features", True))
+
+
+def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[str, Any]:
+    """``overrides`` plus the input sizes the architecture reads from the store (a model class's
+    ``store_overrides(config, record)``: the CLIP heads' embedding sizes), as ``visual_feat_dim`` is set.
+    An override that contradicts the store is a ConfigError."""
+    from memeguard.models.registry import architecture_for, get_config
+
+    config = get_config(name, **overrides)
+    hook = getattr(architecture_for(config.model_type), "store_overrides", None)
+    if hook is None:
+        return overrides
+    found = hook(config, record)
+    for key, value in found.items():
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(
+                f"the feature store gives {key}={value}, but the model overrides ask for {overrides[key]}"
+            )
+    return {**overrides, **found}
+
+
 def standardization_overrides(
     mode: str, init: str | None, overrides: dict[str, Any] | None, source: Any, meme_ids: list[int]
 ) -> dict[str, Any]:

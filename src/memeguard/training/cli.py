@@ -111,21 +111,41 @@ TINY_OPTION = inspect.Parameter(
 )
 
 
-@config_command("train", TrainConfig, TINY_OPTION)
-def train_command(ctx: typer.Context, tiny: bool, **options: Any) -> None:
+FAMILY_OPTION = inspect.Parameter(
+    "family_defaults",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=bool,
+    default=typer.Option(
+        False,
+        help="Start from the model family's training defaults (Hate-CLIPper, RGCL: their papers' optimiser "
+        "settings; none for the BERT-style models); explicit options still apply on top.",
+    ),
+)
+
+
+def apply_defaults(ctx: typer.Context, values: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """``defaults`` for every option left at its default; ``model_overrides`` are merged (--set wins)."""
+    for key, value in defaults.items():
+        if key == "model_overrides":
+            values[key] = {**value, **values[key]}
+            continue
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name == "DEFAULT":
+            values[key] = value
+
+
+@config_command("train", TrainConfig, TINY_OPTION, FAMILY_OPTION)
+def train_command(ctx: typer.Context, tiny: bool, family_defaults: bool, **options: Any) -> None:
     """Fine-tune a model and write RUN_DIR/<split>.csv for every --predict split."""
+    from memeguard.training.build import train_defaults
     from memeguard.training.config import TINY_DEFAULTS
     from memeguard.training.loop import finetune
 
     values = config_values(options)
+    if family_defaults:
+        apply_defaults(ctx, values, train_defaults(values["model"]))
     if tiny:
-        for key, value in TINY_DEFAULTS.items():
-            if key == "model_overrides":
-                values[key] = {**value, **values[key]}  # --set wins
-                continue
-            source = ctx.get_parameter_source(key)
-            if source is None or source.name == "DEFAULT":
-                values[key] = value
+        apply_defaults(ctx, values, TINY_DEFAULTS)
     result = finetune(TrainConfig(**values))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports

@@ -126,8 +126,9 @@ class Collator:
 
 
 def zero_visual_input(batch: dict[str, torch.Tensor]) -> None:
-    """The text-only control: every visual feature and box coordinate set to 0 (masks kept)."""
-    for key in ("visual_feats", "visual_boxes"):
+    """The text-only control: every visual feature and box coordinate set to 0 (masks kept); the CLIP
+    heads' image vector too."""
+    for key in ("visual_feats", "visual_boxes", "image_feats"):
         if key in batch:
             batch[key] = torch.zeros_like(batch[key])
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -55,7 +55,12 @@ from memeguard.names import (
 from memeguard.records import DoneRecord, read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
-from memeguard.training.build import build_model, standardization_overrides
+from memeguard.training.build import (
+    build_model,
+    reads_region_features,
+    standardization_overrides,
+    store_overrides,
+)
 from memeguard.training.config import PretrainConfig, TrainConfig
 from memeguard.training.data import (
     Collator,
@@ -116,9 +121,11 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
         require_regions(memes, source, str(split), store_name)
     verify_regions(source, [*train, *evaluation, *(m for memes in predict.values() for m in memes)])
     feature_dim = region_feature_dim(source, train)
+    mode = cfg.standardize_features if reads_region_features(cfg.model) else "never"
     overrides = standardization_overrides(
-        cfg.standardize_features, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
+        mode, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
     )
+    overrides = store_overrides(cfg.model, overrides, source[train[0].id])
     model = build_model(
         cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
     )
@@ -128,11 +135,39 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
 def classification_loss(
     logits: torch.Tensor, labels: torch.Tensor, sum_loss: bool, grad_accum_steps: int
 ) -> tuple[torch.Tensor, float]:
-    """(loss to backpropagate, mean BCE for the log). vilio's "summed" variant multiplies the mean by the
-    batch size (its comment: ~2% abs without it); both are divided by the accumulation group's batches."""
+    """(loss to backpropagate, mean BCE for the log)."""
     mean = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-    loss = mean * logits.shape[0] if sum_loss else mean
+    return scale_loss(mean, logits.shape[0], sum_loss, grad_accum_steps)
+
+
+def scale_loss(
+    mean: torch.Tensor, batch_size: int, sum_loss: bool, grad_accum_steps: int
+) -> tuple[torch.Tensor, float]:
+    """(loss to backpropagate, the batch's mean loss for the log). vilio's "summed" variant multiplies the
+    mean by the batch size (its comment: ~2% abs without it); both are divided by the accumulation group's
+    batches."""
+    loss = mean * batch_size if sum_loss else mean
     return loss / grad_accum_steps, float(mean.detach())
+
+
+class TrainingObjective(Protocol):
+    """A model's own loss and companions (``model.training_objective()``; RGCL's retrieval memory).
+    Models without one train on :func:`classification_loss`."""
+
+    def refresh(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Called at every epoch's start with the training memes' batches (eval order)."""
+
+    def loss(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss, for the batch the model has just forwarded in training mode."""
+        ...
+
+    def finish(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Called with the final weights, before the predictions are written and the model saved."""
+
+
+def training_objective(model: MemeModel) -> TrainingObjective | None:
+    hook = getattr(model, "training_objective", None)
+    return hook() if hook is not None else None
 
 
 @torch.no_grad()
@@ -373,6 +408,7 @@ def _train(
 ) -> RunResult:
     model = p.model.to(device)
     model.train()
+    objective = training_objective(model)  # before a checkpoint is resumed: it may change the state's keys
     collate = Collator(model.build_processor(), zero_visual=cfg.zero_visual)
     train_set = MemeRegionDataset(p.train, p.regions)
     batches_per_epoch = len(rank_batches(len(train_set), cfg, 0, info))
@@ -408,9 +444,13 @@ def _train(
     evaluation = _Evaluation(cfg, p, state, collate, tracker)
     with state.running():
         for epoch, start in state.epochs(cfg.epochs):
+            if objective is not None:
+                objective.refresh(_memory_batches(cfg, train_set, collate, device))
             batches = rank_batches(len(train_set), cfg, epoch, info)
             loader = make_loader(train_set, batches[start:], collate, cfg.num_workers)
-            _train_epoch(cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update)
+            _train_epoch(
+                cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update, objective
+            )
             if tracker.stopped:
                 state.save(cfg.epochs, 0)  # no epoch left: a resume goes straight to the outputs
                 break
@@ -422,7 +462,15 @@ def _train(
         # only rank 0 evaluated, so only it may have swapped in the best weights: share them
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
-    return _finish(cfg, p, state, collate, metrics)
+    return _finish(cfg, p, state, collate, metrics, objective)
+
+
+def _memory_batches(
+    cfg: TrainConfig, train_set: MemeRegionDataset, collate: Collator, device: torch.device
+) -> Iterable[dict[str, torch.Tensor]]:
+    """The training memes' batches in file order, for an objective's memory (RGCL)."""
+    for batch in iterate_eval(train_set, cfg.eval_batch_size, collate, cfg.num_workers):
+        yield to_device(batch, device)
 
 
 def _train_epoch(
@@ -435,6 +483,7 @@ def _train_epoch(
     averaging: TorchSWA | ContribSWA | None,
     evaluation: _Evaluation,
     on_update: UpdateCallback | None,
+    objective: TrainingObjective | None = None,
 ) -> None:
     """The batches of one epoch from ``start`` on: forward, backward, and an update after every group."""
     tracker = evaluation.tracker
@@ -445,7 +494,11 @@ def _train_epoch(
         with ddp.maybe_no_sync(state.trained, skip_sync=not last_of_group):
             with autocast(state.device, cfg.precision):
                 logits = state.trained(batch)
-            loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
+            if objective is None:
+                loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
+            else:
+                own = objective.loss(batch, logits)
+                loss, mean_bce = scale_loss(own, logits.shape[0], cfg.sum_loss, group_size)
             refuse_non_finite_loss(mean_bce, state.run_dir, state.updates, batch["ids"])
             state.backward(loss)
         tracker.loss_sum += mean_bce
@@ -478,13 +531,22 @@ def stop_after_update(cfg: TrainConfig, state: RunState, tracker: _Tracker, eval
 
 
 def _finish(
-    cfg: TrainConfig, p: Prepared, state: RunState, collate: Collator, metrics: dict[str, float]
+    cfg: TrainConfig,
+    p: Prepared,
+    state: RunState,
+    collate: Collator,
+    metrics: dict[str, float],
+    objective: TrainingObjective | None = None,
 ) -> RunResult:
     """Predict every ``--predict`` split with the final weights, save them, mark the run dir DONE."""
     from memeguard.data.predictions import write_predictions
 
     run_dir, model = state.run_dir, p.model
     predictions = {split: run_dir / prediction_file(split) for split in p.predict}
+
+    if objective is not None:  # every rank: their models stay identical, memory included
+        train_set = MemeRegionDataset(p.train, p.regions)
+        objective.finish(_memory_batches(cfg, train_set, collate, state.device))
 
     def write_outputs() -> None:
         for split, memes in p.predict.items():

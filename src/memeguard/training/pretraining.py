@@ -47,7 +47,7 @@ from memeguard.names import (
 from memeguard.records import read_record
 from memeguard.training import checkpoint as ckpt
 from memeguard.training import distributed as ddp
-from memeguard.training.build import build_model, standardization_overrides
+from memeguard.training.build import build_model, require_pretrainable, standardization_overrides
 from memeguard.training.config import PretrainConfig
 from memeguard.training.data import (
     RegionSource,
@@ -223,6 +223,7 @@ def pretrain(
     """Run task pretraining; returns the run dir (pass it to ``train --init``). A run dir with ``DONE`` is
     not trained again; one with a checkpoint resumes from it; one written under another configuration is
     refused."""
+    require_pretrainable(cfg.model)
     run_dir = Path(cfg.out_dir)
     with launch(cfg) as (device, info):
         if already_done(run_dir, cfg, PRETRAIN_CONFIG_FILE, info, device, PRETRAIN_OUTPUTS):
