@@ -47,6 +47,7 @@ _SUBAPPS: tuple[tuple[str, str, str | None], ...] = (
     ("memeguard.pipeline.cli", "app", None),
     ("memeguard.serving.cli", "app", None),
     ("memeguard.serving.bundle_cli", "app", None),
+    ("memeguard.serving.distill_cli", "app", None),
 )
 
 

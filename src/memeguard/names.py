@@ -54,6 +54,9 @@ STORE_BOXES_FILE = "boxes.bin"
 # -- model dir (``MemeModel.save_pretrained``) -----------------------------------------------------------
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
+ONNX_MODEL_FILE = (
+    "model.onnx"  # ``export --optimize onnx``: the forward as an ONNX graph, next to the weights
+)
 
 # -- run dir (``train`` / ``pretrain``) ------------------------------------------------------------------
 DONE_FILE = "DONE"  # written last: a folder with it is finished (run dirs and pipeline stages alike)
@@ -68,6 +71,12 @@ LAST_CHECKPOINT_FILE = "last.pt"
 BEST_CHECKPOINT_FILE = "best.pt"
 
 
+def soft_targets_file(digest: str) -> str:
+    """A distilled run's teacher probabilities, named by their sha256 so that a new teacher is a new
+    configuration: ``soft_targets.<12 hex>.csv``."""
+    return f"soft_targets.{digest[:12]}.csv"
+
+
 def prediction_file(split: str) -> str:
     """A run's (or a family's) predictions of one split: ``dev_seen`` -> ``dev_seen.csv``."""
     return f"{split}.csv"
@@ -76,6 +85,8 @@ def prediction_file(split: str) -> str:
 # -- ensemble folder ---------------------------------------------------------------------------------
 ENSEMBLE_WEIGHTS_FILE = "weights.json"
 FAMILIES_FILE = "families.json"
+# The pipeline's record of the run dirs behind each family (`memeguard distill --teacher OUT` reads it).
+ENSEMBLE_MEMBERS_FILE = "members.json"
 
 
 def fin_file(split: str) -> str:

@@ -189,6 +189,8 @@ def pack_text_and_regions(
     text_len = text_mask.long().sum(dim=1, keepdim=True)  # [B, 1]
     total_len = text_len + visual_mask.long().sum(dim=1, keepdim=True)
     length = int(total_len.max()) if batch else 0
+    if torch.jit.is_tracing():  # ONNX export: a length read from the data would be frozen into the graph;
+        length = text_width + visual_mask.shape[1]  # the full width adds only masked positions
     positions = torch.arange(length, device=text_mask.device).expand(batch, length)
     from_regions = text_width + positions - text_len
     in_text, in_regions = positions < text_len, positions < total_len

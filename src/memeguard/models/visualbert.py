@@ -134,7 +134,7 @@ class VisualBertBackbone(nn.Module):
         if visual_mask is None:
             visual_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=visual_feats.device)
         embedded = self.embeddings(
-            input_ids, token_type_ids, visual_feats.to(self.embeddings.projection.weight.dtype)
+            input_ids, token_type_ids, visual_feats.to(self.embeddings.word_embeddings.weight.dtype)
         )
         mask = extended_attention_mask(
             torch.cat([text_mask, visual_mask.to(text_mask.dtype)], dim=1), embedded.dtype

@@ -50,11 +50,14 @@ from pydantic import (
 )
 
 from memeguard.data.text import check_text
-from memeguard.ensemble.method_names import LOOP, METHODS, canonical_method
+from memeguard.ensemble.method_names import COORDINATE, LOOP, METHODS, SIMPLEX, canonical_method
 from memeguard.errors import ConfigError, DataError
 
 # ``ENSEMBLE_METHODS`` (0.1's name) lists the readable names; vilio's aliases are accepted too.
 ENSEMBLE_METHODS = METHODS
+# The blends whose final scores are a weighted mean of the families: the only teachers a student can
+# distil from (rank, power and loop blends score a meme against a whole split).
+WEIGHTED_MEAN_METHODS: tuple[str, ...] = (SIMPLEX, COORDINATE)
 DEPRECATED_MODEL_KEY = "architecture"  # ``models[].model``'s name in memeguard 0.1
 
 # The one pattern for every recipe name that becomes a path component (the recipe, feature sets, model
@@ -215,12 +218,29 @@ class EnsembleSpec(_Strict):
             raise ValueError(str(exc)) from None
 
 
+class DistillSpec(_Strict):
+    """The optional ``distill:`` stage after the ensemble: one student trained on the ensemble's
+    probabilities (``pipeline/distill.py``). ``train`` holds ``TrainConfig`` fields (``distill_temperature``,
+    ``distill_alpha``, ``lr``, ``epochs`` ...); ``extra`` lists Hateful-Memes-layout folders of unlabelled
+    memes whose features are in the feature set's store."""
+
+    name: PathName = "student"
+    model: str
+    features: str
+    seed: int = 42
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    extra: list[str] = Field(default_factory=list)
+    enabled: bool = True
+
+
 class Recipe(_Strict):
     name: PathName = "recipe"
     clean: bool = True
     features: dict[PathName, FeatureSetSpec]
     models: list[ModelSpec]
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    distill: DistillSpec | None = None
     source: str | None = None  # filled by load_recipe
     command_line: list[str] = Field(default_factory=list)  # filled by load_recipe: the key=value overrides
 
@@ -238,7 +258,20 @@ class Recipe(_Strict):
                     )
         if not any(m.enabled for m in self.models):
             raise ValueError("no enabled model")
+        if self.distill is not None and self.distill.enabled:
+            self._check_distill(self.distill)
         return self
+
+    def _check_distill(self, spec: DistillSpec) -> None:
+        if spec.features not in self.features:
+            raise ValueError(
+                f"distill: feature set {spec.features!r} is not defined (defined: {', '.join(self.features)})"
+            )
+        if self.ensemble.method not in WEIGHTED_MEAN_METHODS:
+            raise ValueError(
+                f"distill: the teacher must score single memes, so ensemble.method must be one of "
+                f"{', '.join(WEIGHTED_MEAN_METHODS)} (a weighted mean), not {self.ensemble.method!r}"
+            )
 
     @property
     def enabled_models(self) -> list[ModelSpec]:
@@ -320,6 +353,8 @@ def _check_paths(recipe: Recipe, base: Path, inference_only: bool, where: str) -
                 run.checkpoints.traindev = (
                     need(f"{run.name}: checkpoints.traindev", run.checkpoints.traindev) or ""
                 )
+    if recipe.distill is not None and recipe.distill.enabled:
+        recipe.distill.extra = [need("distill.extra", extra) or "" for extra in recipe.distill.extra]
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 
@@ -367,6 +402,46 @@ def _check_stage_params(recipe: Recipe, document: yaml.Node, where: str) -> None
                 placeholders["eval_split"] = "dev_seen"  # what the runner passes unless train sets it
             _check_run_config(config_cls, placeholders, params, ("models", index, section), document, where)
         _check_model_overrides(model, index, document, where)
+    if recipe.distill is not None and recipe.distill.enabled:
+        _check_distill_params(recipe.distill, document, where)
+
+
+# Keys the distill stage sets itself (the distillation set and the teacher's targets).
+_DISTILL_KEYS = {"train_split", "unlabelled", "soft_targets", "device", "limit", "progress"}
+
+
+def _check_distill_params(spec: DistillSpec, document: yaml.Node, where: str) -> None:
+    """The student's model name, train keys and overrides, checked like a model entry's."""
+    from memeguard.models.registry import get_config, list_models
+    from memeguard.training.config import TrainConfig
+
+    if spec.model not in set(list_models()):
+        line = _line_of(document, ("distill", "model"))
+        raise ConfigError(f"{where}:{line}: unknown architecture {spec.model!r} in distill.model")
+    allowed = TrainConfig.accepted_keys() - _RUNNER_KEYS - _DISTILL_KEYS
+    for key in spec.train:
+        if key not in allowed:
+            line = _key_line(document, ("distill", "train", key))
+            raise ConfigError(f"{where}:{line}: distill.train: unknown key {key!r}")
+    placeholders = {
+        "model": spec.model,
+        "features": ".",
+        "data_dir": ".",
+        "out_dir": ".",
+        "soft_targets": "t.csv",
+    }
+    try:
+        TrainConfig(**{**placeholders, **spec.train})
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{where}:{_line_of(document, ('distill', 'train'))}: distill.train: {exc}"
+        ) from None
+    for key, value in spec.overrides.items():
+        try:
+            get_config(spec.model, **{key: value})
+        except ConfigError as exc:
+            line = _line_of(document, ("distill", "overrides", key))
+            raise ConfigError(f"{where}:{line}: distill.overrides.{key}: {exc}") from None
 
 
 def _check_run_config(

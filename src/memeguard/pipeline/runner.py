@@ -1,5 +1,5 @@
 """The recipe runner: clean -> features -> pretrain -> fine-tune (both runs) -> seed average -> ensemble
--> report.
+-> (optional) distill -> report.
 
 Every stage is cached under ``OUT/stages/<kind>/<label>-<key>/`` where ``key`` hashes the stage's
 config and the keys of the stages it reads, so
@@ -10,7 +10,8 @@ config and the keys of the stages it reads, so
 * changing one model's hyper-parameters reruns that model's stages and the ensemble, nothing else.
 
 Final outputs: ``OUT/predictions/<family>_<split>.csv`` (seed-averaged), ``OUT/FIN_<split>.csv``,
-``OUT/weights.json``, ``OUT/report.html`` and ``OUT/timings.json``.
+``OUT/weights.json``, ``OUT/members.json`` (the run dirs behind each family), ``OUT/report.html`` and
+``OUT/timings.json``; with a ``distill:`` stage, the student's run dir under ``OUT/stages/distill/``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from memeguard.errors import ConfigError, DataError
 from memeguard.io import write_json_atomic
 from memeguard.names import (
     DONE_FILE,
+    ENSEMBLE_MEMBERS_FILE,
     IMAGE_DIR,
     PREDICTIONS_DIR,
     RUN_A,
@@ -40,6 +42,7 @@ from memeguard.names import (
     TIMINGS_FILE,
     prediction_file,
 )
+from memeguard.pipeline.distill import student_predictions
 from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
 from memeguard.records import DoneRecord, load_json, read_record
 
@@ -116,6 +119,7 @@ class RunReport:
     fin_files: dict[str, Path]
     family_files: dict[str, dict[str, Path]]
     data_dir: Path  # the cleaned dataset the runs used (labels for summaries)
+    student_dir: Path | None = None  # the distill stage's run dir, when the recipe has one
 
 
 class RecipeRunner:
@@ -488,17 +492,87 @@ class RecipeRunner:
         start = time.perf_counter()
         fin_files = run_ensemble(pred_dir, self.clean_dir, self.out_dir, self.recipe.ensemble)
         timings["ensemble"] = {"seconds": time.perf_counter() - start, "cached": False}
+        write_json_atomic(self.out_dir / ENSEMBLE_MEMBERS_FILE, self.members_record())
+        student = self._execute_distill(timings)
         write_json_atomic(self.out_dir / TIMINGS_FILE, timings)
+        shown = dict(family_files)
+        if student is not None:  # the report shows the student beside the families and the ensemble
+            shown[f"{student.label} (distilled)"] = student_predictions(student.directory)
         write_run_report(
             self.out_dir,
-            family_files,
+            shown,
             fin_files,
             self.clean_dir,
             timings,
             self.recipe.name,
             self.run_predictions,
         )
-        return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir)
+        student_dir = student.directory if student is not None else None
+        return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir, student_dir)
+
+    # -- distillation (after the ensemble, whose weights it reads) ---------------------------------
+    def members_record(self) -> dict[str, dict[str, dict[str, str]]]:
+        """family -> run -> split -> prediction CSV (relative to OUT): the run dirs behind the ensemble,
+        which ``memeguard distill --teacher OUT`` and the distill stage score new memes with."""
+        return {
+            family: {
+                run: {split: os.path.relpath(path, self.out_dir) for split, path in outputs.items()}
+                for run, outputs in runs.items()
+            }
+            for family, runs in self.run_predictions.items()
+        }
+
+    def distill_stage(self) -> Stage | None:
+        """The recipe's ``distill:`` stage, keyed by its spec, the ensemble's, the student's store and every
+        teacher run; None when the recipe has none. It is not in ``self.stages``: it runs after the
+        ensemble, outside the parallel stage graph."""
+        spec = self.recipe.distill
+        if spec is None or not spec.enabled:
+            return None
+        if not self.stages:
+            self.build()
+        feature_stage, variant = self.feature_stages[spec.features]
+        teachers = [stage for stage in self.stages if stage.kind in ("finetune", "predict")]
+        config = {
+            "distill": spec.model_dump(),
+            "ensemble": self.recipe.ensemble.model_dump(),
+            "store": f"{feature_stage.key}:{variant}",
+            "extra": [file_fingerprint(Path(extra)) for extra in spec.extra],
+            "limit": self.limit,
+        }
+        deps = [self.clean_stage, feature_stage, *teachers]
+        stage = Stage("distill", spec.name, config, deps, self._distill_action())  # type: ignore[list-item]
+        stage.finalize(self.out_dir)
+        return stage
+
+    def _distill_action(self) -> Callable[[Path], Any]:
+        def action(directory: Path) -> None:
+            from memeguard.pipeline.stages import run_distill
+
+            spec = self.recipe.distill
+            assert spec is not None
+            store = self.store_path(spec.features)
+            run_distill(
+                spec, store, self.clean_dir, self.out_dir, directory, device=self.device, limit=self.limit
+            )
+
+        return action
+
+    def _execute_distill(self, timings: dict[str, dict[str, Any]]) -> Stage | None:
+        stage = self.distill_stage()
+        if stage is None:
+            return None
+        name = f"{stage.kind} {stage.label}"
+        if stage.done:
+            self.console.print(f"{name}: cached")
+            timings[name] = {"seconds": read_record(stage.directory / DONE_FILE, DoneRecord).seconds or 0.0}
+            timings[name]["cached"] = True
+            return stage
+        self.console.print(f"{name} ...")
+        seconds = run_stage(stage)
+        timings[name] = {"seconds": seconds, "cached": False}
+        self.console.print(f"{name}: done in {seconds:.1f}s")
+        return stage
 
 
 def early_stops(model: ModelSpec) -> bool:

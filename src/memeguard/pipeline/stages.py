@@ -23,7 +23,7 @@ from memeguard.names import (
     fin_file,
     prediction_file,
 )
-from memeguard.pipeline.recipe import EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
+from memeguard.pipeline.recipe import DistillSpec, EnsembleSpec, FeatureSetSpec, ModelSpec, RunSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from memeguard.pipeline.report import Explainer
@@ -162,6 +162,37 @@ def predict_from_checkpoint(
     built.save_pretrained(model_dir)
     for split in splits:
         predict(model_dir, store, data_dir, split, out / prediction_file(split), device=device, limit=limit)
+
+
+def run_distill(
+    spec: DistillSpec,
+    store: Path,
+    data_dir: Path,
+    ens_dir: Path,
+    out: Path,
+    *,
+    device: str,
+    limit: int | None,
+) -> None:
+    """The student (``pipeline/distill.py``) on the distillation set of ``data_dir``, taught by the
+    ensemble in ``ens_dir`` (the pipeline's output folder, just written), trained in ``out``."""
+    from memeguard.pipeline.distill import distill, ensemble_scores, ensemble_teacher, student_config
+
+    options = {"eval_split": DEV_SEEN, **spec.train}
+    cfg = student_config(
+        spec.model,
+        store,
+        data_dir,
+        out,
+        spec.extra,
+        seed=spec.seed,
+        model_overrides=dict(spec.overrides),
+        device=device,
+        limit=limit,
+        progress=show_progress(),
+        **options,
+    )
+    distill(cfg, ensemble_scores(ensemble_teacher(ens_dir), device=device))
 
 
 def average_seeds(

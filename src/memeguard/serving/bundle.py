@@ -51,6 +51,7 @@ from memeguard.names import (
     MODEL_CONFIG_FILE,
     MODEL_DIR,
     MODEL_WEIGHTS_FILE,
+    ONNX_MODEL_FILE,
     REPORT_SPLITS,
     SYNTH_META_FILE,
     TRAIN_CONFIG_FILE,
@@ -153,6 +154,17 @@ class BundleManifest(BaseModel):
     ensemble: EnsembleRecord | None = None
     metrics: dict[str, dict[str, float | int | None]] = Field(default_factory=dict)
     files: list[BundleFile] = Field(default_factory=list)  # verify_files requires each member's model
+    # How score/serve run the members (``export --optimize``; models.fast): fp32, int8 or onnx.
+    optimize: str = "fp32"
+
+    @field_validator("optimize")
+    @classmethod
+    def _known_optimization(cls, value: str) -> str:
+        from memeguard.models.fast import OPTIMIZATIONS
+
+        if value not in OPTIMIZATIONS:
+            raise ValueError(f"{value!r} is not one of {', '.join(OPTIMIZATIONS)}")
+        return value
 
 
 def member_dir(bundle: Path, member: BundleMember) -> Path:
@@ -182,8 +194,11 @@ def read_manifest(bundle: Path) -> BundleManifest:
 def verify_files(bundle: Path, manifest: BundleManifest) -> None:
     """Every listed file is there with its recorded size and sha256, and every member has its model."""
     listed = {entry.path for entry in manifest.files}
+    needs = [f"{MODEL_DIR}/{MODEL_CONFIG_FILE}", f"{MODEL_DIR}/{MODEL_WEIGHTS_FILE}"]
+    if manifest.optimize == "onnx":
+        needs.append(f"{MODEL_DIR}/{ONNX_MODEL_FILE}")
     for member in manifest.members:
-        for needed in (f"{MODEL_DIR}/{MODEL_CONFIG_FILE}", f"{MODEL_DIR}/{MODEL_WEIGHTS_FILE}"):
+        for needed in needs:
             if f"{MEMBERS_DIR}/{member.name}/{needed}" not in listed:
                 raise ConfigError(
                     f"{bundle / MANIFEST_FILE}: member {member.name!r} lists no {needed} (nothing to load)"
@@ -257,8 +272,11 @@ def load_scorer(
     batch_size: int = 16,
     extractor: Extractor | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    optimize: str | None = None,
 ) -> MemeScorer:
     """One entry point for ``score``/``serve``: a run dir, a list of run dirs, a bundle folder or a Hub id.
+
+    ``optimize=None``: a bundle's own fast path, fp32 for runs; a value overrides both.
 
     ``threshold=None``: a bundle's operating point, or 0.5 for runs. A bundle carries its own members,
     weights and extractor settings, so it is loaded alone and ``weights``/``extractor`` must be unset.
@@ -273,7 +291,12 @@ def load_scorer(
         if weights or extractor is not None:
             raise ConfigError(f"{bundles[0]}: a bundle records its own ensemble weights and extractor")
         return MemeScorer.from_bundle(
-            bundles[0], device=device, threshold=threshold, batch_size=batch_size, cache_dir=cache_dir
+            bundles[0],
+            device=device,
+            threshold=threshold,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            optimize=optimize,
         )
     return MemeScorer.from_runs(
         sources,
@@ -282,6 +305,7 @@ def load_scorer(
         threshold=0.5 if threshold is None else threshold,
         weights=weights,
         batch_size=batch_size,
+        optimize=optimize or "fp32",
     )
 
 
@@ -466,6 +490,14 @@ def _copy_member(run: _Run, target: Path) -> None:
     write_json_atomic(target / FEATURES_META_FILE, run.features_meta)
 
 
+def _export_member_onnx(model_dir: Path) -> None:
+    """``model.onnx`` next to the member's weights: its forward as the graph ``score``/``serve`` will run."""
+    from memeguard.models.fast import export_onnx
+    from memeguard.training.build import load_model_dir
+
+    export_onnx(load_model_dir(model_dir), model_dir / ONNX_MODEL_FILE)
+
+
 def _file_list(root: Path) -> list[BundleFile]:
     return [
         BundleFile(
@@ -541,6 +573,8 @@ def _write_bundle(
 
     for member, run in zip(draft.members, runs, strict=True):
         _copy_member(run, member_dir(staging, member))
+        if draft.optimize == "onnx":
+            _export_member_onnx(member_dir(staging, member) / MODEL_DIR)
     if ens_dir is not None:
         (staging / ENSEMBLE_DIR).mkdir()
         shutil.copyfile(ens_dir / ENSEMBLE_WEIGHTS_FILE, staging / ENSEMBLE_DIR / ENSEMBLE_WEIGHTS_FILE)
@@ -560,16 +594,23 @@ def export_bundle(
     target: float | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     dev_predictions: str | os.PathLike[str] | None = None,
+    optimize: str = "fp32",
 ) -> BundleManifest:
     """Write a bundle of ``run_dirs`` (weights from ``ensemble``) to ``out``, atomically.
+
+    ``optimize`` (``fp32``, ``int8``, ``onnx``; see :mod:`memeguard.models.fast`) is how ``score``/``serve``
+    will run the members; ``onnx`` exports each member's graph into the bundle now.
 
     The operating point is chosen by ``rule`` (``accuracy``, ``precision``, ``recall`` or ``fixed``) on the
     dev_seen scores (``dev_predictions``, else the ensemble's ``FIN_dev_seen.csv``, else the runs' weighted
     ``dev_seen.csv``) against the labels of ``data_dir/dev_seen.jsonl`` (default: the first run's data dir).
     Everything is checked before the first byte is written; the bundle appears under ``out`` whole or not.
     """
+    from memeguard.models.fast import check_optimization
+
     if not run_dirs:
         raise ConfigError("give at least one RUN_DIR to export")
+    check_optimization(optimize)
     out = Path(out)
     _prepare_out(out)
     runs = [_Run(Path(run)) for run in run_dirs]
@@ -598,6 +639,7 @@ def export_bundle(
         operating_point=point,
         ensemble=ens_record,
         metrics=metrics,
+        optimize=optimize,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))

@@ -58,14 +58,23 @@ def export(
     dev_predictions: Path | None = typer.Option(
         None, "--dev-predictions", help="dev_seen scores (id,proba,label CSV) to choose the threshold on."
     ),
+    optimize: str = typer.Option(
+        "fp32",
+        "--optimize",
+        help="How score/serve run the models on a CPU: fp32 (as trained), int8 (dynamic int8 Linear layers) "
+        "or onnx (an exported graph run by onnxruntime).",
+    ),
 ) -> None:
     """Write RUN_DIR... as one bundle: weights, configs, feature settings, operating point, model card."""
     from memeguard.serving.bundle import export_bundle
 
     rule, target = _rule(threshold, target_precision, target_recall)
-    manifest = export_bundle(runs, out, ensemble, rule, target, data_dir, dev_predictions)
+    manifest = export_bundle(runs, out, ensemble, rule, target, data_dir, dev_predictions, optimize)
     point = manifest.operating_point
     dev = point.dev
     summary = f"precision {dev.precision:.3f}, recall {dev.recall:.3f} on dev" if dev is not None else ""
     count = len(manifest.members)
-    typer.echo(f"exported {count} model(s) -> {out} (threshold {point.threshold:.4f} by {rule}; {summary})")
+    typer.echo(
+        f"exported {count} model(s) -> {out} ({optimize}; "
+        f"threshold {point.threshold:.4f} by {rule}; {summary})"
+    )

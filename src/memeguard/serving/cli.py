@@ -20,13 +20,14 @@ EXTRACTOR_HELP = (
 )
 
 
+THRESHOLD_HELP = "Label = proba >= threshold (default: a bundle's operating point, else 0.5)."
 THREADS_HELP = "torch CPU threads (default: torch's choice). 1 is often fastest on a busy or small machine."
 
 
 def _build_scorer(
     models: list[Path],
     device: str,
-    threshold: float,
+    threshold: float | None,
     weights: list[float] | None,
     batch_size: int,
     extractor: str | None,
@@ -34,7 +35,7 @@ def _build_scorer(
     boxes: str | None,
     threads: int | None = None,
 ) -> Any:
-    from memeguard.serving.scorer import MemeScorer
+    from memeguard.serving.bundle import load_scorer
 
     if threads is not None:
         if threads < 1:
@@ -53,7 +54,8 @@ def _build_scorer(
         )
     elif extractor_weights is not None or boxes is not None:
         raise ConfigError("--extractor-weights and --boxes go with --extractor")
-    return MemeScorer.from_runs(
+    # A bundle (folder or Hub id) brings its members, weights, operating point and fast path (--optimize).
+    return load_scorer(
         models,
         device=device,
         extractor=explicit,
@@ -86,7 +88,7 @@ def score(
     merge: bool = typer.Option(
         False, "--merge", help="Only merge the OUT.part* files of a multi-machine torchrun into --out."
     ),
-    threshold: float = typer.Option(0.5, "--threshold", help="Label = proba >= threshold."),
+    threshold: float | None = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     weight: list[float] | None = typer.Option(
         None, "--weight", help="One weight per --model (default equal)."
     ),
@@ -216,7 +218,7 @@ def serve(
     model: list[Path] = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, "--port"),
-    threshold: float = typer.Option(0.5, "--threshold"),
+    threshold: float | None = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     weight: list[float] | None = typer.Option(
         None, "--weight", help="One weight per --model (default equal)."
     ),
@@ -339,6 +341,6 @@ def explain(
         import torch
 
         torch.set_num_threads(threads)
-    scorer = load_scorer(model, device=device, threshold=threshold, batch_size=1)
+    scorer = load_scorer(model, device=device, threshold=threshold, batch_size=1, optimize="fp32")
     for path in explain_files(scorer, memes, out, text=text, ocr=ocr, steps=steps):
         typer.echo(str(path))

@@ -140,6 +140,11 @@ def explain_image(
     from memeguard.models.attribution import check_steps
 
     check_steps(steps)
+    if scorer.optimize != "fp32":
+        raise ConfigError(
+            f"explanations need the fp32 weights; these models run the {scorer.optimize} fast path "
+            "(load the bundle with optimize='fp32', as `memeguard explain` does)"
+        )
     cleaned = " ".join(text.split())
     words = [cleaned[start:end] for start, end in words_of(cleaned)]
     totals = np.zeros(len(words))

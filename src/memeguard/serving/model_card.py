@@ -70,6 +70,15 @@ def _members_table(manifest: BundleManifest, configs: Sequence[dict[str, Any]], 
     return "\n".join(rows) + "\n"
 
 
+_OPTIMIZE_TEXT = {
+    "fp32": "in fp32 PyTorch, as trained",
+    "int8": "on the CPU with dynamic int8 Linear layers (`export --optimize int8`; probabilities within 0.01 "
+    "of fp32 on memeguard's test models)",
+    "onnx": "on the CPU by onnxruntime, from each member's exported `model/model.onnx` "
+    "(`export --optimize onnx`)",
+}
+
+
 def model_card(
     manifest: BundleManifest,
     configs: Sequence[dict[str, Any]],
@@ -102,6 +111,7 @@ tags: [hateful-memes, multimodal, content-moderation]
 
 A {len(manifest.members)}-model bundle exported by memeguard {manifest.memeguard_version}. {ensemble}
 A meme is labelled hateful when its probability is at least **{point.threshold:.6f}**: {rule}.
+`score` and `serve` run the members {_OPTIMIZE_TEXT[manifest.optimize]}.
 
 ## Metrics (at the operating point)
 

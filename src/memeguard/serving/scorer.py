@@ -372,6 +372,7 @@ class MemeScorer:
         self.extractors = dict(extractors)
         self.device = device
         self.threshold = float(threshold)
+        self.optimize = "fp32"  # from_runs sets the fast path it loaded the members with
         self.batch_size = int(batch_size)
         # How the threshold was chosen (a bundle's dev-set rule), or None for a threshold given by hand.
         self.operating_point = operating_point
@@ -389,14 +390,16 @@ class MemeScorer:
         threshold: float = 0.5,
         weights: Sequence[float] | None = None,
         batch_size: int = 16,
+        optimize: str = "fp32",
     ) -> MemeScorer:
         """Load every run (a train run dir or a ``save_pretrained`` model dir) and the extractors they need.
 
         ``extractor``: use this one for every run instead of rebuilding from the store metadata (required
         for runs trained on imported TSV/LMDB features or bare model dirs). ``weights``: one non-negative
-        weight per run for the weighted mean (default: equal).
+        weight per run for the weighted mean (default: equal). ``optimize``: ``fp32``, or a CPU fast path
+        (``int8``, ``onnx``: see :mod:`memeguard.models.fast`), which puts ``device='auto'`` on the CPU.
         """
-        from memeguard.training.build import load_model_dir
+        from memeguard.models.fast import FP32, check_optimization, load_optimized
         from memeguard.training.distributed import resolve_device
 
         if not runs:
@@ -407,7 +410,10 @@ class MemeScorer:
                 raise ConfigError(f"{len(weights)} weights for {len(runs)} runs")
             if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
                 raise ConfigError(f"ensemble weights must be non-negative with a positive sum, got {weights}")
-        torch_device = resolve_device(device)
+        check_optimization(optimize)
+        torch_device = resolve_device("cpu" if optimize != FP32 and device == "auto" else device)
+        if optimize != FP32 and torch_device.type != "cpu":
+            raise ConfigError(f"optimize={optimize!r} is a CPU fast path; it cannot run on {torch_device}")
         plans = [_plan_run(Path(run), extractor is not None, str(torch_device)) for run in runs]
         extractors = (
             {"explicit": extractor}
@@ -419,7 +425,7 @@ class MemeScorer:
         taken: set[str] = set()
         members = []
         for k, plan in enumerate(plans):
-            model = load_model_dir(plan.model_dir).to(torch_device).eval()
+            model = load_optimized(plan.model_dir, optimize).to(torch_device).eval()
             if plan.spec is not None:
                 key, variant, dim = plan.spec.key, plan.spec.variant, plan.spec.feature_dim
                 origin = "its store has"
@@ -444,7 +450,9 @@ class MemeScorer:
                     spec=plan.spec,
                 )
             )
-        return cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
+        scorer = cls(members, extractors, torch_device, threshold=threshold, batch_size=batch_size)
+        scorer.optimize = optimize
+        return scorer
 
     @classmethod
     def from_bundle(
@@ -454,11 +462,13 @@ class MemeScorer:
         threshold: float | None = None,
         batch_size: int = 16,
         cache_dir: str | os.PathLike[str] | None = None,
+        optimize: str | None = None,
     ) -> MemeScorer:
         """Load a bundle (``memeguard export``): a folder or a Hugging Face Hub id ``org/name``.
 
         Every file is hash-checked first; labels use the bundle's operating point unless ``threshold``
-        overrides it.
+        overrides it. ``optimize`` overrides the bundle's fast path (explanations need ``fp32``: gradients
+        do not flow through int8 layers or an ONNX graph; every bundle holds the fp32 weights).
         """
         from memeguard.serving.bundle import load_bundle, member_dir
 
@@ -469,6 +479,7 @@ class MemeScorer:
             threshold=manifest.operating_point.threshold if threshold is None else threshold,
             weights=[member.weight for member in manifest.members],
             batch_size=batch_size,
+            optimize=manifest.optimize if optimize is None else optimize,
         )
         if threshold is None:
             scorer.operating_point = manifest.operating_point

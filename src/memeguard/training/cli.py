@@ -55,6 +55,8 @@ def _option_type(annotation: Any) -> Any:
     (``Literal`` fields become choices)."""
     if annotation == (str | Path):
         return Path
+    if annotation == (tuple[str, ...] | None):  # a list that may be absent (distillation's unlabelled)
+        return list[str] | None
     if get_origin(annotation) is tuple:
         return list[get_args(annotation)[0]]
     return annotation

@@ -15,12 +15,18 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memeguard.errors import ConfigError
-from memeguard.names import DEV_SEEN, PRETRAIN, TRAIN_CLEAN
+from memeguard.names import DEV_SEEN, DEV_UNSEEN, PRETRAIN, TRAIN_CLEAN, TRAINDEV
 
 SwaMode = Literal["none", "torch", "contrib"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["linear", "cosine"]
 StandardizeMode = Literal["auto", "always", "never"]
+# Knowledge distillation defaults (training/distill.py): T = 2 softens a confident teacher enough to pass on
+# its ranking of the memes it is unsure about; alpha = 0.5 weighs labels and teacher alike.
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_ALPHA = 0.5
+# Splits whose labels pick thresholds and weights: never distillation targets (phase-1 "dev" too).
+DEV_SPLITS = frozenset({DEV_SEEN, DEV_UNSEEN, "dev", TRAINDEV})
 
 # vilio's settings leave the from-scratch *-tiny models on the XOR plateau (measured: benchmarks/learning.py).
 # ``model_overrides`` go to the model config; the rest are TrainConfig fields.
@@ -203,6 +209,51 @@ class TrainConfig(RunConfig):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     zero_visual: bool = Field(False, description="Text-only control: zero the visual input.")
     progress: bool = Field(True, description="Show a progress bar.")
+    # knowledge distillation (training/distill.py); None-defaults keep configs saved before these fields
+    # equal to new ones, so finished runs are still recognised
+    soft_targets: str | None = Field(
+        None, description="Teacher probabilities (an id,proba,label CSV) to distil; see `memeguard distill`."
+    )
+    distill_temperature: float | None = Field(
+        None, gt=0, description=f"KD temperature T (default {DEFAULT_TEMPERATURE} with soft targets)."
+    )
+    distill_alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"Weight of the hard label on labelled memes, 1 - alpha on the soft term "
+        f"(default {DEFAULT_ALPHA}).",
+    )
+    unlabelled: tuple[str, ...] | None = Field(
+        None,
+        description="Memes trained on the soft targets alone: splits of the dataset (labels ignored) or "
+        ".jsonl files; never a dev split (repeat the option).",
+    )
+
+    @model_validator(mode="after")
+    def _distillation(self) -> TrainConfig:
+        if self.soft_targets is None and (
+            self.unlabelled or self.distill_temperature is not None or self.distill_alpha is not None
+        ):
+            raise ValueError("unlabelled, distill_temperature and distill_alpha need soft_targets")
+        if self.soft_targets is not None and self.train_split in DEV_SPLITS:
+            raise ValueError(
+                f"train_split {self.train_split!r} holds dev memes; dev labels are never distillation targets"
+            )
+        for entry in self.unlabelled or ():
+            if Path(entry).stem in DEV_SPLITS:
+                raise ValueError(
+                    f"unlabelled: {entry!r} is a dev split; dev memes are never distillation targets"
+                )
+        return self
+
+    @property
+    def temperature(self) -> float:
+        return DEFAULT_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
+
+    @property
+    def alpha(self) -> float:
+        return DEFAULT_ALPHA if self.distill_alpha is None else self.distill_alpha
 
     @model_validator(mode="after")
     def _best_needs_eval(self) -> TrainConfig:

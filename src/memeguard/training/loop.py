@@ -77,6 +77,7 @@ from memeguard.training.data import (
     to_device,
     verify_regions,
 )
+from memeguard.training.distill import SoftTargets, batch_distillation_loss, distillation_memes
 from memeguard.training.optim import ContribSWA, TorchSWA, parameter_groups
 from memeguard.training.run import RunState, already_done, launch, refuse_non_finite_loss
 from memeguard.training.runlog import autocast
@@ -105,6 +106,7 @@ class Prepared:
     regions: RegionSource
     feature_dim: int
     model: MemeModel
+    soft: SoftTargets | None = None  # knowledge distillation's targets (training/distill.py)
 
 
 def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
@@ -112,6 +114,7 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     source = open_regions(regions if regions is not None else cfg.features)
     train = read_memes(cfg.data_dir, cfg.train_split, cfg.limit)
     require_labels(train, cfg.train_split)
+    train, soft = distillation_memes(cfg, train, source)  # + unlabelled memes when distilling
     evaluation: list[Meme] = []
     if cfg.eval_split:
         evaluation = read_memes(cfg.data_dir, cfg.eval_split, cfg.limit)
@@ -129,7 +132,7 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     model = build_model(
         cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
     )
-    return Prepared(train, evaluation, predict, source, feature_dim, model)
+    return Prepared(train, evaluation, predict, source, feature_dim, model, soft)
 
 
 def classification_loss(
@@ -494,11 +497,21 @@ def _train_epoch(
         with ddp.maybe_no_sync(state.trained, skip_sync=not last_of_group):
             with autocast(state.device, cfg.precision):
                 logits = state.trained(batch)
-            if objective is None:
-                loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
-            else:
+            if objective is not None:
                 own = objective.loss(batch, logits)
                 loss, mean_bce = scale_loss(own, logits.shape[0], cfg.sum_loss, group_size)
+            elif evaluation.p.soft is not None:
+                loss, mean_bce = batch_distillation_loss(
+                    evaluation.p.soft,
+                    logits,
+                    batch["ids"],
+                    temperature=cfg.temperature,
+                    alpha=cfg.alpha,
+                    sum_loss=cfg.sum_loss,
+                    grad_accum_steps=group_size,
+                )
+            else:
+                loss, mean_bce = classification_loss(logits, batch["labels"], cfg.sum_loss, group_size)
             refuse_non_finite_loss(mean_bce, state.run_dir, state.updates, batch["ids"])
             state.backward(loss)
         tracker.loss_sum += mean_bce
