@@ -85,7 +85,7 @@ def test_the_unfrozen_layers_start_where_the_frozen_towers_end(clip_dir, k, inpu
     model = _head(clip_dir, k, inputs).eval()
     batch = model.build_processor()(_memes(), records)
     with torch.no_grad():
-        image, text = model.clip_tops(batch)
+        image, text = model.clip_encoder(batch)
     want_image, want_text = _reference(clip_dir, projected=inputs == "projected")
     assert torch.allclose(image, want_image, atol=1e-5) and torch.allclose(text, want_text, atol=1e-5)
     # the frozen head on the extractor's own pooled extras gives the same logits
@@ -102,11 +102,11 @@ def test_gradients_reach_the_unfrozen_layers_and_a_saved_model_keeps_them(clip_d
     own_clip = shutil.copytree(clip_dir, tmp_path / "clip")
     model = _head(own_clip, 1, name=name).train()
     batch = model.build_processor()(_memes(), _records(clip_dir, 1))
-    before = {key: value.clone() for key, value in model.clip_tops.state_dict().items()}
+    before = {key: value.clone() for key, value in model.clip_encoder.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     F.binary_cross_entropy_with_logits(model(batch), batch["labels"]).backward()
     optimizer.step()
-    after = model.clip_tops.state_dict()
+    after = model.clip_encoder.state_dict()
     for key in (
         "vision_layers.0.self_attn.q_proj.weight",
         "vision_layers.0.mlp.fc2.weight",
@@ -199,3 +199,29 @@ def test_a_run_with_unfrozen_layers_is_scored_as_it_predicted(clip_dir, tmp_path
     items = [(data / line["img"], line["text"]) for line in lines[:4]]
     served = [s.proba for s in MemeScorer.from_runs([run], device="cpu").score_batch(items)]
     assert np.allclose(served, [expected[line["id"]] for line in lines[:4]], atol=1e-5)
+
+
+def test_the_head_trains_faster_than_the_clip_layers_and_loads_the_authors_head(clip_dir, tmp_path):
+    """``head_lr_mult`` puts ``clip_encoder`` (a backbone name) at lr and the head at lr x mult; the authors'
+    head checkpoint (no CLIP layer copies) loads beside the CLIP weights the layers were copied from."""
+    from memeguard.training.optim import parameter_groups
+
+    model = _head(clip_dir, 1)
+    groups = parameter_groups(model, lr=1e-5, head_lr_mult=10.0)
+    lr_of = {name: group["lr"] for group in groups for name in group["param_names"]}
+    assert lr_of["clip_encoder.vision_layers.0.self_attn.q_proj.weight"] == 1e-5
+    assert lr_of["image_map.0.weight"] == pytest.approx(1e-4)
+    assert all(name.startswith("clip_encoder.") for name, lr in lr_of.items() if lr == 1e-5)
+    source = _head(clip_dir, 0)
+    state = {
+        "image_encoder.embeddings.patch_embedding.weight": torch.randn(48, 3, 8, 8),
+        **source.state_dict(),
+    }
+    torch.save({"state_dict": state}, tmp_path / "hateclipper.ckpt")
+    clip_weights = {key: value.clone() for key, value in model.clip_encoder.state_dict().items()}
+    missing, _ = model.load_original(tmp_path / "hateclipper.ckpt")
+    assert missing and all(key.startswith("clip_encoder.") for key in missing)
+    assert torch.equal(model.image_map[0].weight, source.image_map[0].weight)
+    assert all(
+        torch.equal(model.clip_encoder.state_dict()[key], value) for key, value in clip_weights.items()
+    )

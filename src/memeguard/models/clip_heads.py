@@ -32,8 +32,10 @@ plus the vision ``post_layernorm`` and text ``final_layer_norm`` (and the projec
 store's meta). It runs them over the stored hidden states (text: causal + padding mask, as CLIP) and pools
 as CLIP does ([CLS] -> post_layernorm; the EOS token after final_layer_norm), so at step 0 the head sees
 exactly the frozen head's inputs. The tower configs are kept in the model config (``clip_towers``), so a
-saved model loads without the CLIP folder. The copied layers train at the run's ``lr`` like the head
-(the trainer's param groups split only backbone/head by name; use a smaller ``lr`` for large k).
+saved model loads without the CLIP folder. The copied layers live under ``clip_encoder.``: a name with
+"encoder", so the trainer's ``head_lr_mult`` (backbone at ``lr``, everything else at ``lr x head_lr_mult``)
+gives them a smaller lr than the head: e.g. ``lr 1e-5, head_lr_mult 10`` trains the head at Hate-CLIPper's
+1e-4 and the CLIP layers at 1e-5 (no separate field needed).
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ class ClipFusionModel(MemeModel):
         self.pre_output = nn.Sequential(*layers)
         self.output = nn.Linear(width, 1)
         if config.unfreeze_clip_layers:
-            self.clip_tops = ClipTowerTops.for_config(config)
+            self.clip_encoder = ClipTowerTops.for_config(config)
 
     def fused(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Projected, L2-normalised, fused features (the input of the pre-output MLP)."""
@@ -313,7 +315,7 @@ class ClipFusionModel(MemeModel):
         inputs (what the extractor would have stored as the pooled/projected extras); else ``batch``."""
         if not self.config.unfreeze_clip_layers:  # type: ignore[attr-defined]
             return batch
-        image, text = self.clip_tops(batch)
+        image, text = self.clip_encoder(batch)
         return {**batch, "image_feats": image, "text_feats": text}
 
     def build_processor(self, tokenizer: Any | None = None) -> RegionTextProcessor:
@@ -321,8 +323,15 @@ class ClipFusionModel(MemeModel):
         return self.processor_class(tokenizer, self.config)
 
     def head_parameter_names(self) -> list[str]:
-        """Every parameter is the head's: there is no pretrained backbone inside the model."""
-        return [name for name, _ in self.named_parameters()]
+        """Every parameter is the head's but the unfrozen CLIP layers (``clip_encoder``, copied from CLIP)."""
+        return [name for name, _ in self.named_parameters() if not name.startswith(CLIP_LAYERS_PREFIX)]
+
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[Any, Any]:
+        """The authors' heads hold no copies of CLIP layers: ``clip_encoder`` keeps the CLIP weights."""
+        missing, unexpected = super().original_key_rules(layout, state)
+        return (lambda key: key.startswith(CLIP_LAYERS_PREFIX) or missing(key)), unexpected
 
     def init_weights(self) -> None:
         """PyTorch's default Linear init, as the authors' head (nothing to redo)."""
@@ -374,6 +383,9 @@ def unfreeze_overrides(config: ClipHeadConfig, meta: Mapping[str, Any] | None) -
     return {"clip_model": str(model_dir if model_dir and Path(str(model_dir)).exists() else model_id)}
 
 
+# The unfrozen CLIP layers' module: "encoder" in its name puts it in the trainer's backbone parameter group,
+# so ``head_lr_mult`` > 1 trains the head faster than the CLIP layers (vilio's rule, optim.parameter_groups).
+CLIP_LAYERS_PREFIX = "clip_encoder."
 # What a CLIP encoder layer and the final norms are built from (kept in ``clip_towers``).
 TOWER_KEYS = (
     "hidden_size", "intermediate_size", "num_attention_heads", "hidden_act", "layer_norm_eps",
