@@ -4,6 +4,7 @@ gradients, save/load, k mismatches, and a trained run scored by ``MemeScorer``."
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from memeguard.data.meme import Meme
-from memeguard.errors import ConfigError
+from memeguard.errors import ConfigError, DataError
 from memeguard.features.clip import EXTRA_NAMES, ClipExtractor
 from memeguard.models.base import MemeModel
 from memeguard.models.registry import create_model
@@ -158,6 +159,9 @@ def test_a_k_mismatch_or_impossible_k_is_one_config_error(clip_dir):
         store_overrides("hateclipper-align-tiny", {"unfreeze_clip_layers": 2}, record, meta)
     found = store_overrides("hateclipper-align-tiny", {"unfreeze_clip_layers": 1}, record, meta)
     assert found["clip_model"] == str(clip_dir) and found["image_dim"] == VISION_DIM
+    bad = dataclasses.replace(record, extras={**record.extras, "text_eos": np.array([24.0], np.float32)})
+    with pytest.raises(DataError, match=f"meme {record.meme_id}: text_eos 24 is outside its 24 text tokens"):
+        _head(clip_dir, 1).build_processor()(_memes()[:1], [bad])
     with pytest.raises(ConfigError, match="unfreeze_layers=3, but the CLIP towers have 2 layers"):
         ClipExtractor(clip_dir, unfreeze_layers=3)
     with pytest.raises(ConfigError, match="patches=false"):

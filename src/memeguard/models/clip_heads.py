@@ -238,13 +238,17 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             raise DataError(
                 f"memes {[r.meme_id for r in regions]}: CLIP layer inputs differ in shape or hold NaN"
             )
+        eos = [int(self.vector(r, "text_eos", 1)[0]) for r in regions]
+        for record, position in zip(regions, eos, strict=True):
+            if not 0 <= position < size:
+                raise DataError(
+                    f"meme {record.meme_id}: text_eos {position} is outside its {size} text tokens"
+                )
         return {
             "vision_hidden": torch.from_numpy(np.stack(vision)),
             "text_hidden": torch.from_numpy(text),
             "text_mask": torch.from_numpy(np.stack([self.vector(r, "text_mask", size) for r in regions])),
-            "text_eos": torch.tensor(
-                [int(self.vector(r, "text_eos", 1)[0]) for r in regions], dtype=torch.long
-            ),
+            "text_eos": torch.tensor(eos, dtype=torch.long),
         }
 
 
