@@ -174,9 +174,10 @@ def test_a_k_mismatch_or_impossible_k_is_one_config_error(clip_dir):
 def test_a_run_with_unfrozen_layers_is_scored_as_it_predicted(clip_dir, tmp_path):
     """Extract a store with unfreeze_layers=1, train a head with unfreeze_clip_layers=1 (the CLIP folder
     taken from the store's meta), then ``MemeScorer`` (features extracted on the fly from the store's
-    settings) reproduces the run's dev predictions."""
+    settings) and the exported bundle reproduce the run's dev predictions."""
     from memeguard.data.predictions import read_predictions
     from memeguard.features.extract import extract_features
+    from memeguard.serving.bundle import export_bundle
     from memeguard.serving.scorer import MemeScorer
     from memeguard.training.config import TrainConfig
     from memeguard.training.loop import finetune
@@ -203,6 +204,9 @@ def test_a_run_with_unfrozen_layers_is_scored_as_it_predicted(clip_dir, tmp_path
     items = [(data / line["img"], line["text"]) for line in lines[:4]]
     served = [s.proba for s in MemeScorer.from_runs([run], device="cpu").score_batch(items)]
     assert np.allclose(served, [expected[line["id"]] for line in lines[:4]], atol=1e-5)
+    export_bundle([run], tmp_path / "bundle", data_dir=data)
+    bundled = [s.proba for s in MemeScorer.from_bundle(tmp_path / "bundle", device="cpu").score_batch(items)]
+    assert np.allclose(bundled, served, atol=1e-6)
 
 
 def test_the_head_trains_faster_than_the_clip_layers_and_loads_the_authors_head(clip_dir, tmp_path):
