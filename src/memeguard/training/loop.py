@@ -128,7 +128,8 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     overrides = standardization_overrides(
         mode, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
     )
-    overrides = store_overrides(cfg.model, overrides, source[train[0].id])
+    store_meta = getattr(source, "meta", None)  # a FeatureStore's meta.json; None for in-memory regions
+    overrides = store_overrides(cfg.model, overrides, source[train[0].id], store_meta)
     model = build_model(
         cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
     )
