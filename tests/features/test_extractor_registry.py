@@ -232,14 +232,16 @@ def test_grid_meta_round_trip() -> None:
 
 def test_butd_and_clip_from_meta(tmp_path: Path) -> None:
     random = {"extractor": "butd", "weights": None, "fp16": True, "seed": 3}
-    assert ButdExtractor.from_meta(random, "m", "cpu") == {"weights": None, "fp16": False, "seed": 3}
+    expected = {"weights": None, "fp16": False, "seed": 3, "batched": False}
+    assert ButdExtractor.from_meta(random, "m", "cpu") == expected
+    assert ButdExtractor.from_meta({**random, "batched": True}, "m", "cpu")["batched"] is True
     assert ButdExtractor.from_meta(random, "m", "cuda:1")["fp16"] is True
     weights = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
     with pytest.raises(ConfigError, match=f"m: BUTD weights {weights} are not here"):
         ButdExtractor.from_meta({"weights": str(weights)}, "m", "cpu")
     weights.write_bytes(b"x")
     found = ButdExtractor.from_meta({"weights": str(weights)}, "m", "cpu")
-    assert found == {"weights": str(weights), "fp16": False}
+    assert found == {"weights": str(weights), "fp16": False, "batched": False}
     with pytest.raises(ConfigError, match="m: CLIP model folder .*clip is not here"):
         ClipExtractor.from_meta({"model_dir": str(tmp_path / "clip")}, "m", "cpu")
     # A store written before resize/patches/dtype existed: patch regions, float32 extras, centre crop.
