@@ -24,6 +24,10 @@ Named configs: ``clip-concat``, ``hateclipper-align``, ``hateclipper-cross`` (n 
 parameters), ``hateclipper-cross-32`` (the authors' ``run.sh``), their ``-tiny`` variants; RGCL lives in
 :mod:`memeguard.models.rgcl`. The family's optimiser settings: ``train --family-defaults``
 (``train_defaults`` below). The authors' trained heads load with ``train --init their.ckpt``.
+Explanations (``memeguard explain``, the report's gallery): integrated gradients over the two pooled vectors
+(``attribution_inputs`` ... below), from zero vectors; a per-modality attribution, the text as one token
+and the image as one region with the whole-image box (the vectors do not say which word or patch
+mattered). RGCL's kNN classifier is a vote with no gradient: it is refused.
 Not implemented: fine-tuning the last k CLIP layers (``unfreeze_clip_layers``; it would need the CLIP towers
 inside the model and pixels/tokens in the batch, while the trainer feeds stored features).
 """
@@ -197,6 +201,12 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             batch["labels"] = torch.tensor([float(m.label) for m in memes], dtype=torch.float32)
         return batch
 
+    def region_boxes(self, record: RegionRecord) -> np.ndarray:
+        """One box, the whole image: the head reads one pooled image vector, the explanation's one region
+        (the patch boxes of the store are never read)."""
+        height, width = record.image_size
+        return np.asarray([[0.0, 0.0, float(width), float(height)]], dtype=np.float32)
+
 
 def fuse(image: torch.Tensor, text: torch.Tensor, fusion: str) -> torch.Tensor:
     """The feature interaction matrix of two [B, n] batches: align -> [B, n] (its diagonal), cross ->
@@ -272,6 +282,33 @@ class ClipFusionModel(MemeModel):
 
     def init_weights(self) -> None:
         """PyTorch's default Linear init, as the authors' head (nothing to redo)."""
+
+    # -- explanations: integrated gradients over the two pooled vectors --------------------------------
+    def attribution_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``text``: the text vector as one "token" [B, 1, Dt]; ``regions``: the image vector as one region
+        [B, 1, Di] (its box is the whole image). A per-modality attribution: the vectors do not say which
+        word or which part of the image mattered."""
+        return {
+            "text": batch["text_feats"].detach().float().unsqueeze(1),
+            "regions": batch["image_feats"].detach().float().unsqueeze(1),
+        }
+
+    def attribution_baselines(
+        self, batch: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor], keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Zero vectors: no text, no image (the head then sees its projections' biases); ``keep`` is
+        unused, a pooled vector has no special tokens."""
+        return {name: torch.zeros_like(value) for name, value in inputs.items()}
+
+    def forward_from_inputs(self, batch: Mapping[str, torch.Tensor], **inputs: torch.Tensor) -> torch.Tensor:
+        """The hateful logit [B] with the CLIP vectors replaced by ``inputs`` (shaped as
+        :meth:`attribution_inputs` gives them)."""
+        batch = dict(batch)
+        if "text" in inputs:
+            batch["text_feats"] = inputs["text"].squeeze(1)
+        if "regions" in inputs:
+            batch["image_feats"] = inputs["regions"].squeeze(1)
+        return self(batch)
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
         raise ConfigError(f"{self.config.model_type} models have no text encoder to pretrain (MLM/ITM)")
