@@ -12,10 +12,13 @@ families (a family's weight split evenly over its runs, as the distillation teac
 
 The cost is bounded: gallery size (at most ``MAX_GALLERY_SIZE``) x members x ``steps`` forward and backward
 passes of one meme; :data:`GALLERY_STEPS` is modest because the report shows where the attribution goes,
-not its third decimal (each model's ``delta`` says how far the sum is from the logit change). Models load
-once, on the first meme. A member whose model cannot be explained (RGCL's kNN vote; a model without word
-pieces or regions and without the hook) is skipped and named in :attr:`GalleryExplainer.notes`; without
-captum every card says so in one line and shows the plain meme.
+not its third decimal (each model's ``delta`` says how far the sum is from the logit change). On the demo
+(10 gallery memes, 6 tiny runs) it adds about 7 CPU seconds to the report, the first meme's model and
+tokenizer loading included (``benchmarks/gallery_explain.py``). Models load once, on the first meme. A
+member whose model cannot be explained (RGCL's kNN vote; a model without word pieces or regions and
+without the hook) is skipped and named in :attr:`GalleryExplainer.notes`, shown above the gallery; a run
+with weight 0 in the ensemble is not explained; without captum every card says so in one line and shows
+the plain meme.
 """
 
 from __future__ import annotations
