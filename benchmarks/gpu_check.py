@@ -8,9 +8,19 @@ Four tables, each with its baseline timed in the same run on the same device:
    ``TINY_DEFAULTS`` in fp32, bf16 and fp16 (GradScaler): dev AUROC, whether every logged loss is finite,
    seconds;
 3. pretrain: one epoch of MLM + ITM in each precision: final loss finite;
-4. BUTD: the full-size ResNet-101 C4 detector (random weights) on 600 px images, fp32 vs fp16: images/s.
+4. BUTD: the full-size ResNet-101 C4 detector (random weights) on 600 px images: fp32, fp16, and fp16 with
+   the batched path (preprocessing on the device, one NMS per batch; goal >= 100 images/s on an H200);
+5. end to end (``--end-to-end``), the figure vilio measured in hours (~5 h on a P100): N synthetic memes
+   through BUTD extraction (vgattr 36/50/72 and 100 boxes, the stand-in for the MMF LMDB features, from one
+   pass; vg 50 from the detector without attributes), the 19 runs of ``recipes/vilio_inference.yaml`` at
+   their real sizes with random weights (each predicts dev_seen, test_seen and test_unseen; one model
+   stands for a run's two checkpoints), seed averaging and the ensemble loop, in the chosen precision.
+   Goal: <= 5 minutes for 2,000 memes on one H200. ``--tiny`` runs the same code on the CPU in seconds
+   (tiny detector, ``*-tiny`` models): a check of the script, not a figure.
 
     python benchmarks/gpu_check.py --data DIR --features STORE [--skip-butd] [--out report.json]
+    python benchmarks/gpu_check.py --end-to-end --memes 2000 --precision fp16 [--out report.json]
+    python benchmarks/gpu_check.py --end-to-end --tiny --device cpu --precision bf16
 
 ``--data``/``--features``: a synthetic set and its grid store (``memeguard data synth`` + ``memeguard features
 extract --extractor grid``); without them the check makes a small set itself.
@@ -207,25 +217,175 @@ def butd_table(image_size: int, n_images: int, batch_size: int) -> list[dict]:
         f"\n## BUTD ResNet-101 C4, random weights, {n_images} images of {image_size} px, batch {batch_size}, "
         "variants 36/50/72/100 from one pass"
     )
-    print(f"{'precision':>10}{'images/s':>10}{'x fp32':>8}")
+    print(f"{'precision':>10}{'path':>10}{'images/s':>10}{'x fp32':>8}")
     base = None
-    for fp16 in (False, True):
+    for fp16, batched in ((False, False), (True, False), (True, True)):
         extractor = ButdExtractor(
             weights=None,
             box_variants=("36", "50", "72", "100"),
             device="cuda",
             fp16=fp16,
             batch_size=batch_size,
+            batched=batched,
         )
         extractor.extract(images[:batch_size], list(range(batch_size)), [""] * batch_size)  # warm-up
         seconds = timed(lambda e=extractor: e.extract(images, list(range(n_images)), [""] * n_images), 0, 1)
         rate = n_images / seconds
         base = base or rate
-        rows.append({"precision": "fp16" if fp16 else "fp32", "images_per_s": rate, "speedup": rate / base})
-        print(f"{rows[-1]['precision']:>10}{rate:>10.2f}{rate / base:>8.2f}", flush=True)
+        path = "batched" if batched else "per-image"
+        precision = "fp16" if fp16 else "fp32"
+        rows.append({"precision": precision, "path": path, "images_per_s": rate, "speedup": rate / base})
+        print(f"{precision:>10}{path:>10}{rate:>10.2f}{rate / base:>8.2f}", flush=True)
         del extractor
         torch.cuda.empty_cache()
     return rows
+
+
+# The tiny detector of tests/features/test_butd.py: the same code paths in seconds on a CPU.
+TINY_BUTD = dict(
+    stage_blocks=(1, 1, 2, 1),
+    stem_channels=8,
+    bottleneck_channels=8,
+    res2_channels=32,
+    rpn_hidden_channels=16,
+    num_classes=20,
+    num_attrs=6,
+    min_size=96,
+    max_size=160,
+    rpn_pre_nms_topk=1000,
+    rpn_post_nms_topk=100,  # the largest variant's count: fewer RoIs through res5 on the CPU
+)
+# vilio_inference.yaml's feature sets -> the box variant each reads; "mmf" (an LMDB import of MMF's
+# detectron features, 100 boxes) is stood in for by the attribute detector's 100-box variant.
+ATTR_VARIANTS = {"vgattr36": "36", "vgattr50": "50", "vgattr72": "72", "mmf": "100"}
+PLAIN_VARIANTS = {"vg50": "50"}
+
+
+def vilio_runs(tiny: bool) -> list[tuple[str, str, str]]:
+    """(family, model, feature set) of every enabled run of recipes/vilio_inference.yaml (read as YAML:
+    its weight paths need not exist here); ``tiny``: each model's ``*-tiny`` variant."""
+    import yaml
+
+    from memeguard.pipeline.cli import RECIPES_DIR
+
+    recipe = yaml.safe_load((RECIPES_DIR / "vilio_inference.yaml").read_text(encoding="utf-8"))
+    runs = []
+    for entry in recipe["models"]:
+        if entry.get("enabled", True) is False:
+            continue
+        model = entry["model"].rsplit("-", 1)[0] + "-tiny" if tiny else entry["model"]
+        runs += [(entry["name"], model, run["features"]) for run in entry["runs"]]
+    return runs
+
+
+def extract_butd(data: Path, work: Path, device: str, precision: str, tiny: bool) -> dict[str, Path]:
+    """Both detectors over every meme (batched path): feature set name -> its store."""
+    from memeguard.features.butd import ButdExtractor
+    from memeguard.features.butd_model import ButdConfig
+    from memeguard.features.extract import extract_features
+
+    stores: dict[str, Path] = {}
+    for name, variants, attrs in (("vgattr", ATTR_VARIANTS, True), ("vg", PLAIN_VARIANTS, False)):
+        config = (
+            ButdConfig(**{**TINY_BUTD, "num_attrs": TINY_BUTD["num_attrs"] if attrs else 0}) if tiny else None
+        )
+        if not tiny and not attrs:
+            config = ButdConfig(num_attrs=0)
+        extractor = ButdExtractor(
+            weights=None,
+            box_variants=sorted(set(variants.values()), key=int),
+            device=device,
+            fp16=precision == "fp16",
+            batch_size=8,
+            config=config,
+            batched=True,
+        )
+        paths = extract_features(data, work / name, extractor, progress=False)
+        stores.update({feature_set: paths[variant] for feature_set, variant in variants.items()})
+    return stores
+
+
+def predict_runs(
+    runs: list[tuple[str, str, str]],
+    stores: dict[str, Path],
+    data: Path,
+    work: Path,
+    device: torch.device,
+    precision: str,
+) -> dict[str, dict[str, dict[str, Path]]]:
+    """Every run's three prediction CSVs, random weights: family -> run -> split -> csv."""
+    from memeguard.data.predictions import write_predictions
+    from memeguard.features.store import FeatureStore
+    from memeguard.names import PREDICTED_SPLITS, prediction_file
+    from memeguard.training.build import build_model
+    from memeguard.training.data import Collator, read_memes
+    from memeguard.training.loop import predict_memes
+
+    out: dict[str, dict[str, dict[str, Path]]] = {}
+    for number, (family, model_name, feature_set) in enumerate(runs):
+        store = FeatureStore.open(stores[feature_set])
+        torch.manual_seed(number)
+        model = build_model(model_name, feature_dim=store.feature_dim).to(device).eval()
+        collate = Collator(model.build_processor())
+        run_dir = work / "runs" / f"{family}{number}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for split in PREDICTED_SPLITS:
+            memes = read_memes(data, split)
+            ids, proba = predict_memes(
+                model, collate, memes, store, batch_size=64, device=device, precision=precision
+            )
+            files[split] = run_dir / prediction_file(split)
+            write_predictions(files[split], ids, proba)
+        out.setdefault(family, {})[f"{family}{number}"] = files
+        del model
+    return out
+
+
+def end_to_end_table(device: torch.device, memes: int, precision: str, tiny: bool, work: Path) -> list[dict]:
+    """N memes through extraction, the 19 inference runs and the ensemble; seconds per part."""
+    from memeguard.data.synth import generate_synthetic
+    from memeguard.pipeline.recipe import EnsembleSpec
+    from memeguard.pipeline.stages import average_seeds, run_ensemble
+
+    data = work / "e2e-data"
+    if not (data / "test_unseen.jsonl").is_file():
+        generate_synthetic(data, n=memes, seed=0, progress=False)
+    runs = vilio_runs(tiny)
+    print(
+        f"\n## end to end on {device}, {precision}: {memes} memes, {len(runs)} runs of vilio_inference.yaml"
+        f"{' (tiny sizes: a check of the script, not a figure)' if tiny else ''}"
+    )
+    seconds: dict[str, float] = {}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    stores = extract_butd(data, work / "e2e-features", str(device), precision, tiny)
+    sync()
+    seconds["BUTD extraction (2 detectors, 5 variants)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = predict_runs(runs, stores, data, work / "e2e", device, precision)
+    sync()
+    seconds[f"{len(runs)} runs x 3 splits"] = time.perf_counter() - start
+    start = time.perf_counter()
+    families = average_seeds(predictions, work / "e2e" / "predictions")
+    fin = run_ensemble(work / "e2e" / "predictions", data, work / "e2e", EnsembleSpec(method="loop"))
+    seconds["seed averaging + ensemble loop"] = time.perf_counter() - start
+    seconds["total"] = sum(seconds.values())
+    assert set(families) == {family for family, _, _ in runs} and fin, "the ensemble wrote no FIN files"
+    print(f"{'part':<45}{'seconds':>9}")
+    for part, value in seconds.items():
+        print(f"{part:<45}{value:>9.1f}")
+    budget = 300.0
+    if not tiny:
+        print(f"goal: total <= {budget:.0f} s for 2,000 memes on one H200 (vilio: ~5 h on a P100)")
+    return [
+        {"part": part, "seconds": value, "memes": memes, "precision": precision, "tiny": tiny}
+        for part, value in seconds.items()
+    ]
 
 
 def main() -> None:
@@ -246,7 +406,13 @@ def main() -> None:
     parser.add_argument("--butd-images", type=int, default=32)
     parser.add_argument("--out", type=Path, help="write every row as JSON here")
     parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
+    parser.add_argument("--end-to-end", action="store_true", help="only the end-to-end table (5.)")
+    parser.add_argument("--memes", type=int, default=2000, help="memes in the end-to-end table")
+    parser.add_argument("--precision", default="fp16", choices=PRECISIONS, help="end-to-end precision")
+    parser.add_argument("--tiny", action="store_true", help="end to end at tiny sizes (CPU, seconds)")
     args = parser.parse_args()
+    if args.tiny and not args.end_to_end:
+        parser.error("--tiny goes with --end-to-end")
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -256,6 +422,12 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     report: dict[str, list[dict]] = {}
+    if args.end_to_end:
+        memes = min(args.memes, 50) if args.tiny else args.memes  # synth makes at least 50
+        report["end_to_end"] = end_to_end_table(device, memes, args.precision, args.tiny, work)
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1))
+        return
     report["forward"] = forward_table(
         device, args.batch_size, args.boxes, [n for n in args.names.split(",") if n]
     )

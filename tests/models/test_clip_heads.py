@@ -144,7 +144,7 @@ def test_bad_configs_are_config_errors():
     require_pretrainable("visualbert-tiny")
     with pytest.raises(ConfigError, match="rgcl-tiny: has no text encoder to pretrain"):
         require_pretrainable("rgcl-tiny")
-    with pytest.raises(ConfigError, match="not implemented yet"):
+    with pytest.raises(ConfigError, match="unfreeze_clip_layers=2 needs clip_model"):
         create_model("hateclipper-align-tiny", unfreeze_clip_layers=2)
     with pytest.raises(ConfigError, match="drop_probs needs 3 values"):
         create_model("hateclipper-align-tiny", drop_probs=[0.1])

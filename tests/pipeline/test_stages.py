@@ -93,7 +93,7 @@ def test_version_and_run_overrides_on_the_command_line(
     cli = CliRunner(env={"COLUMNS": "200"})
     shown = cli.invoke(app, ["--version"])
     assert shown.exit_code == 0 and shown.output == f"memeguard {__version__}\n"
-    assert "demo, vilio, vilio_inference" in cli.invoke(app, ["run", "--help"]).output
+    assert "clip, demo, vilio, vilio_clip, vilio_inference" in cli.invoke(app, ["run", "--help"]).output
     (tmp_path / "data").mkdir()
     (tmp_path / "small.yaml").write_text(RECIPE)
     common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]

@@ -212,6 +212,8 @@ class ButdParams(ExtractorParams):
     batch_size: int = Field(4, ge=1)
     config: Any = None  # a ButdConfig: inference settings (and, without weights, the architecture)
     seed: int = 0  # of the random-weight detector
+    # preprocessing on the device and one NMS per batch (the GPU path; pixels within one level of PIL's)
+    batched: bool = False
 
     @field_validator("config")
     @classmethod
@@ -247,6 +249,7 @@ class ButdExtractor(BaseExtractor):
         batch_size: int = 4,
         config: Any = None,
         seed: int = 0,
+        batched: bool = False,
     ) -> None:
         import torch
 
@@ -262,6 +265,7 @@ class ButdExtractor(BaseExtractor):
         if fp16 and self.device.type != "cuda":
             raise ConfigError(f"BUTD extractor: fp16 needs a CUDA device, got {device!r}")
         self.fp16 = fp16
+        self.batched = batched
         self.batch_size = batch_size
         self.weights = Path(weights) if weights is not None else None
         if self.weights is None:
@@ -301,7 +305,11 @@ class ButdExtractor(BaseExtractor):
         """The recorded weights (or the random detector's seed); fp16 only where it can run (CUDA)."""
         weights = meta.get("weights")
         fp16 = bool(meta.get("fp16", False)) and device.startswith("cuda")
-        settings: dict[str, Any] = {"weights": weights, "fp16": fp16}
+        settings: dict[str, Any] = {
+            "weights": weights,
+            "fp16": fp16,
+            "batched": bool(meta.get("batched", False)),
+        }
         if weights is None:  # random-weight detector (tests, benchmarks): reproducible from its seed
             settings["seed"] = int(meta.get("seed", 0))
         elif not Path(weights).exists():
@@ -320,10 +328,15 @@ class ButdExtractor(BaseExtractor):
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
             ids = meme_ids[start : start + self.batch_size]
-            for meme_id, det in zip(ids, self.model.detect(batch, fp16=self.fp16), strict=True):
+            for meme_id, det in zip(ids, self._detect(batch), strict=True):
                 for variant, (low, high) in self._limits.items():
                     out[variant].append(self._record(int(meme_id), det, low, high))
         return out
+
+    def _detect(self, batch: Sequence[Any]) -> list[Any]:
+        if self.batched:
+            return self.model.detect(batch, fp16=self.fp16, batched=True)
+        return self.model.detect(batch, fp16=self.fp16)
 
     def _record(self, meme_id: int, det: Any, low: int, high: int) -> RegionRecord:
         from memeguard.features.butd_model import fixed_number_select, rescale_boxes
@@ -362,6 +375,7 @@ class ButdExtractor(BaseExtractor):
             "rpn_nms_thresh": cfg.rpn_nms_thresh,
             "pixel_mean_bgr": list(cfg.pixel_mean_bgr),
             "fp16": self.fp16,
+            "batched": self.batched,
             "box_format": "xyxy pixels of the original image",
         }
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import FrozenBatchNorm2d, nms, roi_pool
+from torchvision.ops import FrozenBatchNorm2d, batched_nms, nms, roi_pool
 
 # np.arange(0.3, 1.0, 0.1) exactly as the extraction script iterates it (0.30000000000000004, ...):
 # the float values matter for boxes whose IoU sits right at a threshold.
@@ -264,13 +264,20 @@ class RPN(nn.Module):
         # ``anchor_generator.cell_anchors.0`` load the same (the loader checks stored values).
         self._cell_anchors = cell_anchors(config.anchor_sizes, config.aspect_ratios)
 
-    def forward(self, features: torch.Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, image_sizes: Sequence[tuple[int, int]], batched: bool = False
+    ) -> list[torch.Tensor]:
+        """Per image: proposals [R, 4], best objectness first. ``batched``: one top-k, one box decode and
+        one ``batched_nms`` for the whole batch (what a GPU needs: no per-image launches); the same
+        proposals as the per-image loop."""
         cfg = self.config
         logits, deltas = self.rpn_head(features)
         n, a, fh, fw = logits.shape
         logits = logits.permute(0, 2, 3, 1).reshape(n, -1).float()  # [N, H*W*A]
         deltas = deltas.view(n, a, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         anchors = grid_anchors(self._cell_anchors.to(features.device), fh, fw, stride=16)
+        if batched:
+            return self._batched_proposals(logits, deltas, anchors, image_sizes)
         proposals = []
         topk = min(cfg.rpn_pre_nms_topk, logits.shape[1])
         for i, (height, width) in enumerate(image_sizes):
@@ -283,6 +290,29 @@ class RPN(nn.Module):
             keep = nms(boxes, scores, cfg.rpn_nms_thresh)[: cfg.rpn_post_nms_topk]
             proposals.append(boxes[keep])
         return proposals
+
+    def _batched_proposals(
+        self,
+        logits: torch.Tensor,
+        deltas: torch.Tensor,
+        anchors: torch.Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[torch.Tensor]:
+        cfg = self.config
+        n = logits.shape[0]
+        topk = min(cfg.rpn_pre_nms_topk, logits.shape[1])
+        scores, order = logits.sort(dim=1, descending=True)  # a stable order, as the per-image sort
+        scores, order = scores[:, :topk], order[:, :topk]
+        picked = torch.gather(deltas, 1, order[..., None].expand(-1, -1, 4)).reshape(-1, 4)
+        boxes = apply_deltas(picked, anchors[order.reshape(-1)], (1.0, 1.0, 1.0, 1.0)).view(n, topk, 4)
+        limits = boxes.new_tensor([[w, h, w, h] for h, w in image_sizes])[:, None, :]  # [N, 1, 4]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        image = torch.arange(n, device=boxes.device)[:, None].expand(n, topk)
+        nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        boxes, scores, image = boxes[nonempty], scores[nonempty], image[nonempty]
+        keep = batched_nms(boxes, scores, image, cfg.rpn_nms_thresh)  # best score first, all images
+        kept_image = image[keep]
+        return [boxes[keep[kept_image == i]][: cfg.rpn_post_nms_topk] for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,14 +442,45 @@ class GeneralizedRCNN(nn.Module):
             batch[i, :, : t.shape[1], : t.shape[2]] = t
         return batch, sizes
 
-    @torch.no_grad()
-    def detect(self, images: Sequence[Image.Image], fp16: bool = False) -> list[Detections]:
+    def preprocess_on_device(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """:meth:`preprocess` with the per-pixel work on the model's device: only the uint8 pixels
+        cross over; the resize (bilinear with antialiasing, PIL's filter, rounded back to uint8 levels
+        as PIL does), the BGR flip, the mean and the padding run there. The CPU does no per-pixel work,
+        so a GPU is no longer bound by it. Pixels may differ from PIL's by one level (its fixed-point
+        weights); with no resize the batches are identical."""
         cfg = self.config
-        batch, sizes = self.preprocess(images)
+        device = self.pixel_mean.device
+        sizes = []
+        tensors = []
+        for image in images:
+            rgb = image.convert("RGB")
+            pixels = torch.from_numpy(np.array(rgb)).to(device, non_blocking=True)  # a writable copy
+            new_h, new_w = resized_shape(rgb.height, rgb.width, cfg.min_size, cfg.max_size)
+            chw = pixels.permute(2, 0, 1).float()
+            if (new_h, new_w) != (rgb.height, rgb.width):
+                chw = F.interpolate(chw[None], (new_h, new_w), mode="bilinear", antialias=True)[0]
+                chw = chw.round().clamp(0, 255)
+            tensors.append(chw.flip(0) - self.pixel_mean)
+            sizes.append((new_h, new_w))
+        batch = tensors[0].new_zeros((len(tensors), 3, max(h for h, _ in sizes), max(w for _, w in sizes)))
+        for i, t in enumerate(tensors):
+            batch[i, :, : t.shape[1], : t.shape[2]] = t
+        return batch, sizes
+
+    @torch.no_grad()
+    def detect(
+        self, images: Sequence[Image.Image], fp16: bool = False, batched: bool = False
+    ) -> list[Detections]:
+        """Detections per image. ``batched``: preprocessing on the device and one NMS for the batch
+        (:meth:`preprocess_on_device`, ``RPN(batched=True)``), the GPU path."""
+        cfg = self.config
+        batch, sizes = self.preprocess_on_device(images) if batched else self.preprocess(images)
         use_amp = fp16 and batch.device.type == "cuda"
         with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=use_amp):
             features = self.backbone(batch)
-            proposals = self.proposal_generator(features, sizes)
+            proposals = self.proposal_generator(features, sizes, batched=batched)
             pooled = self.roi_heads.pooled_features(features, proposals).float()
         logits, deltas, attr_logits = self.roi_heads.box_predictor(pooled)  # fp32: scores decide the boxes
         results = []

@@ -31,6 +31,21 @@ Text goes through the checkpoint's own tokenizer, at most ``text_config.max_posi
 (77 for OpenAI CLIP): a longer caption keeps its start (BOS, the first 75 BPE tokens, EOS); the store's
 meta counts the memes so cut (``text_truncated``). The towers run in float32; what is stored (the
 extras) is rounded to ``dtype`` (float16 by default), and the store keeps the extras in that dtype.
+
+``unfreeze_layers=k`` (default 0: nothing below changes) stores, for a head that fine-tunes the last k
+layers of each tower (``unfreeze_clip_layers``), the INPUTS of those layers instead of only the outputs:
+
+- the regions are the vision tower's hidden states entering layer L-k: every token, [CLS] first
+  (grid*grid + 1 rows of the vision width), each with the whole-image box (a patch box would describe
+  only the input patch, not a mixed hidden state); ``patches`` must then be False;
+- extras ``text_hidden`` (the text tower's hidden states entering layer L-k, zero-padded to
+  ``max_text_length`` tokens, flattened row-major), ``text_mask`` (the tokenizer's attention mask, padded
+  likewise), ``text_eos`` (the token CLIP pools: the first EOS, or the largest id for old configs whose
+  eos_token_id is 2, as transformers does) and ``unfreeze_layers`` (k, so a model can refuse another k);
+- the four usual extras are still stored, so frozen heads read such a store too.
+
+A ViT-L/14 store with k > 0 holds 257 x 1024 region values and 77 x 768 text values per meme (about
+0.65 MB in float16): the price of training CLIP layers without pixels in the batch.
 """
 
 from __future__ import annotations
@@ -192,6 +207,7 @@ class ClipParams(ExtractorParams):
     resize: Literal["crop", "square"] = "crop"  # see the module docstring
     patches: bool = False  # True: the ViT patch tokens are the regions; False: one whole-image row
     dtype: Literal["float16", "float32"] = "float16"  # what the extras are rounded to and stored as
+    unfreeze_layers: int = Field(0, ge=0)  # > 0: store the inputs of the last k layers (module docstring)
 
 
 class ClipExtractor(BaseExtractor):
@@ -211,11 +227,18 @@ class ClipExtractor(BaseExtractor):
         resize: str = "crop",
         patches: bool = False,
         dtype: str = "float16",
+        unfreeze_layers: int = 0,
     ) -> None:
         import torch
 
         settings = self.validate_params(
-            dict(batch_size=batch_size, resize=resize, patches=patches, dtype=dtype)
+            dict(
+                batch_size=batch_size,
+                resize=resize,
+                patches=patches,
+                dtype=dtype,
+                unfreeze_layers=unfreeze_layers,
+            )
         )
         assert isinstance(settings, ClipParams)
         self.model_id = str(model_dir)  # as given: a folder or a hub id
@@ -231,6 +254,26 @@ class ClipExtractor(BaseExtractor):
         self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
         self.processor = self._image_processor(self.image_size)
         self.geometry = CropGeometry.from_processor(self.processor, self.image_size, str(self.model_dir))
+        self.unfreeze_layers = settings.unfreeze_layers
+        self._check_unfreeze()
+
+    def _check_unfreeze(self) -> None:
+        """``unfreeze_layers`` must fit both towers and excludes patch regions (both would be the regions)."""
+        k = self.unfreeze_layers
+        if k == 0:
+            return
+        depth = min(
+            int(self.model.config.vision_config.num_hidden_layers),
+            int(self.model.config.text_config.num_hidden_layers),
+        )
+        if k > depth:
+            raise ConfigError(
+                f"{self.model_dir}: unfreeze_layers={k}, but the CLIP towers have {depth} layers"
+            )
+        if self.patches:
+            raise ConfigError(
+                "clip extractor: unfreeze_layers > 0 stores the layer inputs as regions; use patches=false"
+            )
 
     def _load(self) -> tuple[Any, Any]:
         from safetensors import SafetensorError
@@ -268,6 +311,7 @@ class ClipExtractor(BaseExtractor):
             "resize": meta.get("resize", "crop"),
             "patches": bool(meta.get("patches", True)),
             "dtype": meta.get("dtype", "float32"),
+            **({"unfreeze_layers": int(meta["unfreeze_layers"])} if meta.get("unfreeze_layers") else {}),
         }
 
     def _image_processor(self, image_size: int) -> Any:
@@ -357,7 +401,32 @@ class ClipExtractor(BaseExtractor):
             }
             if self.patches:
                 out["patch_tokens"] = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+            if self.unfreeze_layers:
+                out.update(self.layer_inputs(pixels, tokens))
         return {key: value.float().cpu().numpy() for key, value in out.items()}
+
+    def layer_inputs(self, pixels: Any, tokens: Any) -> dict[str, Any]:
+        """The hidden states entering layer L-k of each tower (``hidden_states[L-k]``: index 0 is the
+        encoder's input), the text padded to ``max_text_length``, its mask, and CLIP's pooled position."""
+        import torch
+        from torch.nn import functional as F
+
+        k = self.unfreeze_layers
+        vision = self.model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        text = self.model.text_model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True
+        ).hidden_states
+        pad = self.max_text_length - ids.shape[1]
+        eos_id = self.model.text_model.eos_token_id
+        eos = ids.argmax(-1) if eos_id == 2 else (ids == eos_id).int().argmax(-1)
+        return {
+            "vision_in": vision[len(vision) - 1 - k],
+            "text_hidden": F.pad(text[len(text) - 1 - k], (0, 0, 0, pad)).flatten(1),
+            "text_mask": F.pad(mask, (0, pad)).float(),
+            "text_eos": eos.float()[:, None],
+            "unfreeze_layers": torch.full((ids.shape[0], 1), float(k)),
+        }
 
     def _batch(
         self, images: Sequence[Image.Image], ids: Sequence[int], texts: Sequence[str]
@@ -369,10 +438,14 @@ class ClipExtractor(BaseExtractor):
             if self.patches:
                 features = encoded["patch_tokens"][i]
                 boxes = patch_boxes(self.grid, self.patch_size, self.geometry_of(*size), size)
+            elif self.unfreeze_layers:
+                features = encoded["vision_in"][i]
+                boxes = np.tile(np.array([[0, 0, image.width, image.height]], np.float32), (len(features), 1))
             else:
                 features = encoded["image_pooled"][i][None]
                 boxes = np.array([[0, 0, image.width, image.height]], dtype=np.float32)
-            extras = {name: encoded[name][i].astype(self.dtype) for name in EXTRA_NAMES}
+            names = EXTRA_NAMES + (UNFREEZE_EXTRA_NAMES if self.unfreeze_layers else ())
+            extras = {name: encoded[name][i].astype(self.dtype) for name in names}
             out.append(RegionRecord(int(meme_id), features, boxes, size, extras=extras))
         return out
 
@@ -389,7 +462,11 @@ class ClipExtractor(BaseExtractor):
             "model_dir": str(self.model_dir),
             "weights_sha256": weights_sha256(self.model_dir),
             "feature_dim": int(self.model.config.vision_config.hidden_size),
-            "num_regions": self.grid * self.grid if self.patches else 1,
+            "num_regions": self.grid * self.grid + 1
+            if self.unfreeze_layers
+            else self.grid * self.grid
+            if self.patches
+            else 1,
             "patch_size": self.patch_size,
             "image_size": self.image_size,
             "projection_dim": int(self.model.config.projection_dim),
@@ -409,8 +486,23 @@ class ClipExtractor(BaseExtractor):
             "text_truncation": f"captions cut to their first {self.max_text_length} tokens (BOS ... EOS)",
             "crop": crop,
             "box_format": "xyxy pixels of the original image",
+            **self._unfreeze_meta(),
+        }
+
+    def _unfreeze_meta(self) -> dict[str, Any]:
+        """Only for ``unfreeze_layers`` > 0 (a default store's meta stays what it was)."""
+        if not self.unfreeze_layers:
+            return {}
+        k = self.unfreeze_layers
+        return {
+            "unfreeze_layers": k,
+            "features": f"vision hidden states entering layer L-{k}: [CLS] + patch tokens, whole-image boxes",
+            "text_layer_inputs": f"text_hidden/text_mask/text_eos: text hidden states entering layer L-{k}, "
+            f"padded to {self.max_text_length} tokens",
         }
 
 
 # The per-meme vectors every CLIP store holds (a contract with the CLIP-family models).
 EXTRA_NAMES = ("image_embeds", "text_embeds", "image_pooled", "text_pooled")
+# What ``unfreeze_layers`` > 0 adds (the inputs of the last k text layers; the vision ones are the regions).
+UNFREEZE_EXTRA_NAMES = ("text_hidden", "text_mask", "text_eos", "unfreeze_layers")

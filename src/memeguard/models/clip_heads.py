@@ -24,18 +24,30 @@ Named configs: ``clip-concat``, ``hateclipper-align``, ``hateclipper-cross`` (n 
 parameters), ``hateclipper-cross-32`` (the authors' ``run.sh``), their ``-tiny`` variants; RGCL lives in
 :mod:`memeguard.models.rgcl`. The family's optimiser settings: ``train --family-defaults``
 (``train_defaults`` below). The authors' trained heads load with ``train --init their.ckpt``.
+Fine-tuning the last k CLIP layers (``unfreeze_clip_layers = k``, default 0) keeps the one store-based
+trainer: the store is extracted with ``clip`` ``unfreeze_layers: k`` (the inputs of the last k layers of
+each tower, see :mod:`memeguard.features.clip`), and the model holds copies of those k layers of each tower
+plus the vision ``post_layernorm`` and text ``final_layer_norm`` (and the projections for
+``inputs=projected``), initialised from the CLIP folder ``clip_model`` (the trainer takes it from the
+store's meta). It runs them over the stored hidden states (text: causal + padding mask, as CLIP) and pools
+as CLIP does ([CLS] -> post_layernorm; the EOS token after final_layer_norm), so at step 0 the head sees
+exactly the frozen head's inputs. The tower configs are kept in the model config (``clip_towers``), so a
+saved model loads without the CLIP folder. The copied layers live under ``clip_encoder.``: a name with
+"encoder", so the trainer's ``head_lr_mult`` (backbone at ``lr``, everything else at ``lr x head_lr_mult``)
+gives them a smaller lr than the head: e.g. ``lr 1e-5, head_lr_mult 10`` trains the head at Hate-CLIPper's
+1e-4 and the CLIP layers at 1e-5 (no separate field needed).
 Explanations (``memeguard explain``, the report's gallery): integrated gradients over the two pooled vectors
 (``attribution_inputs`` ... below), from zero vectors; a per-modality attribution, the text as one token
 and the image as one region with the whole-image box (the vectors do not say which word or patch
-mattered). RGCL's kNN classifier is a vote with no gradient: it is refused.
-Not implemented: fine-tuning the last k CLIP layers (``unfreeze_clip_layers``; it would need the CLIP towers
-inside the model and pixels/tokens in the batch, while the trainer feeds stored features).
+mattered). A model with unfreeze_clip_layers > 0 computes its vectors from stored hidden states and RGCL's
+kNN classifier is a vote with no gradient: both are refused in one line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -43,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memeguard.errors import ConfigError, DataError
+from memeguard.errors import CheckpointError, ConfigError, DataError
 from memeguard.features.record import RegionRecord
 from memeguard.models.base import EncoderOutput, MemeLike, MemeModel, RegionTextProcessor, VLConfig
 from memeguard.models.checkpoints import OriginalLayout
@@ -129,8 +141,10 @@ class ClipHeadConfig(VLConfig):
     num_pre_output_layers: int = 1
     # Dropout after the projections, after the fusion, after each pre-output layer (the paper's order).
     drop_probs: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.1])
-    # Fine-tune the last k layers of the CLIP towers (needs the towers inside the model: not yet).
+    # Fine-tune the last k layers of each CLIP tower (the store must hold their inputs: module docstring).
     unfreeze_clip_layers: int = 0
+    clip_model: str = ""  # the CLIP folder (or hub id) the unfrozen layers start from; set by the trainer
+    clip_towers: dict[str, Any] = field(default_factory=dict)  # {"vision": ..., "text": ...} tower configs
 
     def __post_init__(self) -> None:
         """Refuse sizes that cannot build a head, or would build one too large to allocate (a cross
@@ -139,8 +153,11 @@ class ClipHeadConfig(VLConfig):
         if len(self.drop_probs) != 3 or not all(0 <= p < 1 for p in self.drop_probs):
             raise ConfigError(f"{name}: drop_probs needs 3 values in [0, 1), got {self.drop_probs}")
         sizes = {k: getattr(self, k) for k in ("image_dim", "text_dim", "map_dim", "pre_output_dim")}
-        if min(sizes.values()) < 1 or self.num_pre_output_layers < 0:
-            raise ConfigError(f"{name}: sizes must be >= 1 and num_pre_output_layers >= 0, got {sizes}")
+        if min(sizes.values()) < 1 or self.num_pre_output_layers < 0 or self.unfreeze_clip_layers < 0:
+            raise ConfigError(
+                f"{name}: sizes must be >= 1, num_pre_output_layers and unfreeze_clip_layers >= 0, "
+                f"got {sizes}"
+            )
         total = self.parameter_count()
         if total > MAX_HEAD_PARAMETERS:
             raise ConfigError(
@@ -197,6 +214,8 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             "image_feats": torch.from_numpy(image),
             "text_feats": torch.from_numpy(text),
         }
+        if cfg.unfreeze_clip_layers:
+            batch.update(self.layer_inputs(regions))
         if all(m.label is not None for m in memes):
             batch["labels"] = torch.tensor([float(m.label) for m in memes], dtype=torch.float32)
         return batch
@@ -206,6 +225,42 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
         (the patch boxes of the store are never read)."""
         height, width = record.image_size
         return np.asarray([[0.0, 0.0, float(width), float(height)]], dtype=np.float32)
+
+    # -- unfreeze_clip_layers > 0: the stored inputs of the last k layers ------------------------------
+    def layer_inputs(self, regions: Sequence[RegionRecord]) -> dict[str, torch.Tensor]:
+        """``vision_hidden`` [B, T, Dv] (the regions), ``text_hidden`` [B, L, Dt], ``text_mask`` [B, L],
+        ``text_eos`` [B]; a record of a store made for another k (or none) is a ConfigError naming both."""
+        cfg = self.head_config
+        towers = cfg.clip_towers
+        width = int(towers["text"]["hidden_size"])
+        for record in regions:
+            stored = int(np.asarray(record.extras.get("unfreeze_layers", [0])).reshape(-1)[0])
+            if stored != cfg.unfreeze_clip_layers:
+                raise ConfigError(
+                    f"meme {record.meme_id}: the feature store holds the inputs of the last {stored} CLIP "
+                    f"layers (clip extractor unfreeze_layers={stored}), the model has unfreeze_clip_layers="
+                    f"{cfg.unfreeze_clip_layers}; extract the store with that unfreeze_layers"
+                )
+        length = self.vector(regions[0], "text_mask", len(regions[0].extras["text_mask"]))
+        size = length.shape[0]
+        text = np.stack([self.vector(r, "text_hidden", size * width).reshape(size, width) for r in regions])
+        vision = [np.asarray(r.features, dtype=np.float32) for r in regions]
+        if len({v.shape for v in vision}) != 1 or not all(np.isfinite(v).all() for v in vision):
+            raise DataError(
+                f"memes {[r.meme_id for r in regions]}: CLIP layer inputs differ in shape or hold NaN"
+            )
+        eos = [int(self.vector(r, "text_eos", 1)[0]) for r in regions]
+        for record, position in zip(regions, eos, strict=True):
+            if not 0 <= position < size:
+                raise DataError(
+                    f"meme {record.meme_id}: text_eos {position} is outside its {size} text tokens"
+                )
+        return {
+            "vision_hidden": torch.from_numpy(np.stack(vision)),
+            "text_hidden": torch.from_numpy(text),
+            "text_mask": torch.from_numpy(np.stack([self.vector(r, "text_mask", size) for r in regions])),
+            "text_eos": torch.tensor(eos, dtype=torch.long),
+        }
 
 
 def fuse(image: torch.Tensor, text: torch.Tensor, fusion: str) -> torch.Tensor:
@@ -247,11 +302,6 @@ class ClipFusionModel(MemeModel):
     def __init__(self, config: VLConfig) -> None:
         super().__init__(config)
         assert isinstance(config, ClipHeadConfig)
-        if config.unfreeze_clip_layers > 0:
-            raise ConfigError(
-                f"{config.model_type}: unfreeze_clip_layers={config.unfreeze_clip_layers} is not implemented "
-                "yet (the heads run on stored CLIP embeddings); use 0"
-            )
         p_map, p_fused, p_pre = config.drop_probs
         self.image_map = nn.Sequential(nn.Linear(config.image_dim, config.map_dim), nn.Dropout(p_map))
         self.text_map = nn.Sequential(nn.Linear(config.text_dim, config.map_dim), nn.Dropout(p_map))
@@ -262,9 +312,12 @@ class ClipFusionModel(MemeModel):
             width = config.pre_output_dim
         self.pre_output = nn.Sequential(*layers)
         self.output = nn.Linear(width, 1)
+        if config.unfreeze_clip_layers:
+            self.clip_encoder = ClipTowerTops.for_config(config)
 
     def fused(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Projected, L2-normalised, fused features (the input of the pre-output MLP)."""
+        batch = self.with_tower_outputs(batch)
         image = F.normalize(self.image_map(batch["image_feats"].float()), p=2, dim=1)
         text = F.normalize(self.text_map(batch["text_feats"].float()), p=2, dim=1)
         return fuse(image, text, self.config.fusion)  # type: ignore[attr-defined]
@@ -272,13 +325,28 @@ class ClipFusionModel(MemeModel):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.output(self.pre_output(self.fused(batch))).squeeze(-1)
 
+    def with_tower_outputs(self, batch: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """With unfrozen CLIP layers: ``image_feats``/``text_feats`` computed by them from the stored layer
+        inputs (what the extractor would have stored as the pooled/projected extras); else ``batch``."""
+        if not self.config.unfreeze_clip_layers:  # type: ignore[attr-defined]
+            return batch
+        image, text = self.clip_encoder(batch)
+        return {**batch, "image_feats": image, "text_feats": text}
+
     def build_processor(self, tokenizer: Any | None = None) -> RegionTextProcessor:
         """The text was embedded by the CLIP extractor: no tokenizer to load."""
         return self.processor_class(tokenizer, self.config)
 
     def head_parameter_names(self) -> list[str]:
-        """Every parameter is the head's: there is no pretrained backbone inside the model."""
-        return [name for name, _ in self.named_parameters()]
+        """Every parameter is the head's but the unfrozen CLIP layers (``clip_encoder``, copied from CLIP)."""
+        return [name for name, _ in self.named_parameters() if not name.startswith(CLIP_LAYERS_PREFIX)]
+
+    def original_key_rules(
+        self, layout: OriginalLayout, state: Mapping[str, torch.Tensor]
+    ) -> tuple[Any, Any]:
+        """The authors' heads hold no copies of CLIP layers: ``clip_encoder`` keeps the CLIP weights."""
+        missing, unexpected = super().original_key_rules(layout, state)
+        return (lambda key: key.startswith(CLIP_LAYERS_PREFIX) or missing(key)), unexpected
 
     def init_weights(self) -> None:
         """PyTorch's default Linear init, as the authors' head (nothing to redo)."""
@@ -287,7 +355,13 @@ class ClipFusionModel(MemeModel):
     def attribution_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``text``: the text vector as one "token" [B, 1, Dt]; ``regions``: the image vector as one region
         [B, 1, Di] (its box is the whole image). A per-modality attribution: the vectors do not say which
-        word or which part of the image mattered."""
+        word or which part of the image mattered. Refused with unfrozen CLIP layers: they recompute the
+        vectors from the stored hidden states, so the batch's vectors do not reach the logit."""
+        if self.config.unfreeze_clip_layers:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.config.model_type} with unfreeze_clip_layers={self.config.unfreeze_clip_layers} "  # type: ignore[attr-defined]
+                "cannot be explained yet: its CLIP vectors come from the unfrozen layers, not the batch"
+            )
         return {
             "text": batch["text_feats"].detach().float().unsqueeze(1),
             "regions": batch["image_feats"].detach().float().unsqueeze(1),
@@ -317,9 +391,13 @@ class ClipFusionModel(MemeModel):
         raise ConfigError(f"{self.config.model_type} models have no word embeddings")
 
     @classmethod
-    def store_overrides(cls, config: VLConfig, record: RegionRecord) -> dict[str, Any]:
-        """``image_dim``/``text_dim`` from a store record's extras (for the config's ``inputs``)."""
+    def store_overrides(
+        cls, config: VLConfig, record: RegionRecord, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``image_dim``/``text_dim`` from a store record's extras (for the config's ``inputs``); with
+        ``unfreeze_clip_layers``, the CLIP folder from the store's meta (when the config names none)."""
         assert isinstance(config, ClipHeadConfig)
+        found = unfreeze_overrides(config, meta)
         image_key, text_key = INPUT_EXTRAS[config.inputs]
         dims = {}
         for name, key in (("image_dim", image_key), ("text_dim", text_key)):
@@ -330,7 +408,138 @@ class ClipFusionModel(MemeModel):
                     f"({INPUTS_HINT})"
                 )
             dims[name] = int(np.asarray(record.extras[key]).size)
-        return dims
+        return {**dims, **found}
+
+
+# ---------------------------------------------------------------- unfreeze_clip_layers > 0
+
+
+def unfreeze_overrides(config: ClipHeadConfig, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The store's k must be the model's (a ConfigError naming both); ``clip_model`` from its meta."""
+    k = config.unfreeze_clip_layers
+    if not k or meta is None:
+        return {}
+    stored = int(meta.get("unfreeze_layers", 0) or 0)
+    if stored != k:
+        raise ConfigError(
+            f"the feature store holds the inputs of the last {stored} CLIP layers (clip extractor "
+            f"unfreeze_layers={stored}), the model has unfreeze_clip_layers={k}; they must be equal"
+        )
+    if config.clip_model or config.clip_towers:
+        return {}
+    model_dir, model_id = meta.get("model_dir"), meta.get("model")
+    return {"clip_model": str(model_dir if model_dir and Path(str(model_dir)).exists() else model_id)}
+
+
+# The unfrozen CLIP layers' module: "encoder" in its name puts it in the trainer's backbone parameter group,
+# so ``head_lr_mult`` > 1 trains the head faster than the CLIP layers (vilio's rule, optim.parameter_groups).
+CLIP_LAYERS_PREFIX = "clip_encoder."
+# What a CLIP encoder layer and the final norms are built from (kept in ``clip_towers``).
+TOWER_KEYS = (
+    "hidden_size", "intermediate_size", "num_attention_heads", "hidden_act", "layer_norm_eps",
+    "attention_dropout",
+)  # fmt: skip
+
+
+def _tower_config(kind: str, values: Mapping[str, Any]) -> Any:
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    config = (CLIPVisionConfig if kind == "vision" else CLIPTextConfig)(**dict(values))
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class ClipTowerTops(nn.Module):
+    """The last k encoder layers of each CLIP tower, their final norms (and projections), run over the
+    stored inputs of those layers and pooled as CLIP pools: [CLS] -> ``post_layernorm`` for the image, the
+    EOS token after ``final_layer_norm`` for the text (causal + padding mask, as CLIP's text encoder)."""
+
+    def __init__(self, towers: Mapping[str, Mapping[str, Any]], layers: int, projected: bool) -> None:
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+        super().__init__()
+        vision, text = _tower_config("vision", towers["vision"]), _tower_config("text", towers["text"])
+        self.vision_layers = nn.ModuleList(CLIPEncoderLayer(vision) for _ in range(layers))
+        self.post_layernorm = nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps)
+        self.text_layers = nn.ModuleList(CLIPEncoderLayer(text) for _ in range(layers))
+        self.final_layer_norm = nn.LayerNorm(text.hidden_size, eps=text.layer_norm_eps)
+        self.projected = projected
+        if projected:
+            dim = int(towers["projection_dim"])
+            self.visual_projection = nn.Linear(vision.hidden_size, dim, bias=False)
+            self.text_projection = nn.Linear(text.hidden_size, dim, bias=False)
+
+    @classmethod
+    def for_config(cls, config: ClipHeadConfig) -> ClipTowerTops:
+        """From ``clip_towers`` (a saved model: its weights load next), else copied from ``clip_model``."""
+        k, projected = config.unfreeze_clip_layers, config.inputs == "projected"
+        if config.clip_towers:
+            return cls(config.clip_towers, k, projected)
+        clip = load_clip(config)
+        depth = min(clip.config.vision_config.num_hidden_layers, clip.config.text_config.num_hidden_layers)
+        if k > depth:
+            raise ConfigError(
+                f"{config.clip_model}: unfreeze_clip_layers={k}, but the CLIP towers have {depth} layers"
+            )
+        config.clip_towers = {
+            "vision": {key: getattr(clip.config.vision_config, key) for key in TOWER_KEYS},
+            "text": {key: getattr(clip.config.text_config, key) for key in TOWER_KEYS},
+            "projection_dim": int(clip.config.projection_dim),
+        }
+        tops = cls(config.clip_towers, k, projected)
+        tops.copy_from(clip, k)
+        return tops
+
+    def copy_from(self, clip: Any, k: int) -> None:
+        """The CLIP model's last k layers of each tower, its final norms and projections."""
+        self.vision_layers.load_state_dict(clip.vision_model.encoder.layers[-k:].state_dict())
+        self.text_layers.load_state_dict(clip.text_model.encoder.layers[-k:].state_dict())
+        self.post_layernorm.load_state_dict(clip.vision_model.post_layernorm.state_dict())
+        self.final_layer_norm.load_state_dict(clip.text_model.final_layer_norm.state_dict())
+        if self.projected:
+            self.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+            self.text_projection.load_state_dict(clip.text_projection.state_dict())
+
+    def pool_image(self, hidden: torch.Tensor) -> torch.Tensor:
+        for layer in self.vision_layers:
+            hidden = layer(hidden, None)
+        return self.post_layernorm(hidden[:, 0])
+
+    def pool_text(self, hidden: torch.Tensor, mask: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        length = hidden.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+        allowed = causal[None, None] & (mask[:, None, None, :] > 0.5)
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        additive = additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+        for layer in self.text_layers:
+            hidden = layer(hidden, additive)
+        hidden = self.final_layer_norm(hidden)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, text) as the extractor's pooled extras, or its projected + L2-normalised ones."""
+        image = self.pool_image(batch["vision_hidden"].float())
+        text = self.pool_text(batch["text_hidden"].float(), batch["text_mask"], batch["text_eos"])
+        if self.projected:
+            image = F.normalize(self.visual_projection(image), dim=-1)
+            text = F.normalize(self.text_projection(text), dim=-1)
+        return image, text
+
+
+def load_clip(config: ClipHeadConfig) -> Any:
+    """transformers' ``CLIPModel`` from ``clip_model`` (local files only), or a one-line error."""
+    from transformers import CLIPModel
+
+    if not config.clip_model:
+        raise ConfigError(
+            f"{config.model_type}: unfreeze_clip_layers={config.unfreeze_clip_layers} needs clip_model (the "
+            "CLIP folder its layers start from; `train` takes it from the feature store's meta)"
+        )
+    try:
+        return CLIPModel.from_pretrained(config.clip_model, local_files_only=True).eval()
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{config.clip_model}: cannot load the CLIP model ({first})") from None
 
 
 _TINY = {"map_dim": 16, "pre_output_dim": 16, "image_dim": 32, "text_dim": 24}

@@ -23,6 +23,9 @@ can switch to it (``classifier`` in its ``config.json``) without the training da
 ``classifier="knn"``, evaluations during training vote on the epoch's memory. At prediction a meme skips
 an entry only when it is that meme (same id and same embedding): the scorer numbers memes 0, 1, ....
 
+``unfreeze_clip_layers = k`` works as for Hate-CLIPper (:mod:`memeguard.models.clip_heads`): the embedding
+and the memory then come from the fine-tuned CLIP layers' outputs, recomputed at every epoch's start.
+
 Other deviations: the authors run the MLP twice per batch (embedding and logit get independent dropout
 masks), we once; our AdamW spares biases from weight decay. The memory is rebuilt at every epoch start, so
 a run resumed from an epoch checkpoint is identical to the uninterrupted one; one resumed mid-epoch

@@ -281,6 +281,7 @@ class RecipeRunner:
                 )
                 init_deps.append(pre_stage)
                 init_key = pre_stage.key
+            train_stage: Stage | None = None
             for which, (train_split, splits) in FINETUNES:
                 config = {
                     **base,
@@ -289,15 +290,18 @@ class RecipeRunner:
                     "train_split": train_split,
                     "splits": list(splits),
                 }
+                # an early-stopped train run tells its traindev run how long to train: it waits for it
+                length_from = train_stage if which == "traindev" and early_stops(model) else None
                 stage = self._add(
                     Stage(
                         "finetune",
                         f"{run.name}-{which}",
                         config,
-                        init_deps,
-                        self._finetune_action(model, run, train_split, splits, init_deps),
+                        [*init_deps, length_from] if length_from else init_deps,
+                        self._finetune_action(model, run, train_split, splits, init_deps, length_from),
                     )
                 )
+                train_stage = stage
                 outputs.update({split: stage.directory / prediction_file(split) for split in splits})
         self.run_predictions[model.name][run.name or str(run.seed)] = outputs
 
@@ -347,8 +351,16 @@ class RecipeRunner:
         return action
 
     def _finetune_action(
-        self, model: ModelSpec, run: RunSpec, train_split: str, splits: tuple[str, ...], deps: list[Stage]
+        self,
+        model: ModelSpec,
+        run: RunSpec,
+        train_split: str,
+        splits: tuple[str, ...],
+        deps: list[Stage],
+        length_from: Stage | None = None,
     ) -> Callable[[Path], Any]:
+        """``length_from``: the early-stopped train run whose update count this (traindev) run trains for."""
+
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import run_finetune
 
@@ -365,6 +377,7 @@ class RecipeRunner:
                 init=init,
                 device=self.device,
                 limit=self.limit,
+                length_from=length_from.directory if length_from else None,
             )
 
         return action
@@ -582,6 +595,11 @@ class RecipeRunner:
         timings[name] = {"seconds": seconds, "cached": False}
         self.console.print(f"{name}: done in {seconds:.1f}s")
         return stage
+
+
+def early_stops(model: ModelSpec) -> bool:
+    """Whether the model's train runs stop early (``train: {early_stop_patience: N}``)."""
+    return bool(model.train.get("early_stop_patience"))
 
 
 def run_stage(stage: Stage) -> float:

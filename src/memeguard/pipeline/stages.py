@@ -106,10 +106,19 @@ def run_finetune(
     init: str | None,
     device: str,
     limit: int | None,
+    length_from: Path | None = None,
 ) -> None:
+    """One fine-tune of ``run``. ``length_from`` (a traindev run whose train run stopped early): train for
+    the updates that run's kept weights had, with no early stop and no periodic evaluation, since the
+    evaluated split is part of traindev."""
     from memeguard.training import TrainConfig, finetune
 
     params = {"eval_split": "dev_seen", **model.train}
+    if length_from is not None:
+        from memeguard.training.loop import updates_taken
+
+        stop = {"early_stop_patience": 0, "select_best": False, "eval_every": 0}
+        params = {**params, **stop, "max_updates": updates_taken(length_from)}
     cfg = TrainConfig(
         model=model.model,
         features=str(store),

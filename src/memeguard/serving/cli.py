@@ -13,14 +13,17 @@ from memeguard.features.factory import extractor_names
 
 app = typer.Typer(help="Score new memes with trained runs.", no_args_is_help=True)
 
-MODEL_HELP = "A train run dir (or model dir); repeat for an ensemble (mean probability)."
+MODEL_HELP = (
+    "A train run dir (or model dir); repeat for an ensemble (mean probability). Or one bundle "
+    "(`memeguard export`): its members, weights and operating point."
+)
+THRESHOLD_HELP = "Label = proba >= threshold (default: a bundle's operating point, else 0.5)."
 EXTRACTOR_HELP = (
     "Extractor to use instead of the one the runs' feature stores record (needed for imported TSV/LMDB "
     f"features): one of {', '.join(extractor_names())}."
 )
 
 
-THRESHOLD_HELP = "Label = proba >= threshold (default: a bundle's operating point, else 0.5)."
 THREADS_HELP = "torch CPU threads (default: torch's choice). 1 is often fastest on a busy or small machine."
 
 

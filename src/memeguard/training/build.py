@@ -115,9 +115,12 @@ def reads_region_features(name: str) -> bool:
     return bool(getattr(architecture_for(get_config(name).model_type), "reads_region_features", True))
 
 
-def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[str, Any]:
+def store_overrides(
+    name: str, overrides: dict[str, Any], record: Any, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``overrides`` plus the input sizes the architecture reads from the store (a model class's
-    ``store_overrides(config, record)``: the CLIP heads' embedding sizes), as ``visual_feat_dim`` is set.
+    ``store_overrides(config, record, meta)``: the CLIP heads' embedding sizes, and with unfrozen CLIP layers
+    the CLIP folder from the store's ``meta``), as ``visual_feat_dim`` is set.
     An override that contradicts the store is a ConfigError."""
     from memeguard.models.registry import architecture_for, get_config
 
@@ -125,7 +128,7 @@ def store_overrides(name: str, overrides: dict[str, Any], record: Any) -> dict[s
     hook = getattr(architecture_for(config.model_type), "store_overrides", None)
     if hook is None:
         return overrides
-    found = hook(config, record)
+    found = hook(config, record, meta)
     for key, value in found.items():
         if key in overrides and overrides[key] != value:
             raise ConfigError(

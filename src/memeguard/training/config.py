@@ -170,6 +170,29 @@ class TrainConfig(RunConfig):
     # bookkeeping
     eval_every: int = Field(250, ge=0, description="Updates between evaluations (0: only at the end).")
     select_best: bool = Field(False, description="Keep the weights with the best eval AUROC (off in vilio).")
+    # early stopping (not in vilio): see training/loop.py's module docstring
+    early_stop_patience: int = Field(
+        0,
+        ge=0,
+        description="Stop after N evaluations (every eval_every updates) without an eval AUROC gain of "
+        "early_stop_min_delta (0: off). The last weights are kept (select_best: the best).",
+    )
+    early_stop_min_delta: float = Field(
+        0.0, ge=0, description="Smallest eval AUROC gain over the best so far that resets the patience."
+    )
+    early_stop_after_auroc: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Evaluations count towards the patience only once eval AUROC has reached this "
+        "(a run on a learning plateau is not stopped before it leaves it).",
+    )
+    max_updates: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after N updates; the lr schedule still spans all epochs (the pipeline sets it "
+        "on a traindev run: the updates its early-stopped train run took).",
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="Updates between mid-epoch checkpoints (0: epoch ends only)."
     )
@@ -236,6 +259,8 @@ class TrainConfig(RunConfig):
     def _best_needs_eval(self) -> TrainConfig:
         if self.select_best and not self.eval_split:
             raise ValueError("select_best needs an eval_split")
+        if self.early_stop_patience and not (self.eval_split and self.eval_every):
+            raise ValueError("early_stop_patience needs an eval_split and eval_every > 0")
         return self
 
 

@@ -9,6 +9,17 @@ Differences from vilio, on purpose:
 * Accumulation: a leftover group at the end of an epoch is stepped (vilio carried its gradients into the next
   epoch); ``t_total = ceil(batches / grad_accum_steps) x epochs``.
 * Torch SWA with no average taken yet keeps the trained weights (vilio would have saved the untrained copy).
+
+Early stopping (``early_stop_patience``, not in vilio): after every evaluation (each ``eval_every`` updates)
+the run stops once ``early_stop_patience`` evaluations in a row have not raised eval AUROC by
+``early_stop_min_delta`` over the best so far; evaluations only count once eval AUROC has reached
+``early_stop_after_auroc`` (a model still on a learning plateau is not stopped). The lr schedule still spans
+``epochs`` (stopping cuts it short, it does not compress it). The run keeps its last weights, or with
+``select_best`` the best evaluation's. The stop is checkpointed as "no epoch left", so a run killed after
+it resumes straight to its outputs. ``DONE`` records the updates taken (``updates``) and, when the best
+weights replaced the last, ``metrics.best_update``: :func:`updates_taken` reads the two as the updates the
+kept weights had, which the pipeline gives the matching traindev run as ``max_updates`` (traindev holds
+the eval split, so it cannot stop on it; it trains for as long as its train run needed).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memeguard.data.meme import Meme
+from memeguard.errors import ConfigError
 from memeguard.io import write_bytes_atomic, write_text_atomic
 from memeguard.models.base import MemeModel
 from memeguard.names import (
@@ -116,7 +128,8 @@ def prepare(cfg: TrainConfig, regions: RegionSource | None = None) -> Prepared:
     overrides = standardization_overrides(
         mode, cfg.init, cfg.model_overrides, source, [meme.id for meme in train]
     )
-    overrides = store_overrides(cfg.model, overrides, source[train[0].id])
+    store_meta = getattr(source, "meta", None)  # a FeatureStore's meta.json; None for in-memory regions
+    overrides = store_overrides(cfg.model, overrides, source[train[0].id], store_meta)
     model = build_model(
         cfg.model, feature_dim=feature_dim, init=cfg.init, overrides=overrides, tokenizer=cfg.tokenizer
     )
@@ -220,6 +233,10 @@ class _Tracker:
         self.best_auroc = -math.inf
         self.best_update = -1
         self.last_auroc = math.nan
+        # early stopping: the AUROC that last reset the patience, evaluations since then, whether it stopped
+        self.stop_best = -math.inf
+        self.stale_evals = 0
+        self.stopped = False
 
     def state_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -242,6 +259,17 @@ def run_outputs(cfg: TrainConfig) -> list[str]:
     ``DONE``."""
     model_files = [f"{MODEL_DIR}/{MODEL_CONFIG_FILE}", f"{MODEL_DIR}/{MODEL_WEIGHTS_FILE}"]
     return [*(prediction_file(split) for split in cfg.predict_splits), *model_files]
+
+
+def updates_taken(run_dir: str | Path) -> int:
+    """The updates behind a finished run's kept weights (read from its ``DONE``): the best evaluation's
+    when ``select_best`` swapped those in, else all the run took. A ``DONE`` that does not say is refused."""
+    done = read_record(Path(run_dir) / DONE_FILE, DoneRecord)
+    if "best_update" in done.metrics:
+        return int(done.metrics["best_update"])
+    if done.updates is None:
+        raise ConfigError(f"{run_dir}/{DONE_FILE}: does not record the updates the run took; train it again")
+    return done.updates
 
 
 def _finished_result(run_dir: Path, cfg: TrainConfig) -> RunResult:
@@ -321,11 +349,23 @@ class _Evaluation:
                 "time": time.time(),
             }
         )
+        self.track_stop(metrics["auroc"])
         if self.cfg.select_best and metrics["auroc"] > tracker.best_auroc:
             tracker.best_auroc, tracker.best_update = metrics["auroc"], update
             buffer = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in self.p.model.state_dict().items()}, buffer)
             write_bytes_atomic(self.best_path, buffer.getvalue())
+
+    def track_stop(self, auroc: float) -> None:
+        """Count an evaluation that did not improve on the best by ``early_stop_min_delta`` (once eval
+        AUROC has reached ``early_stop_after_auroc``); an improvement resets the count."""
+        tracker, cfg = self.tracker, self.cfg
+        if auroc < cfg.early_stop_after_auroc:
+            return
+        if auroc > tracker.stop_best + cfg.early_stop_min_delta:
+            tracker.stop_best, tracker.stale_evals = auroc, 0
+        else:
+            tracker.stale_evals += 1
 
     def final(self) -> dict[str, float]:
         """The final weights' metrics; with ``select_best``, the best weights replace the final ones when
@@ -340,6 +380,7 @@ class _Evaluation:
                 "epoch": cfg.epochs,
                 "split": cfg.eval_split,
                 "final": True,
+                **({"stopped_early": True} if self.tracker.stopped else {}),
                 **metrics,
                 "time": time.time(),
             }
@@ -414,6 +455,9 @@ def _train(
             _train_epoch(
                 cfg, state, loader, start, len(batches), epoch, averaging, evaluation, on_update, objective
             )
+            if tracker.stopped:
+                state.save(cfg.epochs, 0)  # no epoch left: a resume goes straight to the outputs
+                break
             state.save(epoch + 1, 0)
     if averaging is not None:
         averaging.apply(model)
@@ -477,12 +521,27 @@ def _train_epoch(
             continue
         state.update(averaging)
         state.show(tracker.loss_sum / max(1, tracker.loss_count), tracker.last_auroc)
-        if cfg.eval_every and state.updates % cfg.eval_every == 0:
+        evaluated = bool(cfg.eval_every) and state.updates % cfg.eval_every == 0
+        if evaluated:
             evaluation.during(epoch)
-        if cfg.checkpoint_every and state.updates % cfg.checkpoint_every == 0 and index + 1 < batches:
-            state.save(epoch, index + 1)
+        tracker.stopped = stop_after_update(cfg, state, tracker, evaluated)
+        if not tracker.stopped and cfg.checkpoint_every and state.updates % cfg.checkpoint_every == 0:
+            if index + 1 < batches:
+                state.save(epoch, index + 1)
         if on_update is not None:
             on_update(state.updates)
+        if tracker.stopped:
+            return
+
+
+def stop_after_update(cfg: TrainConfig, state: RunState, tracker: _Tracker, evaluated: bool) -> bool:
+    """Whether training ends now: ``max_updates`` reached, or (right after an evaluation) the early-stop
+    patience used up. Only rank 0 evaluates, so its decision is shared: every rank stops together."""
+    if cfg.max_updates is not None and state.updates >= cfg.max_updates:
+        return True
+    if not (cfg.early_stop_patience and evaluated):
+        return False
+    return ddp.broadcast_flag(tracker.stale_evals >= cfg.early_stop_patience, state.info, state.device)
 
 
 def _finish(
@@ -518,5 +577,6 @@ def _finish(
             write_predictions(predictions[split], ids, proba)
         model.save_pretrained(run_dir / MODEL_DIR)
 
-    state.finish(write_outputs, lambda: {"metrics": metrics, "finished": time.time()}, run_outputs(cfg))
+    done = lambda: {"metrics": metrics, "finished": time.time(), "updates": state.updates}  # noqa: E731
+    state.finish(write_outputs, done, run_outputs(cfg))
     return RunResult(run_dir, run_dir / MODEL_DIR, predictions, metrics, resumed=state.resumed, model=model)

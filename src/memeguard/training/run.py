@@ -76,6 +76,7 @@ def check_same_config(run_dir: Path, cfg: AnyConfig, config_file: str) -> None:
     if not path.is_file():
         return
     saved = type(cfg).canonical(read_record(path, dict[str, Any], ConfigError))
+    saved = {**field_defaults(type(cfg), exclude=saved), **saved}  # a field added since: its default
     current = cfg.to_dict()
     changed = sorted(
         k for k in set(saved) | set(current) if k not in VOLATILE_KEYS and saved.get(k) != current.get(k)
@@ -85,6 +86,18 @@ def check_same_config(run_dir: Path, cfg: AnyConfig, config_file: str) -> None:
             f"{run_dir}: holds a run with a different configuration (differs in {changed}); "
             "use another --out or delete the run dir"
         )
+
+
+def field_defaults(config: type[AnyConfig], exclude: Any = ()) -> dict[str, Any]:
+    """JSON values of the optional fields not in ``exclude``: a config saved before a field existed ran
+    with its default (early stopping off, ...), so it still matches a run that leaves the field alone."""
+    from pydantic_core import to_jsonable_python
+
+    return {
+        name: to_jsonable_python(field.get_default(call_default_factory=True))
+        for name, field in config.model_fields.items()
+        if name not in exclude and not field.is_required()
+    }
 
 
 def refuse_foreign_folder(run_dir: Path, config_file: str) -> None:
