@@ -163,8 +163,9 @@ def test_steps_are_bounded_and_eval_mode_required(tokenizer):
 
 
 def test_a_model_without_word_pieces_or_regions_is_one_line(tokenizer):
-    """CLIP heads read pooled embeddings: until they define the hook, explaining them is a clear refusal."""
-    model = create_model("clip-concat-tiny").eval()
+    """A model on the default hook given a batch with neither word pieces nor regions (e.g. pooled CLIP
+    vectors, which only the CLIP heads' own hook reads) is a clear refusal."""
+    model = create_model("visualbert-tiny").eval()
     batch = {"ids": torch.tensor([1]), "image_feats": torch.randn(1, 32), "text_feats": torch.randn(1, 24)}
-    with pytest.raises(ConfigError, match="hateclipper models cannot be explained yet"):
+    with pytest.raises(ConfigError, match="visualbert models cannot be explained yet"):
         integrated_gradients(model, batch, torch.zeros(1, 1, dtype=torch.bool), steps=4)

@@ -36,6 +36,11 @@ saved model loads without the CLIP folder. The copied layers live under ``clip_e
 "encoder", so the trainer's ``head_lr_mult`` (backbone at ``lr``, everything else at ``lr x head_lr_mult``)
 gives them a smaller lr than the head: e.g. ``lr 1e-5, head_lr_mult 10`` trains the head at Hate-CLIPper's
 1e-4 and the CLIP layers at 1e-5 (no separate field needed).
+Explanations (``memeguard explain``, the report's gallery): integrated gradients over the two pooled vectors
+(``attribution_inputs`` ... below), from zero vectors; a per-modality attribution, the text as one token
+and the image as one region with the whole-image box (the vectors do not say which word or patch
+mattered). A model with unfreeze_clip_layers > 0 computes its vectors from stored hidden states and RGCL's
+kNN classifier is a vote with no gradient: both are refused in one line.
 """
 
 from __future__ import annotations
@@ -215,6 +220,12 @@ class ClipEmbeddingProcessor(RegionTextProcessor):
             batch["labels"] = torch.tensor([float(m.label) for m in memes], dtype=torch.float32)
         return batch
 
+    def region_boxes(self, record: RegionRecord) -> np.ndarray:
+        """One box, the whole image: the head reads one pooled image vector, the explanation's one region
+        (the patch boxes of the store are never read)."""
+        height, width = record.image_size
+        return np.asarray([[0.0, 0.0, float(width), float(height)]], dtype=np.float32)
+
     # -- unfreeze_clip_layers > 0: the stored inputs of the last k layers ------------------------------
     def layer_inputs(self, regions: Sequence[RegionRecord]) -> dict[str, torch.Tensor]:
         """``vision_hidden`` [B, T, Dv] (the regions), ``text_hidden`` [B, L, Dt], ``text_mask`` [B, L],
@@ -339,6 +350,39 @@ class ClipFusionModel(MemeModel):
 
     def init_weights(self) -> None:
         """PyTorch's default Linear init, as the authors' head (nothing to redo)."""
+
+    # -- explanations: integrated gradients over the two pooled vectors --------------------------------
+    def attribution_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``text``: the text vector as one "token" [B, 1, Dt]; ``regions``: the image vector as one region
+        [B, 1, Di] (its box is the whole image). A per-modality attribution: the vectors do not say which
+        word or which part of the image mattered. Refused with unfrozen CLIP layers: they recompute the
+        vectors from the stored hidden states, so the batch's vectors do not reach the logit."""
+        if self.config.unfreeze_clip_layers:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.config.model_type} with unfreeze_clip_layers={self.config.unfreeze_clip_layers} "  # type: ignore[attr-defined]
+                "cannot be explained yet: its CLIP vectors come from the unfrozen layers, not the batch"
+            )
+        return {
+            "text": batch["text_feats"].detach().float().unsqueeze(1),
+            "regions": batch["image_feats"].detach().float().unsqueeze(1),
+        }
+
+    def attribution_baselines(
+        self, batch: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor], keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Zero vectors: no text, no image (the head then sees its projections' biases); ``keep`` is
+        unused, a pooled vector has no special tokens."""
+        return {name: torch.zeros_like(value) for name, value in inputs.items()}
+
+    def forward_from_inputs(self, batch: Mapping[str, torch.Tensor], **inputs: torch.Tensor) -> torch.Tensor:
+        """The hateful logit [B] with the CLIP vectors replaced by ``inputs`` (shaped as
+        :meth:`attribution_inputs` gives them)."""
+        batch = dict(batch)
+        if "text" in inputs:
+            batch["text_feats"] = inputs["text"].squeeze(1)
+        if "regions" in inputs:
+            batch["image_feats"] = inputs["regions"].squeeze(1)
+        return self(batch)
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
         raise ConfigError(f"{self.config.model_type} models have no text encoder to pretrain (MLM/ITM)")

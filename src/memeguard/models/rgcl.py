@@ -295,6 +295,16 @@ class RgclModel(ClipFusionModel):
             return self.knn_logits(embed, batch["ids"])
         return self.output(self.pre_output[-2:](embed)).squeeze(-1)
 
+    def attribution_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The CLIP heads' two vectors, unless the logit is the kNN vote (a count of neighbours' labels,
+        with no gradient to integrate): then a one-line refusal."""
+        if self.config.classifier == "knn":  # type: ignore[attr-defined]
+            raise ConfigError(
+                "rgcl with classifier=knn cannot be explained: its score is a vote of retrieved training "
+                "memes, not differentiable in the inputs (classifier=head is)"
+            )
+        return super().attribution_inputs(batch)
+
     # -- the memory ------------------------------------------------------------------------------
     def attach_memory(
         self, embeds: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, persistent: bool

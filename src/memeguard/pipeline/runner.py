@@ -506,9 +506,31 @@ class RecipeRunner:
             timings,
             self.recipe.name,
             self.run_predictions,
+            explain=self.gallery_explainer(),
         )
         student_dir = student.directory if student is not None else None
         return RunReport(self.out_dir, timings, fin_files, family_files, self.clean_dir, student_dir)
+
+    # -- the report's gallery explanations (after the ensemble, whose weights they use) ------------
+    def gallery_explainer(self) -> Any:
+        """The report gallery's attributions by the runs that predicted dev_seen, each from its store
+        (:mod:`memeguard.pipeline.explain`); None when no run did."""
+        from memeguard.names import DEV_SEEN
+        from memeguard.pipeline.explain import GalleryMember, gallery_explainer
+        from memeguard.training.distributed import resolve_device
+
+        members = []
+        for model in self.recipe.enabled_models:
+            for run in model.runs or []:
+                csv = (
+                    self.run_predictions.get(model.name, {}).get(run.name or str(run.seed), {}).get(DEV_SEEN)
+                )
+                if csv is not None and run.features is not None:
+                    name = run.name or str(run.seed)
+                    members.append(GalleryMember(model.name, name, csv.parent, self.store_path(run.features)))
+        return gallery_explainer(
+            members, self.out_dir, self.clean_dir, device=str(resolve_device(self.device))
+        )
 
     # -- distillation (after the ensemble, whose weights it reads) ---------------------------------
     def members_record(self) -> dict[str, dict[str, dict[str, str]]]:

@@ -3,134 +3,79 @@
 The method is integrated gradients through each model's input embeddings (see
 :mod:`memeguard.models.attribution` for why, the baselines and the model hook). This module is the glue
 for ``memeguard explain`` and ``explain=true`` over HTTP: it builds each ensemble member's batch through
-the scorer (the same extractor, rounding and processor as scoring), attributes the member's hateful
-logit, maps word pieces to the meme's words and regions to their pixel boxes, and draws a PNG.
-
-Numbers are in logit units. For each model the token and region attributions sum to
-``logit - baseline_logit`` up to ``delta`` (IG's approximation error). An ensemble's words and heat map
-are the members' attributions weighted by the ensemble weights (each member's in its own logit units).
-The PNG: the meme with each region's attribution spread over its box (attribution / box area, summed
-where boxes overlap; red pushes toward hateful, blue away, opacity by magnitude), and the words below,
-coloured the same way.
+the scorer (the same extractor, rounding and processor as scoring) and hands them to
+:mod:`memeguard.models.explanation`, which attributes each member's hateful logit, maps word pieces to the
+meme's words and regions to their pixel boxes, and draws the PNG (the report's gallery uses it too, from
+the runs' feature stores; its names are re-exported here).
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel, Field
+from PIL import Image
+from pydantic import Field
 
 from memeguard.errors import ConfigError
+from memeguard.models.explanation import (
+    MAX_ALPHA,
+    MAX_PNG_SIDE,
+    METHOD,
+    MIN_PNG_SIDE,
+    NEGATIVE_RGB,
+    POSITIVE_RGB,
+    Explanation,
+    MemberInput,
+    ModelExplanation,
+    RegionAttribution,
+    TokenAttribution,
+    WordAttribution,
+    explain_members,
+    region_heat,
+    render_png,
+    token_words,
+    words_of,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from memeguard.serving.scorer import MemeScorer
 
-# Torch and captum are imported when an explanation is computed, not with the response models (the HTTP
-# app imports them to describe its API).
-METHOD = "integrated_gradients"  # memeguard.models.attribution.METHOD
+__all__ = [
+    "DEFAULT_STEPS",
+    "HTTP_STEPS",
+    "MAX_ALPHA",
+    "MAX_PNG_SIDE",
+    "METHOD",
+    "MIN_PNG_SIDE",
+    "NEGATIVE_RGB",
+    "POSITIVE_RGB",
+    "Explanation",
+    "ExplanationResponse",
+    "ModelExplanation",
+    "RegionAttribution",
+    "TokenAttribution",
+    "WordAttribution",
+    "explain_files",
+    "explain_image",
+    "explanation_response",
+    "output_stems",
+    "region_heat",
+    "render_png",
+    "token_words",
+    "words_of",
+]
+
 DEFAULT_STEPS = 32
 HTTP_STEPS = 32  # fixed for the service: an explanation costs this many forward + backward passes
-MAX_PNG_SIDE = 1024  # the overlay is drawn on the meme scaled to at most this many pixels a side
-MIN_PNG_SIDE = 320  # ... and at least this many, so small memes stay readable
-POSITIVE_RGB = (220, 30, 30)  # toward hateful
-NEGATIVE_RGB = (30, 90, 230)  # away from hateful
-MAX_ALPHA = 170
-
-
-# ------------------------------------------------------------------------------------------ models
-
-
-class TokenAttribution(BaseModel):
-    token: str = Field(description="A word piece of the model's input, special tokens included")
-    word: int | None = Field(description="Index into 'words' of the word it belongs to; null for none")
-    attribution: float
-
-
-class WordAttribution(BaseModel):
-    word: str
-    attribution: float = Field(description="Sum of its word pieces' attributions (logit units)")
-
-
-class RegionAttribution(BaseModel):
-    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the scored image")
-    attribution: float
-
-
-class ModelExplanation(BaseModel):
-    """One ensemble member: tokens + regions sum to ``logit - baseline_logit`` up to ``delta``."""
-
-    model: str
-    weight: float = Field(description="The member's ensemble weight (normalised)")
-    method: Literal["integrated_gradients"] = METHOD
-    steps: int
-    logit: float
-    baseline_logit: float = Field(description="The logit with every word piece [PAD] and regions zeroed")
-    delta: float = Field(description="sum of attributions - (logit - baseline_logit): IG's error")
-    tokens: list[TokenAttribution]
-    words: list[WordAttribution]
-    regions: list[RegionAttribution]
-
-
-class Explanation(BaseModel):
-    """Why the models scored a meme as they did."""
-
-    text: str = Field(description="The text the models read")
-    image_size: list[int] = Field(description="width, height of the scored image")
-    method: Literal["integrated_gradients"] = METHOD
-    steps: int
-    words: list[WordAttribution] = Field(description="Ensemble-weighted word attributions")
-    models: list[ModelExplanation]
 
 
 class ExplanationResponse(Explanation):
     """What ``explain=true`` adds to an HTTP score: the explanation and its overlay PNG."""
 
     png_b64: str = Field(description="The overlay PNG, base64")
-
-
-# ------------------------------------------------------------------------------------------ words
-
-
-def words_of(text: str) -> list[tuple[int, int]]:
-    """Character spans of the whitespace-separated words of ``text`` (as the processor collapses it)."""
-    return [match.span() for match in re.finditer(r"\S+", text)]
-
-
-def token_words(tokenizer: Any, text: str, input_ids: Sequence[int], max_length: int) -> list[int | None]:
-    """For each position of ``input_ids``, the index of the word of ``text`` it comes from, or None.
-
-    The text is tokenised again with offsets; positions beyond what it yields (OSCAR's object tags) or
-    where the ids differ belong to no word.
-    """
-    encoded = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    spans = words_of(text)
-    starts = np.asarray([start for start, _ in spans])
-    out: list[int | None] = []
-    for k, token_id in enumerate(input_ids):
-        if k >= len(encoded["input_ids"]) or encoded["input_ids"][k] != token_id:
-            out.append(None)
-            continue
-        start, end = encoded["offset_mapping"][k]
-        out.append(int(np.searchsorted(starts, start, side="right") - 1) if end > start and spans else None)
-    return out
-
-
-def _sum_by_word(words: Sequence[str], owners: Sequence[int | None], values: np.ndarray) -> np.ndarray:
-    totals = np.zeros(len(words), dtype=np.float64)
-    for owner, value in zip(owners, values, strict=True):
-        if owner is not None:
-            totals[owner] += float(value)
-    return totals
-
-
-# ------------------------------------------------------------------------------------------ explain
 
 
 def explain_image(
@@ -145,165 +90,11 @@ def explain_image(
             f"explanations need the fp32 weights; these models run the {scorer.optimize} fast path "
             "(load the bundle with optimize='fp32', as `memeguard explain` does)"
         )
-    cleaned = " ".join(text.split())
-    words = [cleaned[start:end] for start, end in words_of(cleaned)]
-    totals = np.zeros(len(words))
-    members = []
-    total = sum(member.weight for member in scorer.members)
-    weights = [member.weight / total for member in scorer.members]  # as the scorer normalises them
-    for (member, records, batch), weight in zip(scorer.member_batches([image], [text]), weights, strict=True):
-        explained = _explain_member(member, records[0], batch, cleaned, words, steps, float(weight))
-        totals += float(weight) * np.asarray([w.attribution for w in explained.words])
-        members.append(explained)
-    return Explanation(
-        text=text,
-        image_size=[image.width, image.height],
-        steps=steps,
-        words=[WordAttribution(word=w, attribution=float(a)) for w, a in zip(words, totals, strict=True)],
-        models=members,
-    )
-
-
-def _explain_member(
-    member: Any, record: Any, batch: dict, text: str, words: list[str], steps: int, weight: float
-) -> ModelExplanation:
-    from memeguard.models.attribution import check_explainable, integrated_gradients, keep_mask
-
-    check_explainable(member.model, batch)
-    tokenizer = member.processor.tokenizer
-    (result,) = integrated_gradients(member.model, batch, keep_mask(batch, tokenizer.all_special_ids), steps)
-    ids = batch["input_ids"][0].tolist()
-    length = int(batch["attention_mask"][0].sum()) if "attention_mask" in batch else len(ids)
-    owners = token_words(tokenizer, text, ids[:length], member.processor.config.max_text_length)
-    text_attr = result.text[:length] if result.text is not None else np.zeros(length)
-    boxes = member.processor.region_boxes(record)
-    region_attr = result.regions if result.regions is not None else np.zeros(len(boxes))
-    return ModelExplanation(
-        model=member.name,
-        weight=weight,
-        steps=steps,
-        logit=result.logit,
-        baseline_logit=result.baseline_logit,
-        delta=result.delta,
-        tokens=[
-            TokenAttribution(token=token, word=owner, attribution=float(value))
-            for token, owner, value in zip(
-                tokenizer.convert_ids_to_tokens(ids[:length]), owners, text_attr, strict=True
-            )
-        ],
-        words=[
-            WordAttribution(word=w, attribution=float(a))
-            for w, a in zip(words, _sum_by_word(words, owners, text_attr), strict=True)
-        ],
-        regions=[
-            RegionAttribution(box=[float(v) for v in box], attribution=float(value))
-            for box, value in zip(boxes, region_attr[: len(boxes)], strict=True)
-        ],
-    )
-
-
-# ------------------------------------------------------------------------------------------ drawing
-
-
-def region_heat(
-    boxes: Sequence[Sequence[float]], values: Sequence[float], size: tuple[int, int], scale: float = 1.0
-) -> np.ndarray:
-    """[H, W] map (``size`` = (width, height)) where each box adds its attribution / its area (in pixels
-    of the map): a map whose sum over a box's pixels is that box's attribution."""
-    width, height = size
-    heat = np.zeros((height, width), dtype=np.float64)
-    for box, value in zip(boxes, values, strict=True):
-        x1, y1, x2, y2 = (float(v) * scale for v in box)
-        left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
-        right, bottom = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
-        if right > left and bottom > top:
-            heat[top:bottom, left:right] += float(value) / ((right - left) * (bottom - top))
-    return heat
-
-
-def _overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
-    peak = float(np.abs(heat).max()) or 1.0
-    level = heat / peak
-    rgba = np.zeros((*heat.shape, 4), dtype=np.uint8)
-    rgba[level > 0, :3] = POSITIVE_RGB
-    rgba[level < 0, :3] = NEGATIVE_RGB
-    rgba[..., 3] = np.round(np.abs(level) * MAX_ALPHA).astype(np.uint8)
-    return Image.alpha_composite(image.convert("RGBA"), Image.fromarray(rgba, "RGBA")).convert("RGB")
-
-
-def _word_colour(value: float, peak: float) -> tuple[int, int, int]:
-    """White blended toward red (positive) or blue (negative) by |value| / peak."""
-    share = min(1.0, abs(value) / peak) if peak > 0 else 0.0
-    target = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
-    return tuple(int(round(255 + (c - 255) * share)) for c in target)  # type: ignore[return-value]
-
-
-def _word_strip(words: Sequence[WordAttribution], width: int, legend: Sequence[str]) -> Image.Image:
-    """The words, wrapped to ``width`` and coloured by attribution, then the ``legend`` lines."""
-    font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
-    pad, line_height, legend_height = 6, 24, 16
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines: list[list[tuple[WordAttribution, int, int]]] = [[]]
-    x = pad
-    for word in words:
-        w = int(draw.textlength(word.word, font=font)) + 8
-        if x + w > width - pad and lines[-1]:
-            lines.append([])
-            x = pad
-        lines[-1].append((word, x, w))
-        x += w + 4
-    height = pad * 2 + line_height * len(lines) + legend_height * len(legend)
-    strip = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(strip)
-    peak = max((abs(w.attribution) for w in words), default=0.0)
-    for row, line in enumerate(lines):
-        top = pad + row * line_height
-        for word, left, w in line:
-            colour = _word_colour(word.attribution, peak)
-            draw.rectangle((left, top, left + w, top + line_height - 4), fill=colour)
-            draw.text((left + 4, top + 2), word.word, fill="black", font=font)
-    for row, text in enumerate(legend):
-        draw.text(
-            (pad, pad + len(lines) * line_height + row * legend_height), text, fill=(80, 80, 80), font=small
-        )
-    return strip
-
-
-def _short(name: str, limit: int = 24) -> str:
-    """A model name that fits the legend of a 320-pixel-wide PNG."""
-    return name if len(name) <= limit else name[: limit - 3] + "..."
-
-
-def _display_scale(width: int, height: int) -> float:
-    """Pixels of the PNG per pixel of the meme: the longer side between 320 and ``MAX_PNG_SIDE``."""
-    side = max(width, height)
-    return min(MAX_PNG_SIDE, max(MIN_PNG_SIDE, side)) / side
-
-
-def render_png(image: Image.Image, explanation: Explanation) -> bytes:
-    """The meme (its longer side scaled into 320..``MAX_PNG_SIDE``) with its region heat overlay and the
-    words below."""
-    scale = _display_scale(image.width, image.height)
-    shown = image.convert("RGB")
-    if scale != 1.0:
-        shown = shown.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    heat = np.zeros((shown.height, shown.width))
-    for member in explanation.models:
-        boxes = [region.box for region in member.regions]
-        values = [member.weight * region.attribution for region in member.regions]
-        heat += region_heat(boxes, values, shown.size, scale)
-    overlaid = _overlay(shown, heat)
-    legend = [f"red: toward hateful, blue: away (IG, {explanation.steps} steps)"] + [
-        f"{_short(m.model)}: logit {m.logit:+.2f} (baseline {m.baseline_logit:+.2f})"
-        for m in explanation.models
+    members = [
+        MemberInput(member.name, member.model, member.processor, records[0], batch, member.weight)
+        for member, records, batch in scorer.member_batches([image], [text])
     ]
-    strip = _word_strip(explanation.words, max(overlaid.width, MIN_PNG_SIDE), legend)
-    canvas = Image.new("RGB", (strip.width, overlaid.height + strip.height), "white")
-    canvas.paste(overlaid, (0, 0))
-    canvas.paste(strip, (0, overlaid.height))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return explain_members(members, text, (image.width, image.height), steps)
 
 
 def explanation_response(

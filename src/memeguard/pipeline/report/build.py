@@ -160,6 +160,7 @@ def _gallery(
     memes = {}
     if data_dir is not None and split_path(data_dir, DEV_SEEN).is_file():
         memes = {m.id: m for m in read_split(data_dir, DEV_SEEN)}
+    cards = gallery.gallery_html(worst, memes, data_dir, explain)  # first: a provider's notes come with it
     return [
         note(
             f"The {len(worst)} dev_seen memes {model} got most confidently wrong at "
@@ -171,7 +172,8 @@ def _gallery(
                 else "."
             )
         ),
-        gallery.gallery_html(worst, memes, data_dir, explain),
+        *[note(line) for line in getattr(explain, "notes", ())],  # e.g. members left out
+        cards,
     ]
 
 
