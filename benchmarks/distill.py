@@ -47,14 +47,29 @@ WIDE = (
     "{hidden_size: 128, num_attention_heads: 4, intermediate_size: 256, initializer_range: 0.1, "
     "hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
 )
-STUDENT = (
-    "{hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 128, "
-    "initializer_range: 0.1, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
-)
+# Candidate students: (feature set, its grid params, model overrides). A student reads its own coarse grid:
+# the default grid's 192-px working copy is most of the teacher's cost.
+NARROW = "hidden_size: 64, num_attention_heads: 2, intermediate_size: 128"
+NO_DROPOUT = "initializer_range: 0.1, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0"
+STUDENTS = {
+    # one whole-image region from an 8-px working copy, one narrow layer
+    "whole-8px": (
+        "grid1x8",
+        "{levels: [1], cell_px: 8}",
+        f"{{{NARROW}, num_hidden_layers: 1, {NO_DROPOUT}}}",
+    ),
+    # 2x2 quadrants + whole image (5 regions) from a 16-px working copy, one wide layer
+    "quad-16px": ("grid21x8", "{levels: [2, 1], cell_px: 8}", f"{{{WIDE[1:-1]}, num_hidden_layers: 1}}"),
+    # the same regions, two wide layers (the teacher's visualbert member on 5 instead of 41 regions)
+    "quad-16px-2l": ("grid21x8", "{levels: [2, 1], cell_px: 8}", f"{{{WIDE[1:-1]}, num_hidden_layers: 2}}"),
+}
 
 
-def recipe_text(epochs: int, student_epochs: int, temperature: float, alpha: float, seeds: str) -> str:
-    """The demo recipe with a weighted-mean ensemble and a distill stage on coarse grid features."""
+def recipe_text(args: argparse.Namespace) -> str:
+    """The demo recipe with a weighted-mean ensemble and a distill stage for ``args.student`` on its own
+    coarse grid features (the teacher's stages stay cached across students)."""
+    epochs, student_epochs, seeds = args.epochs, args.student_epochs, args.seeds
+    feature_set, grid_params, overrides = STUDENTS[args.student]
     tiny = "batch_size: 16, sum_loss: false, clip: 1.0, swa: none, eval_every: 0"
     train = f"{{lr: 1.5e-3, epochs: {epochs}, {tiny}}}"
     models = "".join(
@@ -64,13 +79,14 @@ def recipe_text(epochs: int, student_epochs: int, temperature: float, alpha: flo
     )
     student_train = (
         f"{{lr: 1.5e-3, epochs: {student_epochs}, {tiny}, "
-        f"distill_temperature: {temperature}, distill_alpha: {alpha}}}"
+        f"distill_temperature: {args.temperature}, distill_alpha: {args.alpha}}}"
     )
     return (
         "name: distill-bench\nclean: true\nfeatures:\n  grid: {extractor: grid}\n"
-        "  coarse: {extractor: grid, params: {levels: [1], cell_px: 8}}\n"
+        f"  {feature_set}: {{extractor: grid, params: {grid_params}}}\n"
         f"models:\n{models}ensemble: {{method: simplex}}\n"
-        f"distill: {{model: visualbert-tiny, features: coarse, seed: 7, overrides: {STUDENT}, "
+        f"distill: {{name: {args.student}, model: visualbert-tiny, features: {feature_set}, seed: 7, "
+        f"overrides: {overrides}, "
         f"train: {student_train}}}\n"
     )
 
@@ -130,6 +146,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="teacher epochs (the demo's)")
     parser.add_argument("--student-epochs", type=int, default=12)
     parser.add_argument("--seeds", default="43, 44", help="teacher seeds per architecture (the demo's)")
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="whole-8px")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
@@ -148,13 +165,13 @@ def main() -> None:
     data = args.work / "data"
     if not (data / split_file("test_unseen")).is_file():
         generate_synthetic(data, n=args.n, seed=0, progress=False)
-    recipe = args.work / "recipe.yaml"
-    recipe.write_text(recipe_text(args.epochs, args.student_epochs, args.temperature, args.alpha, args.seeds))
+    recipe = args.work / f"recipe-{args.student}.yaml"  # one per student: students may run side by side
+    recipe.write_text(recipe_text(args))
     out = args.work / "out"
     start = time.perf_counter()
     report = run_recipe(recipe, data, out, workers=args.workers)
     assert report.student_dir is not None
-    hard = hard_label_student(report.student_dir, args.work / "hard")
+    hard = hard_label_student(report.student_dir, args.work / f"hard-{args.student}")
     print(f"pipeline + students trained in {time.perf_counter() - start:.0f}s")
 
     torch.set_num_threads(args.threads)
