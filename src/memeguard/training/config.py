@@ -157,11 +157,6 @@ class TrainConfig(RunConfig):
     backbone_keywords: tuple[str, ...] = Field(
         ("encoder", "embeddings", "pooler"), description="Parameter-name parts of the backbone."
     )
-    freeze_word_embeddings: bool = Field(
-        False,
-        description="Keep the word-piece embedding fixed: a from-scratch tiny model on a small vocabulary "
-        "learns as well with its random rows, and skips the 30k-row gradient and AdamW step.",
-    )
     swa: SwaMode = Field(
         "none",
         description="Weight averaging: torch (AveragedModel + SWALR) or contrib (torchcontrib's auto mode).",

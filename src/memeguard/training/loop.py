@@ -417,8 +417,6 @@ def _train(
     train_set = MemeRegionDataset(p.train, p.regions)
     batches_per_epoch = len(rank_batches(len(train_set), cfg, 0, info))
     total = math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs
-    if cfg.freeze_word_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
     groups = parameter_groups(
         model,
         lr=cfg.lr,
