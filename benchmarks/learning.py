@@ -37,6 +37,7 @@ width-128 models, lr 1.5e-3, init std 0.1). First update with dev AUROC >= 0.9 (
     grid levels (2, 1): 5 regions, -40 % CPU/run   - (726)   - (798)    - (798)     U44 - (759; was ~500)
     frozen word embedding alone                    - (561)                          (0.59 at 495: slower)
     embeddings + head at 3x lr                     363       561        528
+    the same, seed 45 (the demo's settings)        V45 330   U45 - (gave up at 627)   O45 627
 
 "embeddings + head at 3x lr" is ``head_lr_mult: 3, backbone_keywords: [encoder, pooler]``: the word-piece,
 position and region embeddings and the classifier learn at 4.5e-3, the transformer layers at 1.5e-3. The
