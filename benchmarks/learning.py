@@ -43,7 +43,10 @@ width-128 models, lr 1.5e-3, init std 0.1). First update with dev AUROC >= 0.9 (
 position and region embeddings and the classifier learn at 4.5e-3, the transformer layers at 1.5e-3. The
 frozen-embedding rows show why it works: the noun's embedding rows have to move for a model to leave the
 plateau (frozen, V43 is at 0.59 where it is at 0.92 unfrozen), and a faster embedding lr moves them sooner.
-The demo recipe uses it, with patience 2 and ``early_stop_give_up_after: 627``.
+The demo recipe uses it, with patience 2 and ``early_stop_give_up_after: 627``. The whole demo with it
+(2026-12-02, shared machine at load 8-19): rule found at V43 363, V44 330, U43 561, U44 495, O43 528, O44 gave
+up at 627; 7062 updates over the 12 runs; 445 s CPU (user+sys; 515 s before); ENSEMBLE AUROC dev_seen 0.976,
+test_seen 0.972, test_unseen 0.968.
 
     .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000]
         [--models visualbert-tiny lxmert-tiny] [--train-seeds 0 1 2 3] [--label-noise 0.03]
