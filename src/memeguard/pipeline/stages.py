@@ -117,7 +117,12 @@ def run_finetune(
     if length_from is not None:
         from memeguard.training.loop import updates_taken
 
-        stop = {"early_stop_patience": 0, "select_best": False, "eval_every": 0}
+        stop = {
+            "early_stop_patience": 0,
+            "early_stop_give_up_after": None,
+            "select_best": False,
+            "eval_every": 0,
+        }
         params = {**params, **stop, "max_updates": updates_taken(length_from)}
     cfg = TrainConfig(
         model=model.model,

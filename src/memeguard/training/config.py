@@ -187,6 +187,12 @@ class TrainConfig(RunConfig):
         description="Evaluations count towards the patience only once eval AUROC has reached this "
         "(a run on a learning plateau is not stopped before it leaves it).",
     )
+    early_stop_give_up_after: int | None = Field(
+        None,
+        gt=0,
+        description="With early_stop_patience: stop at the first evaluation from update N on if eval AUROC "
+        "has never reached early_stop_after_auroc (a run still on its plateau rarely leaves it late).",
+    )
     max_updates: int | None = Field(
         None,
         gt=0,
@@ -261,6 +267,8 @@ class TrainConfig(RunConfig):
             raise ValueError("select_best needs an eval_split")
         if self.early_stop_patience and not (self.eval_split and self.eval_every):
             raise ValueError("early_stop_patience needs an eval_split and eval_every > 0")
+        if self.early_stop_give_up_after and not self.early_stop_patience:
+            raise ValueError("early_stop_give_up_after needs early_stop_patience")
         return self
 
 

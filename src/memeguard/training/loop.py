@@ -13,10 +13,11 @@ Differences from vilio, on purpose:
 Early stopping (``early_stop_patience``, not in vilio): after every evaluation (each ``eval_every`` updates)
 the run stops once ``early_stop_patience`` evaluations in a row have not raised eval AUROC by
 ``early_stop_min_delta`` over the best so far; evaluations only count once eval AUROC has reached
-``early_stop_after_auroc`` (a model still on a learning plateau is not stopped). The lr schedule still spans
-``epochs`` (stopping cuts it short, it does not compress it). The run keeps its last weights, or with
-``select_best`` the best evaluation's. The stop is checkpointed as "no epoch left", so a run killed after
-it resumes straight to its outputs. ``DONE`` records the updates taken (``updates``) and, when the best
+``early_stop_after_auroc`` (a model still on a learning plateau is not stopped), and with
+``early_stop_give_up_after`` a run that has not reached it by that update stops there. The lr schedule
+still spans ``epochs`` (stopping cuts it short, it does not compress it). The run keeps its last weights,
+or with ``select_best`` the best evaluation's. The stop is checkpointed as "no epoch left", so a run killed
+after it resumes straight to its outputs. ``DONE`` records the updates taken (``updates``) and, when the best
 weights replaced the last, ``metrics.best_update``: :func:`updates_taken` reads the two as the updates the
 kept weights had, which the pipeline gives the matching traindev run as ``max_updates`` (traindev holds
 the eval split, so it cannot stop on it; it trains for as long as its train run needed).
@@ -536,12 +537,16 @@ def _train_epoch(
 
 def stop_after_update(cfg: TrainConfig, state: RunState, tracker: _Tracker, evaluated: bool) -> bool:
     """Whether training ends now: ``max_updates`` reached, or (right after an evaluation) the early-stop
-    patience used up. Only rank 0 evaluates, so its decision is shared: every rank stops together."""
+    patience used up or, from ``early_stop_give_up_after`` on, ``early_stop_after_auroc`` never reached.
+    Only rank 0 evaluates, so its decision is shared: every rank stops together."""
     if cfg.max_updates is not None and state.updates >= cfg.max_updates:
         return True
     if not (cfg.early_stop_patience and evaluated):
         return False
-    return ddp.broadcast_flag(tracker.stale_evals >= cfg.early_stop_patience, state.info, state.device)
+    give_up = cfg.early_stop_give_up_after is not None and state.updates >= cfg.early_stop_give_up_after
+    never_reached = tracker.stop_best == -math.inf  # track_stop sets it from early_stop_after_auroc on
+    stop = tracker.stale_evals >= cfg.early_stop_patience or (give_up and never_reached)
+    return ddp.broadcast_flag(stop, state.info, state.device)
 
 
 def _finish(
