@@ -25,10 +25,7 @@ position               4   box centre x, y and width, height as fractions of the
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
@@ -39,6 +36,7 @@ from scipy import ndimage
 from memeguard.errors import ConfigError
 from memeguard.features.extractor import BaseExtractor, ExtractorOptions, ExtractorParams
 from memeguard.features.record import RegionRecord
+from memeguard.threads import map_in_threads
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"rgb_mean_{c}" for c in "rgb"),
@@ -78,32 +76,9 @@ _NUM_CHANNELS = _EDGE + 2 + ORIENT_BINS
 # of zeros and ones is the exact count, so counting gives the same bits for a third of the work.
 _NOT_CHROMATIC = HUE_BINS  # hue code of a pixel outside every hue bin
 
-# Images of one ``extract`` call are featurised in parallel threads: PIL and most numpy/scipy work here
-# release the GIL, so a batch uses every core while each image's features stay exactly the one-image ones.
-MAX_THREADS = min(
-    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child the pool's threads do not exist: start a new pool there rather than hang on it."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _thread_pool() -> ThreadPoolExecutor:
-    """The process-wide pool (created on first use: importing the module starts no threads)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="memeguard-grid")
-        return _pool
+# Images of one ``extract`` call are featurised in parallel threads (memeguard.threads): PIL and most
+# numpy/scipy work here release the GIL, so a batch uses every core while each image's features stay exactly
+# the one-image ones.
 
 
 def _pixel_channels(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -327,10 +302,8 @@ class GridExtractor(BaseExtractor):
     ) -> dict[str, list[RegionRecord]]:
         if len(images) != len(meme_ids):
             raise ValueError(f"{len(images)} images but {len(meme_ids)} meme ids")
-        if len(images) < 2 or MAX_THREADS < 2:
-            pairs = zip(images, meme_ids, strict=True)
-            return {"default": [self.extract_one(image, meme_id) for image, meme_id in pairs]}
-        return {"default": list(_thread_pool().map(self.extract_one, images, meme_ids))}
+        pairs = list(zip(images, meme_ids, strict=True))
+        return {"default": map_in_threads(lambda pair: self.extract_one(*pair), pairs, purpose="grid")}
 
     def meta(self) -> dict[str, Any]:
         return {

@@ -16,43 +16,11 @@ its neighbours' share the cores, where one meme at a time can only use one.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-R = TypeVar("R")
-# One thread per core (at most 4): more only adds switching between threads that need the same cores.
-POOL_THREADS = min(
-    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child the pool's threads do not exist: start a new pool there rather than hang on it."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def map_in_threads(function: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``[function(item) for item in items]``, spread over a process-wide pool when there are several; the
-    results and any exception are exactly those of the loop (the first failing item's exception)."""
-    global _pool
-    if len(items) < 2 or POOL_THREADS < 2:
-        return [function(item) for item in items]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="memeguard-batch")
-    return list(_pool.map(function, items))
+from memeguard.threads import POOL_THREADS, map_in_threads  # noqa: F401 - decoding in a batch (http, scorer)
 
 
 class _Stop:
