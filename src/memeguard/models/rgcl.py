@@ -45,23 +45,13 @@ import torch.nn.functional as F
 from memeguard.errors import ConfigError
 from memeguard.models.base import VLConfig
 from memeguard.models.checkpoints import OriginalLayout, has_prefix, rename_unique
-from memeguard.models.clip_heads import ClipFusionModel, ClipHeadConfig
+from memeguard.models.clip_heads import HATECLIPPER_TRAIN_DEFAULTS, ClipFusionModel, ClipHeadConfig
 from memeguard.models.registry import register_architecture, register_config
 
-# experiments.sh: batch 64, lr 1e-4, 30 epochs, grad clip 0.1, no lr schedule; the authors' AdamW is built
-# with lr only, so its weight decay is torch's default 0.01. Our trainer decays the lr linearly (warmup 0).
-RGCL_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-4,
-    "weight_decay": 0.01,
-    "batch_size": 64,
-    "epochs": 30,
-    "clip": 0.1,
-    "warmup_ratio": 0.0,
-    "sum_loss": False,
-    "swa": "none",
-    "select_best": True,
-    "eval_every": 133,  # one epoch of batch 64 on HM's 8,500 training memes: the best epoch is kept
-}
+# experiments.sh: Hate-CLIPper's settings (batch 64, lr 1e-4, grad clip 0.1, no lr schedule) for 30 epochs;
+# the authors' AdamW is built with lr only, so its weight decay is torch's default 0.01. Our trainer decays
+# the lr linearly (warmup 0).
+RGCL_TRAIN_DEFAULTS: dict[str, Any] = {**HATECLIPPER_TRAIN_DEFAULTS, "weight_decay": 0.01, "epochs": 30}
 # Cosine above which a query with a memory entry's id is that entry (the same meme, same weights).
 SAME_EMBEDDING = 0.9999
 # A probability of exactly 0 or 1 from the vote becomes a finite logit.

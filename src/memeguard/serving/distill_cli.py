@@ -58,19 +58,6 @@ def teacher_scores(teacher: Path, device: str):  # type: ignore[no-untyped-def]
     return ensemble_scores(ensemble_teacher(teacher), device=device)
 
 
-def _apply_tiny(ctx: typer.Context, values: dict[str, Any]) -> None:
-    """``--tiny``: TINY_DEFAULTS under the options given explicitly (as ``memeguard train --tiny``)."""
-    from memeguard.training.config import TINY_DEFAULTS
-
-    for key, value in TINY_DEFAULTS.items():
-        if key == "model_overrides":
-            values[key] = {**value, **values[key]}
-            continue
-        source = ctx.get_parameter_source(key)
-        if source is None or source.name == "DEFAULT":
-            values[key] = value
-
-
 def _parameters() -> list[inspect.Parameter]:
     def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -97,7 +84,10 @@ def distill_command(
 
     values = config_values({**options, "model_overrides": options["model_overrides"]})
     if tiny:
-        _apply_tiny(ctx, values)
+        from memeguard.training.cli import apply_defaults
+        from memeguard.training.config import TINY_DEFAULTS
+
+        apply_defaults(ctx, values, TINY_DEFAULTS)  # as ``memeguard train --tiny``
     paths = {key: values.pop(key) for key in ("features", "data_dir", "out_dir")}
     cfg = student_config(student, paths["features"], paths["data_dir"], paths["out_dir"], extra, **values)
     result = distill(cfg, teacher_scores(teacher, cfg.device))
