@@ -78,3 +78,19 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def runs_with_dev_predictions(runs: list[Path], ids: list[int], results: list, root: Path) -> list[Path]:
+    """Copies of ``runs`` under ``root``, each with the dev_seen.csv ``memeguard train`` would have written
+    (its member probabilities from the scorer's ``results``): what ``export`` needs to pick a threshold."""
+    import shutil
+
+    from memeguard.data.predictions import write_predictions
+
+    copies = []
+    for run in runs:
+        copy = root / run.name
+        shutil.copytree(run, copy)
+        write_predictions(copy / "dev_seen.csv", ids, [r.per_model[run.name] for r in results])
+        copies.append(copy)
+    return copies

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving_helpers import runs_with_dev_predictions
 from typer.testing import CliRunner
 
 from memeguard.cli import app
@@ -34,14 +35,7 @@ def trained(served, scorer, tmp_path_factory):
     """Copies of the two runs, each with the dev_seen.csv that ``memeguard train`` would have written."""
     root = tmp_path_factory.mktemp("bundle_runs")
     results = scorer.score_batch(items(served))
-    runs = []
-    for run in served.runs:
-        copy = root / run.name
-        shutil.copytree(run, copy)
-        probas = [r.per_model[run.name] for r in results]
-        write_predictions(copy / "dev_seen.csv", served.ids, probas)
-        runs.append(copy)
-    return runs, results
+    return runs_with_dev_predictions(served.runs, served.ids, results, root), results
 
 
 @pytest.fixture(scope="module")

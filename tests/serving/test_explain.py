@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import runs_with_dev_predictions
 from typer.testing import CliRunner
 
 from memeguard.cli import app
@@ -298,21 +299,13 @@ def test_synthetic_ground_truth_boxes_and_noun():
 
 def test_a_bundle_explains_like_its_runs(served, scorer, explained, tmp_path):
     """A bundle (its fp32 safetensors members) gives the explanation of the runs it was exported from."""
-    import shutil
-
-    from memeguard.data.predictions import write_predictions
     from memeguard.serving.bundle import export_bundle, load_scorer
 
     image, text, expected = explained
     results = scorer.score_batch(
         [(served.image(i), t) for i, t in zip(served.ids, served.texts, strict=True)]
     )
-    runs = []
-    for run in served.runs:
-        copy = tmp_path / run.name
-        shutil.copytree(run, copy)
-        write_predictions(copy / "dev_seen.csv", served.ids, [r.per_model[run.name] for r in results])
-        runs.append(copy)
+    runs = runs_with_dev_predictions(served.runs, served.ids, results, tmp_path)
     export_bundle(runs, tmp_path / "bundle", data_dir=served.data_dir)
     got = explain_image(load_scorer(tmp_path / "bundle", device="cpu"), image, text, steps=STEPS)
     for mine, theirs in zip(got.models, expected.models, strict=True):

@@ -10,11 +10,11 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from serving_helpers import runs_with_dev_predictions
 from typer.testing import CliRunner
 
 from memeguard.cli import app
 from memeguard.data.metrics import auroc
-from memeguard.data.predictions import write_predictions
 from memeguard.errors import CheckpointError, ConfigError
 from memeguard.models import create_model, get_config, list_models
 from memeguard.models.fast import (
@@ -161,13 +161,7 @@ def runs(served, tmp_path_factory):
     """The serving fixture's two runs, each with the dev_seen.csv that ``memeguard train`` writes."""
     root = tmp_path_factory.mktemp("optimize_runs")
     results = MemeScorer.from_runs(served.runs, device="cpu").score_batch(items(served))
-    copies = []
-    for run in served.runs:
-        copy = root / run.name
-        shutil.copytree(run, copy)
-        write_predictions(copy / "dev_seen.csv", served.ids, [r.per_model[run.name] for r in results])
-        copies.append(copy)
-    return copies
+    return runs_with_dev_predictions(served.runs, served.ids, results, root)
 
 
 @pytest.fixture(scope="module")
