@@ -63,8 +63,24 @@ class Tally:
 
     top: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     random: dict[tuple[str, int], list[float]] = field(default_factory=dict)
-    # group -> [(top region on the object, chance of a random region, top word is the noun, 1 / words)]
-    located: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+    # group -> [(top region on the object, chance of a random region, hottest overlay pixel on the object,
+    #            share of the image inside the object boxes, top word is the noun, 1 / words)]
+    located: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
+    deltas: list[float] = field(default_factory=list)  # |IG delta| / |logit - baseline logit|
+
+
+def reference_inputs(scorer, data: Path, count: int, seed: int):
+    """``count`` train memes drawn with ``seed``, as (attribution inputs, keep mask) of the one model."""
+    from memeguard.data.hm import load_jsonl
+    from memeguard.models.attribution import keep_mask
+    from memeguard.serving.scorer import load_image
+
+    train_memes = load_jsonl(data / "train.jsonl")
+    chosen = [train_memes[i] for i in np.random.default_rng(seed + 1).choice(len(train_memes), count, False)]
+    images = [load_image(data / meme.img, str(meme.img)) for meme in chosen]
+    ((member, _, batch),) = scorer.member_batches(images, [meme.text for meme in chosen])
+    keep = keep_mask(batch, member.processor.tokenizer.all_special_ids)
+    return member.model.attribution_inputs(batch), keep
 
 
 def train(work: Path, data: Path, store: Path, seed: int) -> Path:
@@ -100,6 +116,21 @@ def covered(box: np.ndarray, truth_boxes: tuple) -> bool:
     return False
 
 
+def hottest_pixel_hit(boxes: np.ndarray, values: np.ndarray, size: tuple[int, int], truth_boxes: tuple):
+    """(the overlay's hottest pixel toward the decision lies in a truth box, share of pixels that do).
+
+    The heat is what the PNG draws (``region_heat``: each region's attribution spread over its box,
+    summed where boxes overlap), in the meme's own pixels; ties go to the first pixel in reading order."""
+    from memeguard.models.explanation import region_heat
+
+    heat = region_heat(boxes, values, size)
+    inside = np.zeros(heat.shape, dtype=bool)
+    for x1, y1, x2, y2 in truth_boxes:
+        inside[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return float(inside[y, x]), float(inside.mean())
+
+
 def deletion_drops(model, batch, inputs, base, key, groups, order, ks, draws, rng, sign, logit):
     """(top-k drop, mean random-k drop) per k: rows of ``inputs[key]`` in each group set to the baseline."""
     from memeguard.models.attribution import logit_from
@@ -121,13 +152,17 @@ def deletion_drops(model, batch, inputs, base, key, groups, order, ks, draws, rn
     return out
 
 
-def attribute(model, batch, keep, steps, per_modality):
-    """IG from the model's joint baseline, or (``per_modality``) each modality from its own removal with
-    the other kept: words given the image, regions given the text (two runs of ``steps // 2``)."""
-    from memeguard.models.attribution import integrated_gradients
+def attribute(model, batch, keep, steps, method, references):
+    """IG from the model's joint baseline (``joint``), from each of the reference memes (``references``:
+    expected gradients, ``steps`` shared out over the paths), or (``per-modality``) each modality from its
+    own removal with the other kept: words given the image, regions given the text (``steps // 2`` each)."""
+    from memeguard.models.attribution import integrated_gradients, reference_baselines
 
-    if not per_modality:
+    if method == "joint":
         return integrated_gradients(model, batch, keep, steps)[0]
+    if method == "references":
+        baselines = reference_baselines(model, batch, keep, *references)
+        return integrated_gradients(model, batch, keep, steps, baselines=baselines)[0]
     inputs = model.attribution_inputs(batch)
     base = model.attribution_baselines(batch, inputs, keep)
     words = integrated_gradients(model, batch, keep, steps // 2, baselines={**inputs, "text": base["text"]})[
@@ -140,7 +175,7 @@ def attribute(model, batch, keep, steps, per_modality):
     return words
 
 
-def explain_meme(scorer, image, text, truth, label, args, rng, tally):
+def explain_meme(scorer, image, text, truth, label, args, rng, tally, references):
     from memeguard.models.attribution import keep_mask
     from memeguard.serving.explain import token_words
 
@@ -148,7 +183,10 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally):
     ((member, records, batch),) = scorer.member_batches([image], [text])
     model, processor = member.model, member.processor
     keep = keep_mask(batch, processor.tokenizer.all_special_ids)
-    result = attribute(model, batch, keep, steps, args.per_modality)
+    result = attribute(model, batch, keep, steps, args.baseline, references)
+    change = result.logit - result.baseline_logit
+    if abs(change) > 1e-3:
+        tally.deltas.append(abs(result.delta) / abs(change))
     inputs = model.attribution_inputs(batch)
     base = model.attribution_baselines(batch, inputs, keep)
     logit, sign = result.logit, (1.0 if result.logit >= 0 else -1.0)
@@ -172,16 +210,19 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally):
     hits = [covered(box, truth.boxes) for box in boxes]
     top_word = words[int(np.argmax(sign * word_attr))].strip(".,!?:;'\"").lower()
     row = (float(hits[int(np.argmax(sign * result.regions))]), float(np.mean(hits)))
+    row += hottest_pixel_hit(boxes, sign * result.regions, image.size, truth.boxes)
     row += (float(top_word == truth.noun), 1.0 / len(words))
     groups = ["hateful" if label == 1 else "benign"]
-    if not args.per_modality and abs(logit - result.baseline_logit) > EXPLAINED:
+    if args.baseline != "per-modality" and abs(logit - result.baseline_logit) > EXPLAINED:
         groups.append(f"{groups[0]}, |logit - baseline| > {EXPLAINED:g}")
     for group in groups:
         tally.located.setdefault(group, []).append(row)
 
 
 def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float) -> None:
-    print(f"\nexplained {n_memes} dev_seen memes with IG ({steps} steps) in {seconds:.1f} s")
+    print(f"\nexplained {n_memes} dev_seen memes with IG ({steps} steps) in {seconds:.1f} s CPU")
+    if tally.deltas:
+        print(f"|delta| / |logit - baseline logit|: median {np.median(tally.deltas):.4f}")
     print(f"\n{'deletion':<10}{'k':>3}{'top-k drop':>12}{'random-k drop':>15}{'ratio':>8}  (logit, toward 0)")
     for key, name in (("text", "words"), ("regions", "regions")):
         for k in ks:
@@ -191,12 +232,13 @@ def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float
             ratio = f"{top / rand:8.2f}" if rand > 1e-3 else "     n/a"  # random deletions move nothing
             print(f"{name:<10}{k:>3}{top:>12.3f}{rand:>15.3f}{ratio}")
     print("\nlocalisation, correctly scored memes (top = largest attribution toward the decision)")
-    header = f"{'memes':<44}{'n':>4}{'region on object':>18}{'chance':>8}{'word = noun':>13}{'chance':>8}"
-    print(header)
+    header = f"{'memes':<44}{'n':>4}{'region on object':>18}{'chance':>8}{'hottest pixel':>15}{'chance':>8}"
+    print(header + f"{'word = noun':>13}{'chance':>8}")
     for group, rows in tally.located.items():
-        region, region_chance, noun, noun_chance = np.mean(np.asarray(rows), axis=0)
+        region, region_chance, pixel, pixel_chance, noun, noun_chance = np.mean(np.asarray(rows), axis=0)
         print(
-            f"{group:<44}{len(rows):>4}{region:>18.3f}{region_chance:>8.3f}{noun:>13.3f}{noun_chance:>8.3f}"
+            f"{group:<44}{len(rows):>4}{region:>18.3f}{region_chance:>8.3f}{pixel:>15.3f}{pixel_chance:>8.3f}"
+            f"{noun:>13.3f}{noun_chance:>8.3f}"
         )
 
 
@@ -216,9 +258,18 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="explain at most this many dev memes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--per-modality",
+        "--baseline",
+        choices=("joint", "references", "per-modality"),
+        default="joint",
+        help="joint: [PAD] words and zero regions (the product's default); references: expected gradients "
+        "from --references train memes; per-modality: words from [PAD] with the image kept, regions from "
+        "zeros with the text kept",
+    )
+    parser.add_argument("--references", type=int, default=4, help="train memes for --baseline references")
+    parser.add_argument(
+        "--untinted",
         action="store_true",
-        help="compare: words from [PAD] with the image kept, regions from zeros with the text kept",
+        help="the set whose scene light is neutral: only the salient object carries the colour family",
     )
     args = parser.parse_args()
 
@@ -231,21 +282,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    data, store = prepare(args.work, args.n, args.seed, args.label_noise)
-    run = train(args.work, data, store, args.seed)
+    # One folder per set, so each keeps its data, features and trained model.
+    work = args.work / f"noise{args.label_noise:g}-{'plain' if args.untinted else 'tinted'}"
+    data, store = prepare(work, args.n, args.seed, args.label_noise, tinted_light=not args.untinted)
+    run = train(work, data, store, args.seed)
     print(f"data, features and {MODEL}: {time.perf_counter() - started:.1f} s ({run})")
     scorer = MemeScorer.from_runs([run], device="cpu")
     meta = json.loads((data / SYNTH_META_FILE).read_text())
     memes = load_jsonl(data / "dev_seen.jsonl")[: args.limit]
     rng, tally = np.random.default_rng(args.seed), Tally()
-    started = time.perf_counter()
+    references = reference_inputs(scorer, data, args.references, args.seed)
+    started = time.process_time()
     for meme in memes:
         truth = salient_truth(meta["memes"][str(meme.id)], meme.text)
         image = load_image(data / meme.img, str(meme.img))
-        explain_meme(scorer, image, meme.text, truth, meme.label, args, rng, tally)
-    baselines = "per modality (the other kept)" if args.per_modality else "joint (the product's)"
-    print(f"baselines: {baselines}")
-    report(tally, args.k, args.steps, len(memes), time.perf_counter() - started)
+        explain_meme(scorer, image, meme.text, truth, meme.label, args, rng, tally, references)
+    light = "neutral light (only the object has the colour family)" if args.untinted else "tinted light"
+    print(f"set: label noise {args.label_noise:g}, {light}; baselines: {args.baseline}")
+    report(tally, args.k, args.steps, len(memes), time.process_time() - started)
 
 
 if __name__ == "__main__":

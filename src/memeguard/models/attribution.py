@@ -12,7 +12,7 @@ baselines and the forward from them come from the model (``MemeModel.attribution
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,29 +95,105 @@ def check_steps(steps: int) -> int:
     return steps
 
 
+def reference_baselines(
+    model: MemeModel,
+    batch: Mapping[str, torch.Tensor],
+    keep: torch.Tensor,
+    references: Mapping[str, torch.Tensor],
+    reference_keep: torch.Tensor,
+) -> list[dict[str, torch.Tensor]]:
+    """One baseline per reference meme (expected gradients, Erion et al. 2021): the memes of ``batch``
+    with their word pieces replaced, in order, by the reference's and their region rows by its rows.
+
+    Why: the "absent" baseline ([PAD] words, zero regions) is a meme no model was trained on, and a model
+    may score it as confidently as a real one (on the synthetic set a saturated model scores it +9 like
+    every hateful meme, leaving IG nothing to distribute). Real memes average to the data's own score, so
+    the attributions explain "why this meme rather than a typical one". ``references``: the reference
+    memes' :meth:`~MemeModel.attribution_inputs` [K, ...] and ``reference_keep`` [K, T'] their
+    :func:`keep_mask`. Word positions beyond a shorter reference's words keep the [PAD] baseline, region
+    rows beyond its regions stay zero; special tokens and padding keep their own embedding as before.
+    """
+    inputs = model.attribution_inputs(batch)
+    absent = model.attribution_baselines(batch, inputs, keep)
+    out = []
+    for k in range(next(iter(references.values())).shape[0]):
+        base = {name: value.clone() for name, value in absent.items()}
+        if "text" in base and "text" in references:
+            pieces = references["text"][k][~reference_keep[k].to(references["text"].device)]
+            for row in range(base["text"].shape[0]):
+                slots = torch.nonzero(~keep[row]).flatten()[: pieces.shape[0]]
+                base["text"][row, slots] = pieces[: slots.numel()].to(base["text"].dtype)
+        if "regions" in base and "regions" in references:
+            rows = min(base["regions"].shape[1], references["regions"].shape[1])
+            base["regions"][:, :rows] = references["regions"][k, :rows].to(base["regions"].dtype)
+        out.append(base)
+    return out
+
+
 def integrated_gradients(
     model: MemeModel,
     batch: Mapping[str, torch.Tensor],
     keep: torch.Tensor,
     steps: int = 32,
     internal_batch_size: int | None = None,
-    baselines: Mapping[str, torch.Tensor] | None = None,
+    baselines: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> list[Attribution]:
     """IG attributions of every meme of ``batch``, summed over each token's and region's vector.
 
     ``keep`` [B, T]: the text positions the baseline keeps (:func:`keep_mask`). ``steps``: Gauss-Legendre
     points along the straight path; 32 keeps ``delta`` under 1 % of the logit change on the tiny models,
     at the cost of ``steps`` forward and backward passes. ``baselines``: other starting points than
-    the model's (``benchmarks/explain.py`` compares one modality removed at a time).
+    the model's (``benchmarks/explain.py`` compares one modality removed at a time), or a list of them
+    (:func:`reference_baselines`): then ``steps`` is shared out (``steps // len(baselines)`` points per
+    path, at least one) and the attributions, logit and delta are the means over the paths, so they still
+    sum to ``logit - baseline_logit`` with ``baseline_logit`` the mean of the baselines' logits.
     """
     check_steps(steps)
     check_explainable(model, batch)
     if model.training:
         raise ConfigError("explain a model in eval mode (dropout would make the path integral random)")
     inputs = model.attribution_inputs(batch)
-    names = tuple(inputs)
     if baselines is None:
         baselines = model.attribution_baselines(batch, inputs, keep)
+    if isinstance(baselines, Mapping):
+        return _integrate(model, batch, inputs, baselines, steps, internal_batch_size)
+    if not baselines:
+        raise ConfigError("integrated gradients from a list of baselines needs at least one")
+    paths = len(baselines)
+    tiled = tile_batch(batch, paths)  # path k of meme b is row k * B + b, as captum tiles too
+    stacked = {name: torch.cat([base[name] for base in baselines]) for name in inputs}
+    repeated = {name: value.repeat(paths, *([1] * (value.dim() - 1))) for name, value in inputs.items()}
+    per_path = _integrate(model, tiled, repeated, stacked, max(1, steps // paths), internal_batch_size)
+    size = next(iter(inputs.values())).shape[0]
+    return [_mean(per_path[row::size], steps) for row in range(size)]
+
+
+def _mean(paths: Sequence[Attribution], steps: int) -> Attribution:
+    """One meme's attribution averaged over its paths (completeness holds for the mean)."""
+
+    def average(values: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if values[0] is None else np.mean(np.stack(values), axis=0)
+
+    return Attribution(
+        text=average([path.text for path in paths]),
+        regions=average([path.regions for path in paths]),
+        logit=float(np.mean([path.logit for path in paths])),
+        baseline_logit=float(np.mean([path.baseline_logit for path in paths])),
+        delta=float(np.mean([path.delta for path in paths])),
+        steps=steps,
+    )
+
+
+def _integrate(
+    model: MemeModel,
+    batch: Mapping[str, torch.Tensor],
+    inputs: Mapping[str, torch.Tensor],
+    baselines: Mapping[str, torch.Tensor],
+    steps: int,
+    internal_batch_size: int | None,
+) -> list[Attribution]:
+    """captum's IG along one straight path per row of ``inputs``, from that row of ``baselines``."""
+    names = tuple(inputs)
     size = next(iter(inputs.values())).shape[0]
 
     def forward(*values: torch.Tensor) -> torch.Tensor:
