@@ -120,15 +120,16 @@ def hottest_pixel_hit(boxes: np.ndarray, values: np.ndarray, size: tuple[int, in
     """(the overlay's hottest pixel toward the decision lies in a truth box, share of pixels that do).
 
     The heat is what the PNG draws (``region_heat``: each region's attribution spread over its box,
-    summed where boxes overlap), in the meme's own pixels; ties go to the first pixel in reading order."""
+    summed where boxes overlap), in the meme's own pixels. Every pixel of a grid cell has the same heat, so
+    the hottest pixel is drawn at random among the hottest ones: the hit is the share of them inside."""
     from memeguard.models.explanation import region_heat
 
     heat = region_heat(boxes, values, size)
     inside = np.zeros(heat.shape, dtype=bool)
     for x1, y1, x2, y2 in truth_boxes:
         inside[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return float(inside[y, x]), float(inside.mean())
+    hottest = heat >= heat.max() - 1e-9 * max(1.0, abs(float(heat.max())))
+    return float(inside[hottest].mean()), float(inside.mean())
 
 
 def deletion_drops(model, batch, inputs, base, key, groups, order, ks, draws, rng, sign, logit):
@@ -219,8 +220,14 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally, references
         tally.located.setdefault(group, []).append(row)
 
 
-def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float) -> None:
-    print(f"\nexplained {n_memes} dev_seen memes with IG ({steps} steps) in {seconds:.1f} s CPU")
+def rate(share: float, n: int) -> str:
+    """A rate and the half-width of its 95 % normal interval, e.g. ``0.58+-0.17``."""
+    return f"{share:.2f}+-{1.96 * np.sqrt(share * (1 - share) / max(n, 1)):.2f}"
+
+
+def report(tally: Tally, ks: list[int], steps: int, splits: list[str], n_memes: int, seconds: float) -> None:
+    shown = " + ".join(splits)
+    print(f"\nexplained {n_memes} memes of {shown} with IG ({steps} steps) in {seconds:.1f} s CPU")
     if tally.deltas:
         print(f"|delta| / |logit - baseline logit|: median {np.median(tally.deltas):.4f}")
     print(f"\n{'deletion':<10}{'k':>3}{'top-k drop':>12}{'random-k drop':>15}{'ratio':>8}  (logit, toward 0)")
@@ -232,13 +239,14 @@ def report(tally: Tally, ks: list[int], steps: int, n_memes: int, seconds: float
             ratio = f"{top / rand:8.2f}" if rand > 1e-3 else "     n/a"  # random deletions move nothing
             print(f"{name:<10}{k:>3}{top:>12.3f}{rand:>15.3f}{ratio}")
     print("\nlocalisation, correctly scored memes (top = largest attribution toward the decision)")
-    header = f"{'memes':<44}{'n':>4}{'region on object':>18}{'chance':>8}{'hottest pixel':>15}{'chance':>8}"
+    print("(rates +- the half-width of their 95 % normal interval)")
+    header = f"{'memes':<36}{'n':>4}{'region on object':>18}{'chance':>8}{'hottest pixel':>15}{'chance':>8}"
     print(header + f"{'word = noun':>13}{'chance':>8}")
     for group, rows in tally.located.items():
         region, region_chance, pixel, pixel_chance, noun, noun_chance = np.mean(np.asarray(rows), axis=0)
         print(
-            f"{group:<44}{len(rows):>4}{region:>18.3f}{region_chance:>8.3f}{pixel:>15.3f}{pixel_chance:>8.3f}"
-            f"{noun:>13.3f}{noun_chance:>8.3f}"
+            f"{group:<36}{len(rows):>4}{rate(region, len(rows)):>18}{region_chance:>8.3f}"
+            f"{rate(pixel, len(rows)):>15}{pixel_chance:>8.3f}{rate(noun, len(rows)):>13}{noun_chance:>8.3f}"
         )
 
 
@@ -255,7 +263,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 10], help="words/regions to delete")
     parser.add_argument("--draws", type=int, default=5, help="random deletions per meme and k")
-    parser.add_argument("--limit", type=int, default=None, help="explain at most this many dev memes")
+    parser.add_argument("--limit", type=int, default=None, help="explain at most this many memes")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["dev_seen"],
+        help="splits whose memes are explained (none is trained on but train), e.g. dev_seen test_seen "
+        "test_unseen for ~7x the memes of dev_seen",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--baseline",
@@ -277,7 +292,7 @@ def main() -> None:
 
     from memeguard.data.hm import load_jsonl
     from memeguard.data.synth import salient_truth
-    from memeguard.names import SYNTH_META_FILE
+    from memeguard.names import SYNTH_META_FILE, split_file
     from memeguard.serving.scorer import MemeScorer, load_image
 
     torch.set_num_threads(args.threads)
@@ -289,7 +304,9 @@ def main() -> None:
     print(f"data, features and {MODEL}: {time.perf_counter() - started:.1f} s ({run})")
     scorer = MemeScorer.from_runs([run], device="cpu")
     meta = json.loads((data / SYNTH_META_FILE).read_text())
-    memes = load_jsonl(data / "dev_seen.jsonl")[: args.limit]
+    # By id: dev_unseen shares most of its memes with dev_seen.
+    memes = list({m.id: m for split in args.splits for m in load_jsonl(data / split_file(split))}.values())
+    memes = memes[: args.limit]
     rng, tally = np.random.default_rng(args.seed), Tally()
     references = reference_inputs(scorer, data, args.references, args.seed)
     started = time.process_time()
@@ -299,7 +316,7 @@ def main() -> None:
         explain_meme(scorer, image, meme.text, truth, meme.label, args, rng, tally, references)
     light = "neutral light (only the object has the colour family)" if args.untinted else "tinted light"
     print(f"set: label noise {args.label_noise:g}, {light}; baselines: {args.baseline}")
-    report(tally, args.k, args.steps, len(memes), time.process_time() - started)
+    report(tally, args.k, args.steps, args.splits, len(memes), time.process_time() - started)
 
 
 if __name__ == "__main__":
