@@ -154,13 +154,15 @@ def deletion_drops(model, batch, inputs, base, key, groups, order, ks, draws, rn
 
 
 def attribute(model, batch, keep, steps, method, references):
-    """IG from the model's joint baseline (``joint``), from each of the reference memes (``references``:
+    """IG from the model's joint baseline (``joint``: straight path; ``modalities``: one modality at a
+    time, both orders averaged), from each of the reference memes (``references``:
     expected gradients, ``steps`` shared out over the paths), or (``per-modality``) each modality from its
     own removal with the other kept: words given the image, regions given the text (``steps // 2`` each)."""
     from memeguard.models.attribution import integrated_gradients, reference_baselines
 
-    if method == "joint":
-        return integrated_gradients(model, batch, keep, steps)[0]
+    if method in ("joint", "modalities"):
+        path = "straight" if method == "joint" else "modalities"
+        return integrated_gradients(model, batch, keep, steps, path=path)[0]
     if method == "references":
         baselines = reference_baselines(model, batch, keep, *references)
         return integrated_gradients(model, batch, keep, steps, baselines=baselines)[0]
@@ -184,7 +186,7 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally, references
     ((member, records, batch),) = scorer.member_batches([image], [text])
     model, processor = member.model, member.processor
     keep = keep_mask(batch, processor.tokenizer.all_special_ids)
-    result = attribute(model, batch, keep, steps, args.baseline, references)
+    result = attribute(model, batch, keep, steps, args.method, references)
     change = result.logit - result.baseline_logit
     if abs(change) > 1e-3:
         tally.deltas.append(abs(result.delta) / abs(change))
@@ -214,7 +216,7 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally, references
     row += hottest_pixel_hit(boxes, sign * result.regions, image.size, truth.boxes)
     row += (float(top_word == truth.noun), 1.0 / len(words))
     groups = ["hateful" if label == 1 else "benign"]
-    if args.baseline != "per-modality" and abs(logit - result.baseline_logit) > EXPLAINED:
+    if args.method != "per-modality" and abs(logit - result.baseline_logit) > EXPLAINED:
         groups.append(f"{groups[0]}, |logit - baseline| > {EXPLAINED:g}")
     for group in groups:
         tally.located.setdefault(group, []).append(row)
@@ -257,6 +259,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/memeguard-explain"))
     parser.add_argument("--n", type=int, default=2000, help="synthetic memes (train is 70%%)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-seed", type=int, default=None, help="the model's seed (default: --seed)")
     parser.add_argument(
         "--label-noise", type=float, default=0.0, help="synthetic label noise (usual set: 0.03)"
     )
@@ -273,14 +276,15 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--baseline",
-        choices=("joint", "references", "per-modality"),
+        "--method",
+        choices=("joint", "modalities", "references", "per-modality"),
         default="joint",
-        help="joint: [PAD] words and zero regions (the product's default); references: expected gradients "
-        "from --references train memes; per-modality: words from [PAD] with the image kept, regions from "
-        "zeros with the text kept",
+        help="joint: straight path from [PAD] words and zero regions (the product's default); modalities: "
+        "from the same baseline one modality at a time, both orders averaged; references: expected "
+        "gradients from --references train memes; per-modality: words from [PAD] with the image kept, "
+        "regions from zeros with the text kept (not complete: compare only)",
     )
-    parser.add_argument("--references", type=int, default=4, help="train memes for --baseline references")
+    parser.add_argument("--references", type=int, default=4, help="train memes for --method references")
     parser.add_argument(
         "--untinted",
         action="store_true",
@@ -300,7 +304,7 @@ def main() -> None:
     # One folder per set, so each keeps its data, features and trained model.
     work = args.work / f"noise{args.label_noise:g}-{'plain' if args.untinted else 'tinted'}"
     data, store = prepare(work, args.n, args.seed, args.label_noise, tinted_light=not args.untinted)
-    run = train(work, data, store, args.seed)
+    run = train(work, data, store, args.seed if args.train_seed is None else args.train_seed)
     print(f"data, features and {MODEL}: {time.perf_counter() - started:.1f} s ({run})")
     scorer = MemeScorer.from_runs([run], device="cpu")
     meta = json.loads((data / SYNTH_META_FILE).read_text())
@@ -315,7 +319,7 @@ def main() -> None:
         image = load_image(data / meme.img, str(meme.img))
         explain_meme(scorer, image, meme.text, truth, meme.label, args, rng, tally, references)
     light = "neutral light (only the object has the colour family)" if args.untinted else "tinted light"
-    print(f"set: label noise {args.label_noise:g}, {light}; baselines: {args.baseline}")
+    print(f"set: label noise {args.label_noise:g}, {light}; method: {args.method}")
     report(tally, args.k, args.steps, args.splits, len(memes), time.process_time() - started)
 
 

@@ -240,3 +240,53 @@ def test_an_empty_list_of_baselines_is_refused(tokenizer):
     model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
     with pytest.raises(ConfigError, match="at least one"):
         integrated_gradients(model, batch, keep_mask(batch, tokenizer.all_special_ids), baselines=[])
+
+
+def _gauss_legendre_ig(model, batch, start, end, steps):
+    """sum_k w_k * grad f(start + a_k (end - start)) * (end - start) by autograd, summed per row vector."""
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    total = {name: torch.zeros_like(value) for name, value in end.items()}
+    for alpha, weight in zip((nodes + 1) / 2, weights / 2, strict=True):
+        point = {k: (start[k] + float(alpha) * (end[k] - start[k])).requires_grad_() for k in end}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(model.forward_from_inputs(batch, **point).sum(), list(point.values()))
+        for name, grad in zip(point, grads, strict=True):
+            total[name] += float(weight) * grad * (end[name] - start[name])
+    return {name: value.sum(-1).numpy() for name, value in total.items()}
+
+
+def test_modality_paths_are_the_mean_of_both_orders_and_split_by_shapley(tokenizer):
+    """path="modalities": words then regions and regions then words from the joint baseline, averaged;
+    each modality's total is its Shapley value in the two-player game of forward passes."""
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    keep = keep_mask(batch, tokenizer.all_special_ids)
+    inputs = model.attribution_inputs(batch)
+    base = model.attribution_baselines(batch, inputs, keep)
+    steps = 32
+    results = integrated_gradients(model, batch, keep, steps=4 * steps, path="modalities")
+    text_only, image_only = {**base, "text": inputs["text"]}, {**base, "regions": inputs["regions"]}
+    segments = [(base, text_only), (text_only, inputs), (base, image_only), (image_only, inputs)]
+    parts = [_gauss_legendre_ig(model, batch, start, end, steps) for start, end in segments]
+    f = {
+        key: logit_from(model, batch, point).numpy()
+        for key, point in (("x", inputs), ("b", base), ("t", text_only), ("i", image_only))
+    }
+    for row, result in enumerate(results):
+        for name, got in (("text", result.text), ("regions", result.regions)):
+            expected = sum(part[name][row] for part in parts) / 2
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
+        shapley_text = ((f["t"] - f["b"]) + (f["x"] - f["i"]))[row] / 2
+        shapley_image = ((f["i"] - f["b"]) + (f["x"] - f["t"]))[row] / 2
+        change = float((f["x"] - f["b"])[row])
+        assert abs(shapley_text - shapley_image) > 1e-3  # the split is not trivially even
+        assert float(result.text.sum()) == pytest.approx(shapley_text, abs=1e-2 * abs(change))
+        assert float(result.regions.sum()) == pytest.approx(shapley_image, abs=1e-2 * abs(change))
+        assert result.logit - result.baseline_logit == pytest.approx(change, abs=1e-5)
+        assert result.delta == pytest.approx(result.text.sum() + result.regions.sum() - change, abs=1e-5)
+        assert np.all(result.text[keep[row].numpy()] == 0)
+
+
+def test_an_unknown_path_is_refused(tokenizer):
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    with pytest.raises(ConfigError, match="path 'curved'"):
+        integrated_gradients(model, batch, keep_mask(batch, tokenizer.all_special_ids), path="curved")
