@@ -39,6 +39,7 @@ baseline = the product's; 2 shared CPU cores at load 7-11; each run 35-50 s CPU,
   untinted, label noise 0.03            0.82 +- 0.06 (n 167)  0.71 +- 0.07             0.80
     cool object / warm object           0.91 / 0.72           0.83 / 0.58              0.83 / 0.77
   untinted, --method modalities, 128    0.60 +- 0.07          0.55 +- 0.07             0.80
+    cool object / warm object           0.99 / 0.16           0.90 / 0.17              0.75 / 0.85
   untinted, --method references, 128    0.38 +- 0.07          0.38 +- 0.07             0.72
     16 references, 256 steps            0.62 +- 0.07          0.62 +- 0.07             0.90
     cool object / warm object           0.99 / 0.21           0.95 / 0.26              0.98 / 0.80
