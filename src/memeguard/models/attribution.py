@@ -16,9 +16,10 @@ every deletion ratio is > 1. The alternatives kept here for comparison do no bet
 ``path="modalities"`` (one modality restored at a time, both orders averaged) localises hateful memes as
 well (0.60) and benign ones better (0.56 against 0.45) but needs ~4x the steps for the same ``delta``;
 baselines from reference memes (:func:`reference_baselines`, expected gradients) localise worse from 4
-memes (0.38) and as well from 16 (0.62) at 8x the cost. The rate is 0.96 for cool-object memes and 0.18 for
-warm ones with each of them (0.16 to 0.21): the noise-free model reads "a cool object somewhere" and warm as its absence, which
-no attribution can place on the object (see the benchmark's table).
+memes (0.38) and as well from 16 (0.62) at 8x the cost. The rate is 0.96 for cool-object memes and 0.18
+for warm ones, and 0.16 to 0.21 for warm ones with each alternative: the noise-free model reads "a cool
+object somewhere" and warm as its absence, which no attribution can place on the object (see the
+benchmark's table).
 """
 
 from __future__ import annotations
