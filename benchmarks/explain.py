@@ -263,7 +263,7 @@ def explain_meme(scorer, image, text, truth, label, args, rng, tally, references
     row += hottest_pixel_hit(boxes, sign * result.regions, image.size, truth.boxes)
     row += (float(top_word == truth.noun), 1.0 / len(words))
     groups = ["hateful" if label == 1 else "benign"]
-    groups.append(f"{groups[0]}, {VISUAL_GROUP_NAMES[truth.visual]} object")  # one baseline, two families
+    groups.append(f"{groups[0]}, {VISUAL_GROUP_NAMES[truth.visual]} object")  # the rates differ by family
     if args.method != "per-modality" and abs(logit - result.baseline_logit) > EXPLAINED:
         groups.append(f"{groups[0]}, |logit - baseline| > {EXPLAINED:g}")
     for group in groups:
@@ -360,7 +360,9 @@ def main() -> None:
     memes = list({m.id: m for split in args.splits for m in load_jsonl(data / split_file(split))}.values())
     memes = memes[: args.limit]
     rng, tally = np.random.default_rng(args.seed), Tally()
-    references = reference_inputs(scorer, data, args.references, args.seed)
+    references = None
+    if args.method == "references":
+        references = reference_inputs(scorer, data, args.references, args.seed)
     started = time.process_time()
     for meme in memes:
         truth = salient_truth(meta["memes"][str(meme.id)], meme.text)
