@@ -72,7 +72,11 @@ TIME_BUDGET_S = 180.0
 RULE_FOUND_AUROC = 0.9
 
 
-def prepare(work: Path, n: int, seed: int, label_noise: float) -> tuple[Path, Path]:
+def prepare(
+    work: Path, n: int, seed: int, label_noise: float, tinted_light: bool = True
+) -> tuple[Path, Path]:
+    """The synthetic set (regenerated when its label noise or light differs) and its grid features;
+    ``tinted_light=False``: only the salient object carries the colour family (``benchmarks/explain.py``)."""
     from memeguard.data.synth import generate_synthetic
     from memeguard.features.extract import extract_features
     from memeguard.features.grid import GridExtractor
@@ -80,8 +84,13 @@ def prepare(work: Path, n: int, seed: int, label_noise: float) -> tuple[Path, Pa
 
     data, features = work / "data", work / "grid"
     meta = data / SYNTH_META_FILE
-    if not meta.is_file() or json.loads(meta.read_text()).get("label_noise") != label_noise:
-        generate_synthetic(data, n=n, seed=seed, progress=False, label_noise=label_noise)
+    recorded = json.loads(meta.read_text()) if meta.is_file() else {}
+    wanted = (label_noise, tinted_light)
+    if not recorded or (recorded.get("label_noise"), recorded.get("tinted_light", True)) != wanted:
+        generate_synthetic(
+            data, n=n, seed=seed, progress=False, label_noise=label_noise, tinted_light=tinted_light
+        )
+        shutil.rmtree(features, ignore_errors=True)  # the store resumes by meme id: new pixels, same ids
     paths = extract_features(data, features, GridExtractor(), progress=False, dtype="float32")
     return data, next(iter(paths.values()))
 

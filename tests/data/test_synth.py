@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import imagehash
@@ -25,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from memeguard.data import synth
 from memeguard.data.synth import generate_synthetic
 from memeguard.errors import ConfigError, DataError
+from memeguard.names import SYNTH_META_FILE
 
 SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
 ANIMALS = {"dog", "cat", "horse", "cow", "pig", "sheep", "duck", "goat", "bear", "monkey"}
@@ -51,7 +53,7 @@ def memes(dataset) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def meta(dataset) -> dict[int, dict]:
     out, _ = dataset
-    return {int(k): v for k, v in json.loads((out / "synth_meta.json").read_text())["memes"].items()}
+    return {int(k): v for k, v in json.loads((out / SYNTH_META_FILE).read_text())["memes"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +368,55 @@ def test_label_noise_out_of_range_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="label noise"):
         generate_synthetic(tmp_path / "g", n=50, label_noise=0.1)
     assert not (tmp_path / "g").exists()
+
+
+def _background_family_score(image: Image.Image, objects: list[dict]) -> float:
+    """Share of cool minus share of warm chromatic pixels outside the salient objects' boxes (hues read
+    from the pixels with PIL's HSV, ranges written here)."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float64)
+    hue, sat = hsv[..., 0] * 360 / 255, hsv[..., 1] / 255
+    outside = np.ones(hue.shape, dtype=bool)
+    for obj in objects:
+        (cx, cy), reach = obj["centre"], obj["radius"] * 1.3
+        outside[
+            max(0, int(cy - reach)) : int(cy + reach) + 1, max(0, int(cx - reach)) : int(cx + reach) + 1
+        ] = 0
+    chromatic = outside & (sat > 0.25)
+    warm = chromatic & ((hue >= 340) | (hue <= 40) | ((hue >= 305) & (hue <= 340)))
+    cool = chromatic & (hue >= 100) & (hue <= 240)
+    return float((cool.sum() - warm.sum()) / outside.sum())
+
+
+def test_untinted_light_leaves_the_colour_family_to_the_object_alone():
+    _, images = synth.plan_dataset(200, seed=3)
+    images = images[:60]
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for plan in images:
+        tinted_picture, tinted_info = synth.render_picture(plan)
+        picture, info = synth.render_picture(replace(plan, tinted_light=False))
+        assert info == tinted_info  # same objects, shapes and places: only the light changes
+        scores[True].append(_background_family_score(tinted_picture, tinted_info["objects"]))
+        scores[False].append(_background_family_score(picture, info["objects"]))
+    visual = [plan.visual for plan in images]
+    assert 0.3 < sum(visual) / len(visual) < 0.7
+    assert roc_auc_score(visual, scores[True]) > 0.9  # the default light tells the class
+    assert 0.25 < roc_auc_score(visual, scores[False]) < 0.75  # untinted, the background does not
+
+
+def test_untinted_set_keeps_the_memes_and_says_so(tmp_path):
+    generate_synthetic(tmp_path / "tinted", n=50, seed=2, progress=False, workers=1)
+    generate_synthetic(tmp_path / "plain", n=50, seed=2, progress=False, workers=1, tinted_light=False)
+    for split in SPLITS:
+        assert (tmp_path / "tinted" / f"{split}.jsonl").read_bytes() == (
+            tmp_path / "plain" / f"{split}.jsonl"
+        ).read_bytes()
+    tinted = json.loads((tmp_path / "tinted" / SYNTH_META_FILE).read_text())
+    plain = json.loads((tmp_path / "plain" / SYNTH_META_FILE).read_text())
+    assert "tinted_light" not in tinted and plain.pop("tinted_light") is False
+    assert plain == tinted
+    differ = [
+        path.name
+        for path in (tmp_path / "tinted" / "img").glob("*.png")
+        if path.read_bytes() != (tmp_path / "plain" / "img" / path.name).read_bytes()
+    ]
+    assert len(differ) == len(list((tmp_path / "tinted" / "img").glob("*.png")))

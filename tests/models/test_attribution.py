@@ -16,7 +16,13 @@ from vl_test_inputs import random_records
 
 from memeguard.data.meme import Meme
 from memeguard.errors import ConfigError
-from memeguard.models.attribution import integrated_gradients, keep_mask, logit_from, tile_batch
+from memeguard.models.attribution import (
+    integrated_gradients,
+    keep_mask,
+    logit_from,
+    reference_baselines,
+    tile_batch,
+)
 from memeguard.models.registry import create_model
 from memeguard.models.tokenization import load_tokenizer
 
@@ -169,3 +175,118 @@ def test_a_model_without_word_pieces_or_regions_is_one_line(tokenizer):
     batch = {"ids": torch.tensor([1]), "image_feats": torch.randn(1, 32), "text_feats": torch.randn(1, 24)}
     with pytest.raises(ConfigError, match="visualbert models cannot be explained yet"):
         integrated_gradients(model, batch, torch.zeros(1, 1, dtype=torch.bool), steps=4)
+
+
+def _references(model, processor, tokenizer):
+    """Two reference memes of another length than the explained ones, as reference_baselines takes them."""
+    records = random_records([4, 6], model.config.visual_feat_dim, seed=11)
+    texts = ("a cat", "the big blue truck goes to the city at night")
+    memes = [Meme(id=k + 10, img="", text=text) for k, text in enumerate(texts)]
+    batch = processor(memes, records)
+    return model.attribution_inputs(batch), keep_mask(batch, tokenizer.all_special_ids)
+
+
+def test_reference_baselines_put_the_references_words_and_regions_in_place(tokenizer):
+    model, processor, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    keep = keep_mask(batch, tokenizer.all_special_ids)
+    inputs = model.attribution_inputs(batch)
+    absent = model.attribution_baselines(batch, inputs, keep)
+    references, reference_keep = _references(model, processor, tokenizer)
+    baselines = reference_baselines(model, batch, keep, references, reference_keep)
+    assert len(baselines) == 2
+    for k, base in enumerate(baselines):
+        pieces = references["text"][k][~reference_keep[k]]
+        for row in range(batch["input_ids"].shape[0]):
+            slots = torch.nonzero(~keep[row]).flatten().tolist()
+            used = min(len(slots), pieces.shape[0])
+            torch.testing.assert_close(base["text"][row, slots[:used]], pieces[:used])
+            torch.testing.assert_close(base["text"][row, slots[used:]], absent["text"][row, slots[used:]])
+            torch.testing.assert_close(base["text"][row, keep[row]], inputs["text"][row, keep[row]])
+        rows = min(inputs["regions"].shape[1], references["regions"].shape[1])
+        torch.testing.assert_close(
+            base["regions"][:, :rows], references["regions"][k, :rows].expand(2, -1, -1)
+        )
+        assert torch.count_nonzero(base["regions"][:, rows:]) == 0
+
+
+@pytest.mark.parametrize("name", ["visualbert-tiny", "lxmert-tiny"])
+def test_reference_paths_average_the_single_paths_and_stay_complete(name, tokenizer):
+    """Attributions from K baselines are the mean of K separate IG runs, and they sum to the logit minus
+    the mean of the baselines' logits (computed by separate forward passes)."""
+    model, processor, _, batch = _model_and_batch(name, tokenizer)
+    keep = keep_mask(batch, tokenizer.all_special_ids)
+    baselines = reference_baselines(model, batch, keep, *_references(model, processor, tokenizer))
+    steps, tolerance = 32, FAMILY_STEPS[name][1]
+    joint = integrated_gradients(model, batch, keep, steps=2 * steps, baselines=baselines)
+    single = [integrated_gradients(model, batch, keep, steps=steps, baselines=base) for base in baselines]
+    inputs = model.attribution_inputs(batch)
+    mean_base = np.mean([logit_from(model, batch, base).numpy() for base in baselines], axis=0)
+    change = logit_from(model, batch, inputs).numpy() - mean_base
+    for row, result in enumerate(joint):
+        expected_text = np.mean([paths[row].text for paths in single], axis=0)
+        np.testing.assert_allclose(result.text, expected_text, atol=1e-5, rtol=1e-4)
+        expected_regions = np.mean([paths[row].regions for paths in single], axis=0)
+        np.testing.assert_allclose(result.regions, expected_regions, atol=1e-5, rtol=1e-4)
+        assert result.baseline_logit == pytest.approx(float(mean_base[row]), abs=1e-5)
+        total = float(result.text.sum() + result.regions.sum())
+        assert abs(change[row]) > 1e-3
+        assert abs(total - change[row]) < tolerance * abs(change[row]), (total, change[row])
+        assert result.delta == pytest.approx(total - change[row], abs=1e-4)
+        assert np.all(result.text[keep[row].numpy()] == 0)
+        assert result.steps == 2 * steps
+
+
+def test_an_empty_list_of_baselines_is_refused(tokenizer):
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    with pytest.raises(ConfigError, match="at least one"):
+        integrated_gradients(model, batch, keep_mask(batch, tokenizer.all_special_ids), baselines=[])
+
+
+def _gauss_legendre_ig(model, batch, start, end, steps):
+    """sum_k w_k * grad f(start + a_k (end - start)) * (end - start) by autograd, summed per row vector."""
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    total = {name: torch.zeros_like(value) for name, value in end.items()}
+    for alpha, weight in zip((nodes + 1) / 2, weights / 2, strict=True):
+        point = {k: (start[k] + float(alpha) * (end[k] - start[k])).requires_grad_() for k in end}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(model.forward_from_inputs(batch, **point).sum(), list(point.values()))
+        for name, grad in zip(point, grads, strict=True):
+            total[name] += float(weight) * grad * (end[name] - start[name])
+    return {name: value.sum(-1).numpy() for name, value in total.items()}
+
+
+def test_modality_paths_are_the_mean_of_both_orders_and_split_by_shapley(tokenizer):
+    """path="modalities": words then regions and regions then words from the joint baseline, averaged;
+    each modality's total is its Shapley value in the two-player game of forward passes."""
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    keep = keep_mask(batch, tokenizer.all_special_ids)
+    inputs = model.attribution_inputs(batch)
+    base = model.attribution_baselines(batch, inputs, keep)
+    steps = 16
+    results = integrated_gradients(model, batch, keep, steps=4 * steps, path="modalities")
+    text_only, image_only = {**base, "text": inputs["text"]}, {**base, "regions": inputs["regions"]}
+    segments = [(base, text_only), (text_only, inputs), (base, image_only), (image_only, inputs)]
+    parts = [_gauss_legendre_ig(model, batch, start, end, steps) for start, end in segments]
+    f = {
+        key: logit_from(model, batch, point).numpy()
+        for key, point in (("x", inputs), ("b", base), ("t", text_only), ("i", image_only))
+    }
+    for row, result in enumerate(results):
+        for name, got in (("text", result.text), ("regions", result.regions)):
+            expected = sum(part[name][row] for part in parts) / 2
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
+        shapley_text = ((f["t"] - f["b"]) + (f["x"] - f["i"]))[row] / 2
+        shapley_image = ((f["i"] - f["b"]) + (f["x"] - f["t"]))[row] / 2
+        change = float((f["x"] - f["b"])[row])
+        assert abs(shapley_text - shapley_image) > 1e-3  # the split is not trivially even
+        assert float(result.text.sum()) == pytest.approx(shapley_text, abs=1e-2 * abs(change))
+        assert float(result.regions.sum()) == pytest.approx(shapley_image, abs=1e-2 * abs(change))
+        assert result.logit - result.baseline_logit == pytest.approx(change, abs=1e-5)
+        assert result.delta == pytest.approx(result.text.sum() + result.regions.sum() - change, abs=1e-5)
+        assert np.all(result.text[keep[row].numpy()] == 0)
+
+
+def test_an_unknown_path_is_refused(tokenizer):
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    with pytest.raises(ConfigError, match="path 'curved'"):
+        integrated_gradients(model, batch, keep_mask(batch, tokenizer.all_special_ids), path="curved")

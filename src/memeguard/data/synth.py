@@ -14,6 +14,9 @@ The hidden rule
   two hues of the same family. (With the class in the object alone, a tiny transformer trained from
   scratch sits on the XOR plateau for thousands of updates: the class then lives in ~3 of 41 grid
   regions and the noun in 1 of ~13 tokens, so the interaction signal at initialisation is tiny.)
+  ``tinted_light=False`` lights every scene with the distractors' neutral hues instead, so the object
+  alone carries the colour family: the set where "the object decides" is literally true, for measuring
+  whether explanations point at it (``benchmarks/explain.py``); the default set stays as it was.
   Everything else in the picture is label-free: a gradient background with a texture (stripes, checks or
   blotches) and mild noise, small distractor shapes in
   *neutral* hues (yellow, violet, grey) that belong to neither family, and, for about a quarter of the
@@ -61,7 +64,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +247,7 @@ class _ImagePlan:
     key: int
     visual: int
     seed: int
+    tinted_light: bool = True  # False: the background's hues are neutral, the object alone has the class
 
 
 @dataclass
@@ -543,15 +547,20 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
-def _background(rng: np.random.Generator, width: int, height: int, visual: int) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, width: int, height: int, visual: int, tinted_light: bool = True
+) -> np.ndarray:
     """Low-saturation two-colour gradient times a texture plus mild grain, float RGB in [0, 1].
 
     The grain is monochrome and comes in 4x4-pixel blocks: per-pixel colour noise would make every PNG
     ~150 kB and slow to encode, while coarse grain keeps files ~25 kB and still defeats exact matching."""
     # The scene's light is tinted by the visual class too (warm or cool): the class then shows in every
     # region of a coarse grid, not only in the few cells the object covers.
-    c1 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.35, 0.6), _uniform(rng, (0.45, 0.8)))
-    c2 = _hsv_to_rgb(_class_hue(rng, visual), rng.uniform(0.35, 0.6), _uniform(rng, (0.4, 0.8)))
+    # Untinted (opt-in), the light takes the distractors' neutral hues, drawn the same way (one integer,
+    # one uniform each), so the rest of the picture comes from the same random stream.
+    hue = functools.partial(_class_hue, visual=visual) if tinted_light else _neutral_hue
+    c1 = _hsv_to_rgb(hue(rng), rng.uniform(0.35, 0.6), _uniform(rng, (0.45, 0.8)))
+    c2 = _hsv_to_rgb(hue(rng), rng.uniform(0.35, 0.6), _uniform(rng, (0.4, 0.8)))
     ys, xs = np.indices((height, width), dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))
@@ -610,6 +619,12 @@ def _class_hue(rng: np.random.Generator, visual: int) -> float:
     return float(rng.uniform(low, high))
 
 
+def _neutral_hue(rng: np.random.Generator) -> float:
+    """A hue from the distractors' ranges (yellow, violet): of neither visual class."""
+    low, high = DISTRACTOR_HUES[int(rng.integers(len(DISTRACTOR_HUES)))]
+    return float(rng.uniform(low, high))
+
+
 def _object_colour(rng: np.random.Generator, visual: int) -> np.ndarray:
     families = OBJECT_HUES[visual]
     hue = _uniform(rng, families[int(rng.integers(len(families)))])
@@ -624,12 +639,12 @@ def _distractor_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _panel(
-    rng: np.random.Generator, width: int, height: int, visual: int
+    rng: np.random.Generator, width: int, height: int, visual: int, tinted_light: bool = True
 ) -> tuple[Image.Image, dict[str, object]]:
     """One photo-like panel: background, 2-6 small distractors, then one large salient object kept
     inside the middle 64 % of the height so captions rarely cover it."""
     image = Image.fromarray(
-        (_background(rng, width, height, visual) * 255).round().astype(np.uint8), mode="RGB"
+        (_background(rng, width, height, visual, tinted_light) * 255).round().astype(np.uint8), mode="RGB"
     )
     draw = ImageDraw.Draw(image)
     short = min(width, height)
@@ -654,7 +669,7 @@ def render_picture(plan: _ImagePlan) -> tuple[Image.Image, dict[str, object]]:
     rng = np.random.default_rng(plan.seed)
     width, height = (int(rng.integers(SIDE_RANGE[0], SIDE_RANGE[1] + 1)) for _ in range(2))
     if rng.random() >= COLLAGE_RATE:
-        image, info = _panel(rng, width, height, plan.visual)
+        image, info = _panel(rng, width, height, plan.visual, plan.tinted_light)
         return image, {"collage": False, "objects": [info]}
     canvas = Image.new("RGB", (width, height))
     side_by_side = width >= height
@@ -664,7 +679,7 @@ def render_picture(plan: _ImagePlan) -> tuple[Image.Image, dict[str, object]]:
             box = (k * width // 2, 0, width // 2 if k == 0 else width - width // 2, height)
         else:
             box = (0, k * height // 2, width, height // 2 if k == 0 else height - height // 2)
-        panel, info = _panel(rng, box[2], box[3], plan.visual)
+        panel, info = _panel(rng, box[2], box[3], plan.visual, plan.tinted_light)
         canvas.paste(panel, (box[0], box[1]))
         info["centre"] = [info["centre"][0] + box[0], info["centre"][1] + box[1]]  # type: ignore[index]
         objects.append(info)
@@ -785,6 +800,7 @@ def generate_synthetic(
     progress: bool = True,
     workers: int | None = None,
     label_noise: float = LABEL_NOISE,
+    tinted_light: bool = True,
 ) -> SynthSummary:
     """Write the synthetic HM-layout dataset of ``n`` unique ids into ``out_dir`` (see module docstring).
 
@@ -793,10 +809,13 @@ def generate_synthetic(
     0.03) lowers the share of memes whose noun disagrees with the rule; the same seed then gives the same
     memes and pictures, with the noun of the un-flipped memes taken from the rule-consistent group (a set
     whose dev AUROC ceiling is 1.0, for learning proofs; with 3 % noise, following the rule exactly scores
-    about 0.95)."""
+    about 0.95). ``tinted_light=False``: the same plan with neutral scene light, so only the salient object
+    carries the colour family (see the module docstring)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     splits, images = plan_dataset(n, seed, label_noise)
+    if not tinted_light:
+        images = [replace(plan, tinted_light=False) for plan in images]
     font_path = str(find_font())
     _prepare_out_dir(out_dir)
 
@@ -840,6 +859,7 @@ def generate_synthetic(
             "n": n,
             "seed": seed,
             "label_noise": label_noise,
+            **({} if tinted_light else {"tinted_light": False}),  # the default set's file stays as it was
             "memes": meta,
         },
         indent=None,
