@@ -15,7 +15,7 @@ as speed-up over the reference (``ref / ours``: 2.0 = twice as fast); calls alte
 variants and the speed-up is the median of per-round ratios.
 
     .venv/bin/python benchmarks/model_forward.py [--batch-size 8] [--boxes 50] [--threads 2] [--repeats 5]
-        [--names uniter-base,visualbert-base,lxmert-base] [--optimize fp32,int8,onnx]
+        [--names uniter-base,visualbert-base,lxmert-base] [--optimize fp32,int8,onnx] [--clock wall|cpu]
 
 Measured 2026-12-02 on a 2-core AMD EPYC (AVX512-VNNI) shared with other jobs (load 13-28), speed-up x ref
 for uniter / visualbert / lxmert: --threads 2: fp32 0.92 / 1.20 / 1.21, int8 1.97 / 3.92 / 3.20, onnx
@@ -85,16 +85,21 @@ def synthetic_inputs(batch_size: int, boxes: int, feature_dim: int) -> tuple[lis
     return memes, regions
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_seconds(
+    fn: Callable[[], object], warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Times (``clock``) of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return times
 
 
@@ -217,7 +222,7 @@ def variants(model, optimizations: list[str], workdir: Path) -> dict[str, Callab
 
 
 def time_rounds(
-    runners: dict[str, Callable[[], object]], warmup: int, repeats: int
+    runners: dict[str, Callable[[], object]], warmup: int, repeats: int, clock: Callable[[], float]
 ) -> dict[str, list[float]]:
     """Per-round wall times of every runner; the runners alternate inside each round, so that load from
     other processes hits them alike."""
@@ -226,7 +231,7 @@ def time_rounds(
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            times[name] += median_seconds(run, 0, 1)
+            times[name] += median_seconds(run, 0, 1, clock)
     return times
 
 
@@ -239,6 +244,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (0: default)")
     parser.add_argument("--names", default="uniter-base,visualbert-base,lxmert-base")
     parser.add_argument("--optimize", default=",".join(OPTIMIZATIONS), help="fast paths to time")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall, or cpu: this process's CPU time, which other jobs' load does not inflate (use it with "
+        "--threads 1: with more threads it also counts OpenMP's spinning)",
+    )
     return parser.parse_args()
 
 
@@ -250,7 +262,8 @@ def main() -> None:
     optimizations = [o for o in args.optimize.split(",") if o]
     print(
         f"CPU forward, batch {args.batch_size}, {args.boxes} boxes, threads {torch.get_num_threads()}, "
-        f"random weights, {args.repeats} rounds (medians; speed-up = median of ref/ours per round)"
+        f"random weights, {args.repeats} rounds, {args.clock} clock (medians; speed-up = median of ref/ours "
+        "per round)"
     )
     header = f"{'model':<17}{'reference':<29}{'text':>5}{'ref ms':>8}"
     header += "".join(f"{o + ' ms':>10}{'x ref':>8}" for o in optimizations)
@@ -268,6 +281,7 @@ def main() -> None:
                 {key: (lambda run=run, batch=batch: run(batch)) for key, run in runners.items()},
                 args.warmup,
                 args.repeats,
+                CLOCKS[args.clock],
             )
             row = f"{name:<17}{ref_name:<29}{batch['input_ids'].shape[1]:>5}"
             row += f"{statistics.median(times['ref']) * 1e3:>8.0f}"

@@ -7,10 +7,10 @@ can halve its time; doing the same GEMMs in int8 (VNNI) or through onnxruntime's
 Three ways to run a model, chosen per bundle (``memeguard export --optimize``):
 
 * ``fp32``: the PyTorch model as trained (the default; the only one for GPUs);
-* ``int8``: the transformer Linear layers as int8 GEMMs (fbgemm) with int8 weights (one scale per output
-  channel) and activations quantised per token at run time (:class:`Int8Linear`); the attention q/k/v
-  projections, input projections and head stay fp32. Applied when the model loads, from the fp32 weights,
-  so the bundle stores nothing extra and the result is deterministic;
+* ``int8``: the feed-forward Linear layers as int8 GEMMs (fbgemm) with int8 weights (one scale per output
+  channel) and activations quantised per token at run time (:class:`Int8Linear`); attention blocks,
+  input projections and head stay fp32. Applied when the model loads, from the fp32 weights, so the
+  bundle stores nothing extra and the result is deterministic;
 * ``onnx``: the forward exported once (``model.onnx`` next to the safetensors, hash-checked with them)
   with fixed input names and dynamic batch, text and region axes, run by onnxruntime's CPU provider.
 
@@ -57,8 +57,13 @@ DYNAMIC_AXES: dict[str, dict[int, str]] = {
 ONNX_OPSET = 17  # LayerNormalization is one op from 17 on
 MAX_BOX_FEATURES = 8  # box encodings are 4-7 numbers: a Linear this narrow reads coordinates
 TINY = torch.finfo(torch.float32).tiny  # a scale floor: all-zero rows and channels stay zero
-# Attention query/key/value projections by their layer names in every architecture (DeVLBERT numbers them).
-ATTENTION_PROJECTION = re.compile(r"\.(query|key|value)\d*$")
+# The extra row's values: fbgemm's uint8 scale is then exactly 1/127 with zero point 128, so the rows, in
+# [-1, 1] after division by their largest magnitude, are quantised like symmetric int8 (1 is a level).
+PINNED_RANGE = torch.tensor([-128.0 / 127.0, 1.0])
+# An attention block's Linear layers (query/key/value and output projections) by their names in every
+# architecture: BERT's ``attention.output.dense``, LXMERT's ``*_att.output.dense``, DeVLBERT's numbered
+# co-attention ``query1``...``biOutput.dense2``.
+ATTENTION_LAYER = re.compile(r"(\.(query|key|value)\d*|att(ention)?\.output\.dense|biOutput\.dense\d*)$")
 EXPORT_TOLERANCE = 1e-4  # |logit| difference ONNX vs PyTorch that an export may show (fp32 reordering)
 
 
@@ -76,10 +81,11 @@ def quantize_int8(model: MemeModel, inplace: bool = False) -> MemeModel:
     """``model`` (a copy unless ``inplace``) with its transformer ``nn.Linear`` layers as :class:`Int8Linear`.
 
     Kept in fp32: the layers that read the raw inputs (region features, box coordinates), the task head,
-    and the attention projections (query/key/value). The last are the costly exception (a quarter of an
-    encoder layer's multiply-adds) but they are where int8's error comes from on trained models: their
-    outputs meet in ``softmax(q k^T)``, whose peaked rows turn a small error into a jump on a few memes
-    (see ``benchmarks/model_forward.py`` for the per-layer-kind measurements).
+    and the attention blocks (query/key/value and output projections). The last are the costly exception
+    (a third of an encoder layer's multiply-adds) but they are where int8's error comes from on trained
+    models: q and k meet in ``softmax(q k^T)``, whose peaked rows turn a small error into a jump on a few
+    memes, and the output projection reads that softmax's mixture; the FFN (two thirds) is converted (see
+    ``benchmarks/model_forward.py`` for the per-layer-kind measurements).
     """
     import copy
 
@@ -95,7 +101,7 @@ def quantize_int8(model: MemeModel, inplace: bool = False) -> MemeModel:
 
 def int8_layer_names(model: MemeModel) -> list[str]:
     """The ``nn.Linear`` layers :func:`quantize_int8` converts: all but input projections, attention
-    query/key/value projections and the head."""
+    blocks and the head."""
     heads = tuple(name.rsplit(".", 1)[0] + "." for name in model.head_parameter_names())
     feat_dim = model.config.visual_feat_dim
     names = []
@@ -107,7 +113,7 @@ def int8_layer_names(model: MemeModel) -> list[str]:
             or feat_dim <= module.in_features <= feat_dim + MAX_BOX_FEATURES
         ):
             continue  # region features (OSCAR appends the box to them) or box coordinates
-        if (name + ".").startswith(heads) or ATTENTION_PROJECTION.search(name):
+        if (name + ".").startswith(heads) or ATTENTION_LAYER.search(name):
             continue
         names.append(name)
     return names
@@ -129,7 +135,7 @@ class Int8Linear(nn.Module):
     meme's score depends on its batch-mates and the tokens with small activations keep few levels. Per-token
     scales are not in torch.ao's dynamic path, but the GEMM is linear in each row: dividing every row by its
     largest magnitude before fbgemm's per-tensor quantisation and multiplying the output rows back gives
-    each token its own full-range scale for two elementwise passes. One extra row holding -1 and 1 fixes
+    each token its own full-range scale for two elementwise passes. One extra row (:data:`PINNED_RANGE`) fixes
     the range fbgemm derives its per-tensor scale from, so a token's int8 values never depend on the other
     rows (the int32 GEMM is exact): a meme scores the same whatever it is batched with. Weights are int8
     with one scale per output channel; the bias is added in fp32 after the rows are rescaled.
@@ -157,7 +163,7 @@ class Int8Linear(nn.Module):
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(TINY)
         scaled = rows.new_zeros(rows.shape[0] + 1, self.in_features)
         torch.div(rows, scale, out=scaled[:-1])
-        scaled[-1, :2] = torch.tensor([-1.0, 1.0])  # pins the range fbgemm reads to [-1, 1] in every batch
+        scaled[-1, :2] = PINNED_RANGE  # the range fbgemm reads, in every batch
         y = torch.ops.quantized.linear_dynamic(scaled, self.packed._packed_params, self.reduce_range)[:-1]
         y = y * scale if self.bias is None else torch.addcmul(self.bias, y, scale)
         return y.reshape(*x.shape[:-1], self.out_features)
