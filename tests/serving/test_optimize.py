@@ -36,7 +36,7 @@ REGION_TYPES = {"visualbert", "uniter", "oscar", "lxmert", "devlbert", "ernie-vi
 TINY = sorted(n for n in list_models() if n.endswith("-tiny") and get_config(n).model_type in REGION_TYPES)
 PROBA_TOLERANCE = 0.01  # the issue's bounds: probabilities within 0.01 of fp32, AUROC within 0.002
 AUROC_TOLERANCE = 0.002
-INT8_MAX_DP, INT8_MEAN_DP, INT8_AUROC = 0.08, 0.02, 0.03  # measured on these models: 0.055, 0.014, 0.02
+INT8_MAX_DP, INT8_MEAN_DP, INT8_AUROC = 0.04, 0.01, 0.03  # measured on these models: 0.030, 0.008, 0.022
 
 
 # ----------------------------------------------------------------------- the synthetic test split
@@ -98,11 +98,12 @@ def probabilities(model, memes, regions, batch_size: int = 16) -> np.ndarray:
 def test_onnx_meets_the_issue_bounds_and_int8_stays_near_fp32(name, synthetic, tmp_path):
     """ONNX: probabilities within 0.01 of fp32 and AUROC within 0.002 on the synthetic test split.
 
-    int8 does not meet those bounds on these models (random weights drawn wide enough that the scores
-    spread; measured max |dP| 0.016-0.055, mean 0.005-0.014, AUROC moved by up to 0.02 over ~55 memes,
-    where one swapped pair is 0.0016): per-tensor activation scales lose the small between-meme differences
-    of a random network. It is held to the measured bounds, which a broken quantisation (wrong layers, a
-    bad scale) exceeds many times over.
+    int8 does not meet those bounds on these random models (weights drawn wide enough that the scores
+    spread: measured max |dP| 0.009-0.030, mean 0.002-0.008, AUROC moved by up to 0.022 over ~55 memes,
+    where one swapped pair is 0.0016; per-tensor int8 of every transformer Linear: 0.016-0.055): errors of
+    unstructured wide layers compound and the small between-meme differences of a random network are
+    lost. It is held to those measured bounds, which a broken quantisation (wrong layers, a bad scale)
+    exceeds many times over; the issue's bounds hold for trained models (tests/models/test_fast_int8.py).
     """
     memes, regions, labels = synthetic
     model, fp32 = spread_model(name, memes, regions)
@@ -114,7 +115,7 @@ def test_onnx_meets_the_issue_bounds_and_int8_stays_near_fp32(name, synthetic, t
     converted = set(int8_layer_names(model))
     int8_model = quantize_int8(model)
     still_fp32 = {layer for layer, module in int8_model.named_modules() if type(module) is torch.nn.Linear}
-    assert len(converted) >= 8 and not converted & still_fp32
+    assert len(converted) >= 4 and not converted & still_fp32
     int8 = probabilities(int8_model, memes, regions)
     worst, mean = np.abs(int8 - fp32).max(), np.abs(int8 - fp32).mean()
     assert 0 < worst < INT8_MAX_DP and mean < INT8_MEAN_DP, f"{name} int8: max {worst:.4f}, mean {mean:.4f}"

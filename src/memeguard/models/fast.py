@@ -7,9 +7,10 @@ can halve its time; doing the same GEMMs in int8 (VNNI) or through onnxruntime's
 Three ways to run a model, chosen per bundle (``memeguard export --optimize``):
 
 * ``fp32``: the PyTorch model as trained (the default; the only one for GPUs);
-* ``int8``: ``quantize_dynamic`` over every ``nn.Linear``: int8 weights (one scale per output channel)
-  and activations quantised per batch at run time. Applied when the model loads, from the fp32 weights,
-  so the bundle stores nothing extra and the result is deterministic;
+* ``int8``: the feed-forward Linear layers as int8 GEMMs (fbgemm) with int8 weights (one scale per output
+  channel) and activations quantised per token at run time (:class:`Int8Linear`); attention blocks,
+  input projections and head stay fp32. Applied when the model loads, from the fp32 weights, so the
+  bundle stores nothing extra and the result is deterministic;
 * ``onnx``: the forward exported once (``model.onnx`` next to the safetensors, hash-checked with them)
   with fixed input names and dynamic batch, text and region axes, run by onnxruntime's CPU provider.
 
@@ -20,6 +21,7 @@ so a shape the tracer froze into the graph is an export error, not a silently wr
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +56,14 @@ DYNAMIC_AXES: dict[str, dict[int, str]] = {
 }
 ONNX_OPSET = 17  # LayerNormalization is one op from 17 on
 MAX_BOX_FEATURES = 8  # box encodings are 4-7 numbers: a Linear this narrow reads coordinates
+TINY = torch.finfo(torch.float32).tiny  # a scale floor: all-zero rows and channels stay zero
+# The extra row's values: fbgemm's uint8 scale is then exactly 1/127 with zero point 128, so the rows, in
+# [-1, 1] after division by their largest magnitude, are quantised like symmetric int8 (1 is a level).
+PINNED_RANGE = torch.tensor([-128.0 / 127.0, 1.0])
+# An attention block's Linear layers (query/key/value and output projections) by their names in every
+# architecture: BERT's ``attention.output.dense``, LXMERT's ``*_att.output.dense``, DeVLBERT's numbered
+# co-attention ``query1``...``biOutput.dense2``.
+ATTENTION_LAYER = re.compile(r"(\.(query|key|value)\d*|att(ention)?\.output\.dense|biOutput\.dense\d*)$")
 EXPORT_TOLERANCE = 1e-4  # |logit| difference ONNX vs PyTorch that an export may show (fp32 reordering)
 
 
@@ -68,27 +78,30 @@ def check_optimization(name: str) -> str:
 
 
 def quantize_int8(model: MemeModel, inplace: bool = False) -> MemeModel:
-    """``model`` (a copy unless ``inplace``) with its transformer ``nn.Linear`` layers in dynamic int8.
+    """``model`` (a copy unless ``inplace``) with its transformer ``nn.Linear`` layers as :class:`Int8Linear`.
 
-    int8 weights with one scale per output channel; activations quantised per batch at run time. Kept in
-    fp32: the layers that read the raw inputs (region features, box coordinates: wide value ranges that
-    one activation scale per tensor would flatten) and the task head (a few small layers whose error goes
-    straight into the logit). They are a few percent of the forward's multiply-adds.
-
-    ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao, which is not a
-    dependency; the eager API still runs fbgemm/oneDNN's int8 kernels in torch 2.14, so its notice is
-    silenced here rather than shown on every load.
+    Kept in fp32: the layers that read the raw inputs (region features, box coordinates), the task head,
+    and the attention blocks (query/key/value and output projections). The last are the costly exception
+    (a third of an encoder layer's multiply-adds) but they are where int8's error comes from on trained
+    models: q and k meet in ``softmax(q k^T)``, whose peaked rows turn a small error into a jump on a few
+    memes, and the output projection reads that softmax's mixture; the FFN (two thirds) is converted (see
+    ``benchmarks/model_forward.py`` for the per-layer-kind measurements).
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    import copy
 
-    spec = {name: per_channel_dynamic_qconfig for name in int8_layer_names(model)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model.eval(), spec, inplace=inplace)
+    if not inplace:
+        model = copy.deepcopy(model)
+    full_range = _full_range_activations()
+    for name in int8_layer_names(model):
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, Int8Linear(getattr(owner, child), full_range))
+    return model.eval()
 
 
 def int8_layer_names(model: MemeModel) -> list[str]:
-    """The ``nn.Linear`` layers :func:`quantize_int8` converts: all but input projections and the head."""
+    """The ``nn.Linear`` layers :func:`quantize_int8` converts: all but input projections, attention
+    blocks and the head."""
     heads = tuple(name.rsplit(".", 1)[0] + "." for name in model.head_parameter_names())
     feat_dim = model.config.visual_feat_dim
     names = []
@@ -100,10 +113,63 @@ def int8_layer_names(model: MemeModel) -> list[str]:
             or feat_dim <= module.in_features <= feat_dim + MAX_BOX_FEATURES
         ):
             continue  # region features (OSCAR appends the box to them) or box coordinates
-        if (name + ".").startswith(heads):
+        if (name + ".").startswith(heads) or ATTENTION_LAYER.search(name):
             continue
         names.append(name)
     return names
+
+
+def _full_range_activations() -> bool:
+    """Whether activations may use all 8 bits: fbgemm's kernels without VNNI sum pairs of u8*s8 products
+    in saturating int16 and need 7-bit activations (``reduce_range``); with VNNI they accumulate in int32.
+    Other engines (qnnpack, onednn) take the argument and stay exact either way."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return True
+    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer run as an int8 GEMM with one activation scale per token (row).
+
+    torch's dynamic int8 Linear quantises each activation tensor with ONE scale for the whole batch, so a
+    meme's score depends on its batch-mates and the tokens with small activations keep few levels. Per-token
+    scales are not in torch.ao's dynamic path, but the GEMM is linear in each row: dividing every row by its
+    largest magnitude before fbgemm's per-tensor quantisation and multiplying the output rows back gives
+    each token its own full-range scale for two elementwise passes. One extra row (:data:`PINNED_RANGE`) fixes
+    the range fbgemm derives its per-tensor scale from, so a token's int8 values never depend on the other
+    rows (the int32 GEMM is exact): a meme scores the same whatever it is batched with. Weights are int8
+    with one scale per output channel; the bias is added in fp32 after the rows are rescaled.
+    """
+
+    def __init__(self, linear: nn.Linear, full_range: bool = True) -> None:
+        super().__init__()
+        from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(TINY).double()
+        with warnings.catch_warnings():  # quantized tensors are deprecated for torchao, not a dependency
+            warnings.simplefilter("ignore")
+            zero = torch.zeros_like(scale).long()
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+            self.packed = LinearPackedParams(dtype=torch.qint8)
+            self.packed.set_weight_bias(qweight, None)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = not full_range
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(TINY)
+        scaled = rows.new_zeros(rows.shape[0] + 1, self.in_features)
+        torch.div(rows, scale, out=scaled[:-1])
+        scaled[-1, :2] = PINNED_RANGE  # the range fbgemm reads, in every batch
+        y = torch.ops.quantized.linear_dynamic(scaled, self.packed._packed_params, self.reduce_range)[:-1]
+        y = y * scale if self.bias is None else torch.addcmul(self.bias, y, scale)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, per-token int8"
 
 
 # ------------------------------------------------------------------------------------------ ONNX
