@@ -279,3 +279,24 @@ def test_reducing_gap_is_a_recorded_parameter_that_changes_only_the_working_copy
     )
     with pytest.raises(ValueError, match="reducing_gap"):
         GridExtractor(reducing_gap=0.5)
+
+
+@pytest.mark.parametrize("levels, cell_px, gap", [((1,), 8, 2.0), ((2, 1), 8, None), ((3, 2), 4, None)])
+def test_stacked_small_copies_give_each_image_its_one_image_bytes(
+    levels: tuple[int, ...], cell_px: int, gap: float | None
+) -> None:
+    """Small working copies of one size are featurised as one stack (``_stacks``): every image still gets
+    exactly its one-image bytes, in its own place, whatever the sizes around it."""
+    grid = GridExtractor(levels=levels, cell_px=cell_px, reducing_gap=gap)
+    sizes = [(300, 200), (301, 199), (200, 300), (300, 200), (90, 60), (64, 64), (300, 200), (1000, 30)] * 3
+    images = [_varied_image(w, h, "RGB", k) for k, (w, h) in enumerate(sizes)]
+    stacks = grid._stacks(images)
+    assert max(len(stack) for stack in stacks) > 2  # the stacked path is what this test exercises
+    assert sorted(k for stack in stacks for k in stack) == list(range(len(images)))
+    batch = grid.extract(images, list(range(100, 100 + len(images))))["default"]
+    for k, (image, record) in enumerate(zip(images, batch, strict=True)):
+        alone = grid.extract_one(image, 100 + k)
+        assert record.meme_id == 100 + k and record.image_size == alone.image_size
+        assert record.features.tobytes() == alone.features.tobytes(), (levels, k)
+        assert record.features.tobytes() == _reference_features(grid, image).tobytes(), (levels, k)
+        assert record.boxes.tobytes() == alone.boxes.tobytes()
