@@ -6,61 +6,47 @@ regions; run (a) fits the blend on dev_seen, run (b) scores test) blended with a
 (``ensemble.method: simplex``, the blend a teacher must have to score single memes). The student
 (``--student``, one of ``STUDENTS``) is a ``visualbert-tiny`` on its own coarse grid: the default grid (192-px
 working copy) dominates the teacher's cost, so the student must be cheap in its features, not only in its
-forward pass. Candidates: ``whole-8px`` (one whole-image region from an 8-px working copy, one 64-wide
-layer), ``quad-16px`` (2x2 quadrants + whole image, 16-px working copy, one 128-wide layer),
-``quad-16px-2l`` (the same regions, the teacher's two 128-wide layers). It is trained by the recipe's
-``distill:`` stage on train + test memes (never dev); the hard-label student is the same configuration with
-``distill_alpha: 1`` and no unlabelled memes (exactly a hard-label run on the same labelled memes, see
-tests/training/test_distill.py). The teacher's stages are cached under ``--work``: a second ``--student``
-reuses them and only trains its student.
+forward pass. Candidates: ``whole-8px`` (one whole-image region from an 8-px working copy made with
+``reducing_gap: 2``, one 64-wide layer), ``quad-16px`` (2x2 quadrants + whole image, 16-px working copy,
+one 128-wide layer), ``quad-16px-2l`` (the same regions, the teacher's two 128-wide layers). It is trained
+by the recipe's ``distill:`` stage on train + test memes (never dev); the hard-label student is the same
+configuration with ``distill_alpha: 1`` and no unlabelled memes (exactly a hard-label run on the same
+labelled memes, see tests/training/test_distill.py). The teacher's stages are cached under ``--work``: a
+second ``--student`` reuses them and only trains its student.
 
 Columns: test_unseen AUROC (the synthetic set has test labels); end-to-end scoring cost per meme on CPU:
 ``MemeScorer.score_images`` on decoded images (feature extraction + every member's forward, text given),
-in batches of ``--batch`` memes, torch on ``--threads`` threads, median of ``--repeats``. Goals (issue 14):
-student AUROC within 0.01 of the teacher's at >= 20x lower cost.
+in batches of ``--batch`` memes, torch on ``--threads`` threads, the three scorers timed in turn in each of
+``--repeats`` rounds, median; wall and CPU time (all threads of the process; load moves it least). Goals
+(issue 14): student AUROC within 0.01 of the teacher's at >= 20x lower cost.
 
     .venv/bin/python benchmarks/distill.py --work /tmp/memeguard-distill [--n 3000] [--epochs 6]
         [--student-epochs 4] [--seeds "43, 44"] [--student whole-8px] [--workers 2]
 
-Measured 2026-12-02 10:10-10:50 UTC on a 2-core machine shared with other jobs (load 6-22), at the demo's
-data size and epochs but ONE teacher seed (``--n 3000 --epochs 6 --seeds 43``; two seeds did not fit):
+Measured 2026-12-02 12:07 UTC with the defaults (the demo's data size, epochs and 2 seeds: a 6-run teacher),
+on a 2-core machine shared with other jobs (load 9-11; it never fell below 5 in the session, so no idle
+figure). Training: 6 teacher runs ~11 min, the student's features 11 s, its 4 epochs ~10 min under load.
 
-* Teacher (V43, U43, O43, simplex blend): test_unseen AUROC 0.965 (members V 0.967, U 0.972, O 0.760):
-  the demo-size teacher is off the XOR plateau, unlike the reduced-size runs before.
-* Scoring cost, teacher and students timed in turn in one process (1 thread, batches of 32, median of 5,
-  two rounds, load ~9; student cost does not depend on its weights, so the students here were fitted for
-  one epoch on 64 memes): teacher (3 runs) 14.6 / 13.9 ms/meme; ``whole-8px`` 0.57 / 0.76 ms (25.6x /
-  18.1x); ``quad-16px`` 0.85 / 0.89 ms (17.0x / 15.6x); ``quad-16px-2l`` 1.00 / 0.92 ms (14.5x / 15.0x).
-  Against a 3-run teacher only the one-region student reaches 20x, and not in every round; the demo's
-  6-run teacher costs more per meme (each member's forward), so these ratios are lower bounds for it.
-* Student AUROC, ``--student quad-16px-2l --student-epochs 4`` (load 6-9; 12 student epochs
-  did not fit: ~8.5 min an epoch at load ~20), the benchmark's own table:
+                                test_unseen              wall               CPU
+    model                models       AUROC  ms/meme speed-up  ms/meme speed-up
+    teacher ensemble          6      0.9644    25.48     1.0x    15.11     1.0x
+    distilled student         1      0.9655     0.72    35.4x     0.43    34.9x
+    hard-label student        1      0.5291     0.62    41.4x     0.42    35.7x
 
-      model                models  test_unseen AUROC   ms/meme  speed-up
-      teacher ensemble          3             0.9648      7.49      1.0x
-      distilled student         1             0.9662      1.16      6.5x
-      hard-label student        1             0.9660      1.16      6.5x
+  per round: wall 20.0-59.7x, CPU 26.0-45.9x. Both goals met: AUROC gap -0.0011, +0.44 over hard labels
+  (the one-region student learns the XOR rule only from the teacher). One student seed: the same recipe on
+  the one-pass 8-px copy (no ``reducing_gap``) reached only 0.8623 from this teacher (0.9647 from the
+  1-seed teacher before), so whether 4 epochs leave the plateau varies between runs.
 
-  AUROC goal met (gap -0.0014); distillation adds nothing over hard labels here (+0.0002): on the
-  synthetic set the student's 5 coarse regions carry the colour family and it learns the XOR rule from
-  the labels alone. Speed-up goal NOT met: 6.5x in this run, 14.5-15.0x in the side-by-side rounds above
-  (the teacher's cost moved from 14 to 7.5 ms/meme with the load). ``whole-8px`` (the only candidate near
-  20x) and ``quad-16px`` were not trained to the end, so their AUROC is unknown.
-
-* ``--student whole-8px --student-epochs 4`` (the defaults now), teacher stages cached, timed at 11:04 UTC
-  on the idle machine (load 0.2-0.4):
-
-      model                models  test_unseen AUROC   ms/meme  speed-up
-      teacher ensemble          3             0.9648      6.55      1.0x
-      distilled student         1             0.9647      0.51     12.7x
-      hard-label student        1             0.5357      0.51     12.7x
-
-  (14.4x at 10.45 / 0.73 ms in the run before, with CI beside it.) The one-region student learns the rule
-  only from the teacher: AUROC gap +0.0001, +0.43 over the same student on hard labels alone, which stays
-  on the XOR plateau.
-
-Goals: AUROC within 0.01 met by ``whole-8px`` and ``quad-16px-2l``; >= 20x NOT met (12.7x idle for
-``whole-8px``; the teacher's grid pass, ~6 ms of its 6.5 ms, is what the ratio divides).
+Where the student's cost went (CPU ms/meme per stage of score_images, batches of 32, load ~9):
+before, on main: features 0.43 (the bilinear resize reads every original pixel: 0.20; ~80 numpy calls
+per 8-px image: the rest), processor 0.07 (tokenising 0.04), forward 0.05-0.1, scorer ~0.01. Now: features
+0.15-0.18: ``reducing_gap: 2`` (a recorded grid parameter: box-reduce, then bilinear; resize 0.20 -> 0.08),
+same-size small working copies featurised as one stack, cached boxes/cell indices (0.43 -> 0.29 with the
+same bytes: the default grid store stays byte-identical); processor 0.05, forward 0.05, ~0.05-0.1 not
+attributable to one stage (caches, pool threads). Side by side at load ~10 (CPU): main's code, teacher
+14.5-17.2 vs the one-pass student 0.54-0.69 (24-28x); this code, 0.54-0.57 and the ``reducing_gap``
+student 0.38-0.42 (37-40x). The teacher's cost is ~10 ms of 192-px grid features + 6 forwards.
 """
 
 from __future__ import annotations
