@@ -105,7 +105,8 @@ def recipe_text(args: argparse.Namespace) -> str:
         "name: distill-bench\nclean: true\nfeatures:\n  grid: {extractor: grid}\n"
         f"  {feature_set}: {{extractor: grid, params: {grid_params}}}\n"
         f"models:\n{models}ensemble: {{method: simplex}}\n"
-        f"distill: {{name: {args.student}, model: visualbert-tiny, features: {feature_set}, seed: 7, "
+        f"distill: {{name: {args.student}, model: visualbert-tiny, features: {feature_set}, "
+        f"seed: {args.student_seed}, "
         f"overrides: {overrides}, "
         f"train: {student_train}}}\n"
     )
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=4)
     parser.add_argument("--seeds", default="43, 44", help="teacher seeds per architecture (the demo's)")
     parser.add_argument("--student", choices=sorted(STUDENTS), default="whole-8px")
+    parser.add_argument("--student-seed", type=int, default=7)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
