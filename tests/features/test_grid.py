@@ -166,7 +166,9 @@ def _reference_features(grid: GridExtractor, image: Image.Image) -> np.ndarray:
 
     width, height = image.size
     work_w, work_h = grid.work_size(width, height)
-    small = image.convert("RGB").resize((work_w, work_h), Image.Resampling.BILINEAR)
+    small = image.convert("RGB").resize(
+        (work_w, work_h), Image.Resampling.BILINEAR, reducing_gap=grid.reducing_gap
+    )
     rgb = np.asarray(small, dtype=np.float32) / 255.0
     hsv = np.asarray(small.convert("HSV"), dtype=np.float32) / 255.0
     gx = np.stack([ndimage.sobel(rgb[..., c], axis=1) for c in range(3)])
@@ -229,9 +231,15 @@ VARIED = [(550, 500, "RGB"), (600, 400, "L"), (37, 900, "RGBA"), (1000, 123, "P"
 VARIED += [(64, 64, "CMYK"), (333, 222, "LA"), (5000, 40, "RGB")]
 
 
-@pytest.mark.parametrize("levels, cell_px", [((6, 2, 1), 32), ((4,), 8), ((3, 2), 16), ((5, 1), 3)])
-def test_features_are_bit_identical_to_the_plain_computation(levels: tuple[int, ...], cell_px: int) -> None:
-    grid = GridExtractor(levels=levels, cell_px=cell_px)
+@pytest.mark.parametrize(
+    "levels, cell_px, gap",
+    [((6, 2, 1), 32, None), ((4,), 8, None), ((3, 2), 16, None), ((5, 1), 3, None)]
+    + [((1,), 8, 2.0), ((2, 1), 8, 1.0)],
+)
+def test_features_are_bit_identical_to_the_plain_computation(
+    levels: tuple[int, ...], cell_px: int, gap: float | None
+) -> None:
+    grid = GridExtractor(levels=levels, cell_px=cell_px, reducing_gap=gap)
     for k, (width, height, mode) in enumerate(VARIED):
         image = _varied_image(width, height, mode, k)
         got = grid.extract_one(image, 0).features
@@ -247,3 +255,48 @@ def test_a_batch_gives_each_image_its_one_image_bytes() -> None:
         alone = grid.extract_one(image, record.meme_id)
         assert record.features.tobytes() == alone.features.tobytes()
         assert record.boxes.tobytes() == alone.boxes.tobytes() and record.image_size == alone.image_size
+
+
+def test_reducing_gap_is_a_recorded_parameter_that_changes_only_the_working_copy() -> None:
+    """Stores made without it keep their meta (no key); with it, the meta records it and the scorer's
+    rebuilt extractor (``from_meta``) makes the same bytes; the features differ from the one-pass resize."""
+    from memeguard.features.factory import make_extractor
+
+    plain, gapped = (
+        GridExtractor(levels=(1,), cell_px=8),
+        GridExtractor(levels=(1,), cell_px=8, reducing_gap=2),
+    )
+    assert plain.meta()["parameters"] == {"levels": [1], "cell_px": 8, "work_side": 8}
+    assert gapped.meta()["parameters"]["reducing_gap"] == 2.0
+    assert GridExtractor.from_meta(plain.meta(), "m", "cpu") == {"levels": [1], "cell_px": 8}
+    rebuilt = make_extractor("grid", **GridExtractor.from_meta(gapped.meta(), "m", "cpu"))
+    image = _varied_image(400, 300, "RGB", 3)
+    got = rebuilt.extract_one(image, 0).features
+    assert got.tobytes() == gapped.extract_one(image, 0).features.tobytes()
+    assert got.tobytes() != plain.extract_one(image, 0).features.tobytes()
+    np.testing.assert_allclose(
+        got[:, cols("rgb_mean")], plain.extract_one(image, 0).features[:, cols("rgb_mean")], atol=0.02
+    )
+    with pytest.raises(ValueError, match="reducing_gap"):
+        GridExtractor(reducing_gap=0.5)
+
+
+@pytest.mark.parametrize("levels, cell_px, gap", [((1,), 8, 2.0), ((2, 1), 8, None), ((3, 2), 4, None)])
+def test_stacked_small_copies_give_each_image_its_one_image_bytes(
+    levels: tuple[int, ...], cell_px: int, gap: float | None
+) -> None:
+    """Small working copies of one size are featurised as one stack (``_stacks``): every image still gets
+    exactly its one-image bytes, in its own place, whatever the sizes around it."""
+    grid = GridExtractor(levels=levels, cell_px=cell_px, reducing_gap=gap)
+    sizes = [(300, 200), (301, 199), (200, 300), (300, 200), (90, 60), (64, 64), (300, 200), (1000, 30)] * 3
+    images = [_varied_image(w, h, "RGB", k) for k, (w, h) in enumerate(sizes)]
+    stacks = grid._stacks(images)
+    assert max(len(stack) for stack in stacks) > 2  # the stacked path is what this test exercises
+    assert sorted(k for stack in stacks for k in stack) == list(range(len(images)))
+    batch = grid.extract(images, list(range(100, 100 + len(images))))["default"]
+    for k, (image, record) in enumerate(zip(images, batch, strict=True)):
+        alone = grid.extract_one(image, 100 + k)
+        assert record.meme_id == 100 + k and record.image_size == alone.image_size
+        assert record.features.tobytes() == alone.features.tobytes(), (levels, k)
+        assert record.features.tobytes() == _reference_features(grid, image).tobytes(), (levels, k)
+        assert record.boxes.tobytes() == alone.boxes.tobytes()

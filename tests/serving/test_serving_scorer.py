@@ -311,3 +311,20 @@ def test_scores_equal_the_training_runs_own_predictions(served, tmp_path):
     scorer = MemeScorer.from_runs([result.run_dir], device="cpu")
     by_id = dict(zip(served.ids, scorer.score_batch(items(served)), strict=True))
     np.testing.assert_allclose(written.proba, [by_id[int(i)].proba for i in written.ids], rtol=0, atol=1e-6)
+
+
+def test_each_score_carries_its_models_probabilities_and_its_text(served, scorer):
+    """score_images builds each Score once (numbers and text together): per-model values are the member
+    probabilities bit for bit, in member order, and each meme keeps its own text and source."""
+    images = [load_image(served.image(i)) for i in served.ids]
+    results = scorer.score_images(images, served.texts, ocr="never")
+    probs = scorer.member_probabilities(images, served.texts)
+    names = [member.name for member in scorer.members]
+    assert len(results) == len(served.ids) and len(names) == 2
+    for k, result in enumerate(results):
+        assert list(result.per_model) == names
+        assert list(result.per_model.values()) == [float(p) for p in probs[:, k]]
+        assert result.proba == pytest.approx(probs[:, k].mean(), abs=1e-12)
+        assert result.label == int(result.proba >= scorer.threshold)
+        assert (result.text, result.text_source) == (served.texts[k], "given")
+        assert all(type(v) is float for v in (result.proba, *result.per_model.values()))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -521,19 +521,22 @@ class MemeScorer:
         """Score already-decoded RGB images (one forward pass per model); a None text is read by OCR.
         ``contexts`` name the images in error messages (a file name reads better than ``item 3``)."""
         used, sources = resolve_texts(images, texts, ocr, contexts)
-        return _with_texts(self._score_texts(images, used), used, sources)
+        return self._score_texts(images, used, sources)
 
-    def _score_texts(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[Score]:
+    def _score_texts(
+        self, images: Sequence[Image.Image], texts: Sequence[str], sources: Sequence[str]
+    ) -> list[Score]:
+        """One Score per meme, built once: the numbers leave numpy in one ``tolist`` each (a cheap student
+        scores a meme in a few hundred microseconds, so per-meme Python is worth keeping small)."""
         probs = self.member_probabilities(images, texts)
         mean = self._weights @ probs
         names = [member.name for member in self.members]
+        labels = (mean >= self.threshold).tolist()
         return [
-            Score(
-                float(p),
-                int(p >= self.threshold),
-                {n: float(v) for n, v in zip(names, probs[:, i], strict=True)},
+            Score(p, int(label), dict(zip(names, row, strict=True)), text, source)
+            for p, label, row, text, source in zip(
+                mean.tolist(), labels, probs.T.tolist(), texts, sources, strict=True
             )
-            for i, p in enumerate(mean)
         ]
 
     def member_probabilities(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
@@ -637,13 +640,6 @@ class MemeScorer:
         if self.operating_point is None:
             return {"rule": "fixed", "target": self.threshold, "threshold": self.threshold}
         return self.operating_point.model_dump(mode="json")
-
-
-def _with_texts(scores: Sequence[Score], texts: Sequence[str], sources: Sequence[str]) -> list[Score]:
-    return [
-        replace(score, text=text, text_source=source)
-        for score, text, source in zip(scores, texts, sources, strict=True)
-    ]
 
 
 def _check_text(text: object, context: str) -> str:
