@@ -48,6 +48,30 @@ The demo recipe uses it, with patience 2 and ``early_stop_give_up_after: 627``. 
 up at 627; 7062 updates over the 12 runs; 445 s CPU (user+sys; 515 s before); ENSEMBLE AUROC dev_seen 0.976,
 test_seen 0.972, test_unseen 0.968.
 
+The traindev runs (issue 14, 2026-12-02): each from-scratch traindev run (vilio's run b) walked the plateau
+again for as many updates as its train run took (half the demo's training time), and 2 of 6 never left it.
+``traindev_init: train`` starts it from its train run's final weights instead. test_unseen AUROC of each
+traindev run, all from the train runs of one demo run (test_seen tells the same story; O44's train run gave
+up on its plateau at dev AUROC 0.52):
+
+    traindev run                                   updates   V43    V44    U43    U44    O43    O44
+    from scratch, as long as its train run (before) 462-726  0.968  0.964  0.517  0.963  0.603  0.967
+    none (the train run's weights predict)            0      0.976  0.972  0.970  0.966  0.970  0.525
+    warm, 1 epoch, lr 1.5e-3                         140     0.972         0.965         0.969  0.845
+    warm, 1 epoch, lr 1.5e-3, no warmup              140     0.970  0.964  0.972  0.967  0.964  0.504
+    warm, 1 epoch, lr 1e-3                           140     0.969  0.970  0.969  0.969  0.965  0.934
+    warm, 1 epoch, lr 5e-4 (the demo)                140     0.968  0.966  0.971  0.965  0.966  0.963
+    warm, 1 epoch, lr 3e-4                           140     0.969  0.966  0.974  0.962  0.965  0.762
+    warm, half an epoch, lr 1.5e-3                    70     0.973  0.966  0.839  0.942  0.966  0.583
+    warm, half an epoch, lr 5e-4                      70     0.970  0.967  0.972  0.966  0.967  0.717
+
+A run whose train run found the rule keeps it at any lr for a whole epoch (half an epoch at 1.5e-3 leaves it
+mid-disruption: U43); 1 epoch at 5e-4 also took O44 off its plateau (a lottery: 3e-4 and 1e-3 did less). The
+demo with it (``traindev_init: train, traindev_lr: 5e-4``; the train runs unchanged): 332 s CPU (user+sys;
+405 s before, 387 + 18), traindev runs 140 updates each (was 3531 over the six); family test_unseen AUROC
+V 0.967, U 0.966, O 0.965 (before 0.968, 0.966, 0.960), ENSEMBLE dev_seen 0.976, test_seen 0.977,
+test_unseen 0.967 (before 0.976, 0.972, 0.968).
+
     .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000]
         [--models visualbert-tiny lxmert-tiny] [--train-seeds 0 1 2 3] [--label-noise 0.03]
     .venv/bin/python benchmarks/learning.py --recipe src/memeguard/pipeline/recipes/demo.yaml --n 3000 \
