@@ -116,6 +116,7 @@ def test_the_traindev_run_starts_from_the_train_runs_final_weights(
     saved = json.loads((traindev_dir / "train_config.json").read_text())
     assert saved["init"] == str(train_dir) and saved["epochs"] == 1 and saved["lr"] == TINY_LR
     assert saved["train_split"] == "traindev" and saved["eval_every"] == 0
+    assert saved["standardize_features"] == "never"  # the train run's statistics, in its model config
     assert json.loads((traindev_dir / "DONE").read_text())["updates"] > 0
     assert largest_difference(weights_of(traindev_dir), weights_of(train_dir)) < 1e-9
 

@@ -121,12 +121,19 @@ def run_settings(train: Mapping[str, Any]) -> dict[str, Any]:
 def warm_traindev_settings(train: Mapping[str, Any]) -> dict[str, Any]:
     """A traindev run started from its train run's weights: ``traindev_epochs`` over traindev at
     ``traindev_lr`` (default: the train run's lr), the lr schedule spanning just those epochs (its warmup
-    ramps the lr up again: the optimizer starts afresh), no early stop."""
+    ramps the lr up again: the optimizer starts afresh), no early stop. Region features stay standardised
+    with the train run's statistics, which its model config holds."""
     from memeguard.training.config import DEFAULT_TRAINDEV_EPOCHS, TrainConfig
 
     lr = train.get("traindev_lr") or train.get("lr", TrainConfig.model_fields["lr"].default)
     epochs = train.get("traindev_epochs") or DEFAULT_TRAINDEV_EPOCHS
-    return {**NO_EARLY_STOP, "max_updates": None, "epochs": epochs, "lr": lr}
+    return {
+        **NO_EARLY_STOP,
+        "max_updates": None,
+        "epochs": epochs,
+        "lr": lr,
+        "standardize_features": "never",
+    }
 
 
 def run_finetune(
