@@ -122,10 +122,11 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any
         seeds = args.train_seeds or [args.seed]
         return [(model, seed, dict(TINY_DEFAULTS)) for model in args.models for seed in seeds]
     from memeguard.pipeline.recipe import load_recipe
+    from memeguard.pipeline.stages import run_settings
 
     runs = []
-    for spec in load_recipe(args.recipe).models:
-        settings = {**spec.train, "model_overrides": dict(spec.overrides)}
+    for spec in load_recipe(args.recipe).models:  # the train runs (the traindev_* keys are the pipeline's)
+        settings = {**run_settings(spec.train), "model_overrides": dict(spec.overrides)}
         seeds = args.train_seeds or [run.seed for run in spec.runs or []]
         runs += [(spec.model, seed, settings) for seed in seeds]
     return runs
