@@ -67,8 +67,10 @@ up on its plateau at dev AUROC 0.52):
 
 A run whose train run found the rule keeps it at any lr for a whole epoch (half an epoch at 1.5e-3 leaves it
 mid-disruption: U43); 1 epoch at 5e-4 also took O44 off its plateau (a lottery: 3e-4 and 1e-3 did less). The
-demo with it (``traindev_init: train, traindev_lr: 5e-4``; the train runs unchanged): 332 s CPU (user+sys;
-405 s before, 387 + 18), traindev runs 140 updates each (was 3531 over the six); family test_unseen AUROC
+demo with it (``traindev_init: train, traindev_lr: 5e-4``; the train runs unchanged), ``memeguard demo`` on
+the shared 2-core machine, 2026-12-02 12:39-12:50: 137 s by its clock (load 3.7 at the start; 217 s CPU,
+user+sys) and 186 s (load 7.5; 233 s CPU); main in between, 257 s (load 4.7 rising to 7.5; 332 s CPU). Each
+traindev run takes 140 updates, about 5 s (were 3531 over the six, 14-45 s each); family test_unseen AUROC
 V 0.967, U 0.966, O 0.965 (before 0.968, 0.966, 0.960), ENSEMBLE dev_seen 0.976, test_seen 0.977,
 test_unseen 0.967 (before 0.976, 0.972, 0.968). Tried with it and not kept: early_stop_patience 1 (the
 train runs stop one evaluation sooner: 3201 updates instead of 3531, about 15 s CPU less) gave ENSEMBLE
