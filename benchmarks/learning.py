@@ -48,6 +48,35 @@ The demo recipe uses it, with patience 2 and ``early_stop_give_up_after: 627``. 
 up at 627; 7062 updates over the 12 runs; 445 s CPU (user+sys; 515 s before); ENSEMBLE AUROC dev_seen 0.976,
 test_seen 0.972, test_unseen 0.968.
 
+The traindev runs (issue 14, 2026-12-02): each from-scratch traindev run (vilio's run b) walked the plateau
+again for as many updates as its train run took (half the demo's training time), and 2 of 6 never left it.
+``traindev_init: train`` starts it from its train run's final weights instead. test_unseen AUROC of each
+traindev run, all from the train runs of one demo run (test_seen tells the same story; O44's train run gave
+up on its plateau at dev AUROC 0.52):
+
+    traindev run                                   updates   V43    V44    U43    U44    O43    O44
+    from scratch, as long as its train run (before) 462-726  0.968  0.964  0.517  0.963  0.603  0.967
+    none (the train run's weights predict)            0      0.976  0.972  0.970  0.966  0.970  0.525
+    warm, 1 epoch, lr 1.5e-3                         140     0.972         0.965         0.969  0.845
+    warm, 1 epoch, lr 1.5e-3, no warmup              140     0.970  0.964  0.972  0.967  0.964  0.504
+    warm, 1 epoch, lr 1e-3                           140     0.969  0.970  0.969  0.969  0.965  0.934
+    warm, 1 epoch, lr 5e-4 (the demo)                140     0.968  0.966  0.971  0.965  0.966  0.963
+    warm, 1 epoch, lr 3e-4                           140     0.969  0.966  0.974  0.962  0.965  0.762
+    warm, half an epoch, lr 1.5e-3                    70     0.973  0.966  0.839  0.942  0.966  0.583
+    warm, half an epoch, lr 5e-4                      70     0.970  0.967  0.972  0.966  0.967  0.717
+
+A run whose train run found the rule keeps it at any lr for a whole epoch (half an epoch at 1.5e-3 leaves it
+mid-disruption: U43); 1 epoch at 5e-4 also took O44 off its plateau (a lottery: 3e-4 and 1e-3 did less). The
+demo with it (``traindev_init: train, traindev_lr: 5e-4``; the train runs unchanged), ``memeguard demo`` on
+the shared 2-core machine, 2026-12-02 12:39-12:50: 137 s by its clock (load 3.7 at the start; 217 s CPU,
+user+sys) and 186 s (load 7.5; 233 s CPU); main in between, 257 s (load 4.7 rising to 7.5; 332 s CPU). Each
+traindev run takes 140 updates, about 5 s (were 3531 over the six, 14-45 s each); family test_unseen AUROC
+V 0.967, U 0.966, O 0.965 (before 0.968, 0.966, 0.960), ENSEMBLE dev_seen 0.976, test_seen 0.977,
+test_unseen 0.967 (before 0.976, 0.972, 0.968). Tried with it and not kept: early_stop_patience 1 (the
+train runs stop one evaluation sooner: 3201 updates instead of 3531, about 15 s CPU less) gave ENSEMBLE
+0.981, 0.968, 0.972, but stopped U43's train run at dev AUROC 0.905, just after it found the rule: too close
+a call.
+
     .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000]
         [--models visualbert-tiny lxmert-tiny] [--train-seeds 0 1 2 3] [--label-noise 0.03]
     .venv/bin/python benchmarks/learning.py --recipe src/memeguard/pipeline/recipes/demo.yaml --n 3000 \
@@ -104,10 +133,11 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any
         seeds = args.train_seeds or [args.seed]
         return [(model, seed, dict(TINY_DEFAULTS)) for model in args.models for seed in seeds]
     from memeguard.pipeline.recipe import load_recipe
+    from memeguard.pipeline.stages import run_settings
 
     runs = []
-    for spec in load_recipe(args.recipe).models:
-        settings = {**spec.train, "model_overrides": dict(spec.overrides)}
+    for spec in load_recipe(args.recipe).models:  # the train runs (the traindev_* keys are the pipeline's)
+        settings = {**run_settings(spec.train), "model_overrides": dict(spec.overrides)}
         seeds = args.train_seeds or [run.seed for run in spec.runs or []]
         runs += [(spec.model, seed, settings) for seed in seeds]
     return runs

@@ -12,12 +12,15 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memeguard.data.meme import Meme
 from memeguard.errors import DataError, FeatureStoreError
 from memeguard.features.extractor import Extractor
 from memeguard.features.store import FeatureStoreWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
 
 
 def unique_memes(data_dir: str | os.PathLike[str], splits: Sequence[str] | None = None) -> list[Meme]:
@@ -131,12 +134,18 @@ def _extract_missing(
     """Extract, in batches, the memes some store lacks; each record goes only to the stores lacking it."""
     from memeguard.data.hm import image_path
     from memeguard.data.images import open_image
+    from memeguard.threads import map_in_threads
+
+    def decode(meme: Meme) -> Image.Image:
+        return open_image(image_path(data_dir, meme), context=f"meme id {meme.id}")
 
     todo = [meme for meme in memes if any(meme.id not in writer for writer in writers.values())]
     with _progress(progress and bool(todo), len(todo), f"{extractor.name} features") as advance:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            images = [open_image(image_path(data_dir, m), context=f"meme id {m.id}") for m in batch]
+            # PIL decodes without the GIL: a batch is decoded on every core (the same images, in order;
+            # the first bad image's error, as in a loop)
+            images = map_in_threads(decode, batch, purpose="decode")
             results = extractor.extract(images, [m.id for m in batch], [m.text for m in batch])
             _store_batch(results, batch, writers)
             if advance is not None:

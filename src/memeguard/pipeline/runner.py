@@ -44,6 +44,7 @@ from memeguard.names import (
 )
 from memeguard.pipeline.distill import student_predictions
 from memeguard.pipeline.recipe import FeatureSetSpec, ModelSpec, Recipe, RunSpec
+from memeguard.pipeline.stages import run_settings, traindev_start, warm_traindev_settings
 from memeguard.records import DoneRecord, load_json, read_record
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -286,19 +287,29 @@ class RecipeRunner:
                 config = {
                     **base,
                     "init": init_key,
-                    "train": model.train,
+                    "train": run_settings(model.train),
                     "train_split": train_split,
                     "splits": list(splits),
                 }
-                # an early-stopped train run tells its traindev run how long to train: it waits for it
-                length_from = train_stage if which == "traindev" and early_stops(model) else None
+                # traindev_init: train -> the traindev run starts from its train run's weights (the train
+                # stage's key is in this stage's key, as a dependency); else an early-stopped train run
+                # tells its traindev run how long to train. Either way it waits for the train run.
+                start_from = length_from = None
+                if which == "traindev" and traindev_start(model.train) == "train":
+                    start_from = train_stage
+                    config["traindev"] = warm_traindev_settings(model.train)
+                elif which == "traindev" and early_stops(model):
+                    length_from = train_stage
+                after = start_from or length_from
                 stage = self._add(
                     Stage(
                         "finetune",
                         f"{run.name}-{which}",
                         config,
-                        [*init_deps, length_from] if length_from else init_deps,
-                        self._finetune_action(model, run, train_split, splits, init_deps, length_from),
+                        [*init_deps, after] if after else init_deps,
+                        self._finetune_action(
+                            model, run, train_split, splits, init_deps, length_from, start_from
+                        ),
                     )
                 )
                 train_stage = stage
@@ -358,8 +369,10 @@ class RecipeRunner:
         splits: tuple[str, ...],
         deps: list[Stage],
         length_from: Stage | None = None,
+        start_from: Stage | None = None,
     ) -> Callable[[Path], Any]:
-        """``length_from``: the early-stopped train run whose update count this (traindev) run trains for."""
+        """``length_from``: the early-stopped train run whose update count this (traindev) run trains for;
+        ``start_from``: the train run whose final weights this (traindev) run starts from."""
 
         def action(directory: Path) -> None:
             from memeguard.pipeline.stages import run_finetune
@@ -378,6 +391,7 @@ class RecipeRunner:
                 device=self.device,
                 limit=self.limit,
                 length_from=length_from.directory if length_from else None,
+                start_from=start_from.directory if start_from else None,
             )
 
         return action

@@ -94,6 +94,48 @@ def run_pretrain(
     return pretrain(cfg)
 
 
+# What a traindev run that does not pick its length on dev_seen (it trains on it) sets: no early stop, no
+# periodic evaluation (its final evaluation of dev_seen is only logged).
+NO_EARLY_STOP = {
+    "early_stop_patience": 0,
+    "early_stop_give_up_after": None,
+    "select_best": False,
+    "eval_every": 0,
+}
+
+
+def traindev_start(train: Mapping[str, Any]) -> str:
+    """Where a model's traindev run starts: ``scratch`` (vilio) or ``train`` (its train run's weights)."""
+    from memeguard.training.config import TrainConfig
+
+    return str(train.get("traindev_init", TrainConfig.model_fields["traindev_init"].default))
+
+
+def run_settings(train: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe model's ``train:`` settings without the ``traindev_*`` keys, which the pipeline reads."""
+    from memeguard.training.config import TRAINDEV_KEYS
+
+    return {key: value for key, value in train.items() if key not in TRAINDEV_KEYS}
+
+
+def warm_traindev_settings(train: Mapping[str, Any]) -> dict[str, Any]:
+    """A traindev run started from its train run's weights: ``traindev_epochs`` over traindev at
+    ``traindev_lr`` (default: the train run's lr), the lr schedule spanning just those epochs (its warmup
+    ramps the lr up again: the optimizer starts afresh), no early stop. Region features stay standardised
+    with the train run's statistics, which its model config holds."""
+    from memeguard.training.config import DEFAULT_TRAINDEV_EPOCHS, TrainConfig
+
+    lr = train.get("traindev_lr") or train.get("lr", TrainConfig.model_fields["lr"].default)
+    epochs = train.get("traindev_epochs") or DEFAULT_TRAINDEV_EPOCHS
+    return {
+        **NO_EARLY_STOP,
+        "max_updates": None,
+        "epochs": epochs,
+        "lr": lr,
+        "standardize_features": "never",
+    }
+
+
 def run_finetune(
     model: ModelSpec,
     run: RunSpec,
@@ -107,23 +149,22 @@ def run_finetune(
     device: str,
     limit: int | None,
     length_from: Path | None = None,
+    start_from: Path | None = None,
 ) -> None:
     """One fine-tune of ``run``. ``length_from`` (a traindev run whose train run stopped early): train for
     the updates that run's kept weights had, with no early stop and no periodic evaluation, since the
-    evaluated split is part of traindev."""
+    evaluated split is part of traindev. ``start_from`` (a traindev run with ``traindev_init: train``): the
+    finished train run whose final weights it starts from, trained as :func:`warm_traindev_settings` says."""
     from memeguard.training import TrainConfig, finetune
 
-    params = {"eval_split": "dev_seen", **model.train}
+    params = {"eval_split": "dev_seen", **run_settings(model.train)}
     if length_from is not None:
         from memeguard.training.loop import updates_taken
 
-        stop = {
-            "early_stop_patience": 0,
-            "early_stop_give_up_after": None,
-            "select_best": False,
-            "eval_every": 0,
-        }
-        params = {**params, **stop, "max_updates": updates_taken(length_from)}
+        params = {**params, **NO_EARLY_STOP, "max_updates": updates_taken(length_from)}
+    if start_from is not None:
+        params = {**params, **warm_traindev_settings(model.train)}
+        init = str(start_from)
     cfg = TrainConfig(
         model=model.model,
         features=str(store),

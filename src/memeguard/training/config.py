@@ -21,10 +21,15 @@ SwaMode = Literal["none", "torch", "contrib"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["linear", "cosine"]
 StandardizeMode = Literal["auto", "always", "never"]
+TraindevInit = Literal["scratch", "train"]
 # Knowledge distillation defaults (training/distill.py): T = 2 softens a confident teacher enough to pass on
 # its ranking of the memes it is unsure about; alpha = 0.5 weighs labels and teacher alike.
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
+# A recipe model's traindev run (vilio's run b) starts from scratch unless ``traindev_init: train``; the
+# pipeline reads these keys (pipeline/stages.py) and passes the runs the settings they make instead.
+TRAINDEV_KEYS = ("traindev_init", "traindev_epochs", "traindev_lr")
+DEFAULT_TRAINDEV_EPOCHS = 1
 # Splits whose labels pick thresholds and weights: never distillation targets (phase-1 "dev" too).
 DEV_SPLITS = frozenset({DEV_SEEN, DEV_UNSEEN, "dev", TRAINDEV})
 
@@ -199,6 +204,21 @@ class TrainConfig(RunConfig):
         description="Stop after N updates; the lr schedule still spans all epochs (the pipeline sets it "
         "on a traindev run: the updates its early-stopped train run took).",
     )
+    # the pipeline's traindev run (memeguard run): see TRAINDEV_KEYS
+    traindev_init: TraindevInit = Field(
+        "scratch",
+        description="memeguard run: where each traindev run (vilio's run b) starts: scratch (vilio: the "
+        "model's init, trained as long as its train run) or train (its train run's final weights, trained "
+        "traindev_epochs at traindev_lr: it does not walk the learning plateau again).",
+    )
+    traindev_epochs: int | None = Field(
+        None,
+        gt=0,
+        description=f"With traindev_init train: passes over traindev (default {DEFAULT_TRAINDEV_EPOCHS}).",
+    )
+    traindev_lr: float | None = Field(
+        None, gt=0, description="With traindev_init train: its peak learning rate (default: lr)."
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="Updates between mid-epoch checkpoints (0: epoch ends only)."
     )
@@ -270,6 +290,25 @@ class TrainConfig(RunConfig):
         if self.early_stop_give_up_after and not self.early_stop_patience:
             raise ValueError("early_stop_give_up_after needs early_stop_patience")
         return self
+
+    @model_validator(mode="after")
+    def _traindev_start(self) -> TrainConfig:
+        if self.traindev_init == "scratch" and (self.traindev_epochs or self.traindev_lr):
+            raise ValueError("traindev_epochs and traindev_lr need traindev_init: train")
+        if self.traindev_init == "train" and self.soft_targets is not None:
+            raise ValueError(
+                "traindev_init applies to a recipe model's traindev run; a distilled student has none"
+            )
+        return self
+
+    def refuse_traindev_keys(self) -> None:
+        """A single run never reads the ``traindev_*`` keys (the pipeline turns them into ``init``, ``epochs``
+        and ``lr``): refuse them rather than ignore them."""
+        if self.traindev_init != "scratch" or self.traindev_epochs or self.traindev_lr:
+            raise ConfigError(
+                "traindev_init, traindev_epochs and traindev_lr are recipe options of `memeguard run`; a "
+                "single run starts from its train run with --init TRAIN_RUN_DIR --train-split traindev"
+            )
 
 
 class PretrainConfig(RunConfig):

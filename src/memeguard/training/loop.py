@@ -288,6 +288,7 @@ def finetune(
     after every update (tests use it to kill a run). A run dir with ``DONE`` is not trained again; one with a
     checkpoint resumes from it; one written under another configuration is refused.
     """
+    cfg.refuse_traindev_keys()
     run_dir = Path(cfg.out_dir)
     with launch(cfg) as (device, info):
         if already_done(run_dir, cfg, TRAIN_CONFIG_FILE, info, device, run_outputs(cfg)):
