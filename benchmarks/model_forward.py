@@ -17,10 +17,18 @@ variants and the speed-up is the median of per-round ratios.
     .venv/bin/python benchmarks/model_forward.py [--batch-size 8] [--boxes 50] [--threads 2] [--repeats 5]
         [--names uniter-base,visualbert-base,lxmert-base] [--optimize fp32,int8,onnx] [--clock wall|cpu]
 
-Measured 2026-12-02 on a 2-core AMD EPYC (AVX512-VNNI) shared with other jobs (load 13-28), speed-up x ref
-for uniter / visualbert / lxmert: --threads 2: fp32 0.92 / 1.20 / 1.21, onnx 3.22 / 3.33 / 7.93; --threads 1
-(less hurt by the load): fp32 1.02 / 1.01 / 1.06, onnx 1.74 / 2.08 / 2.51. fp32 stays at parity: ~90 % of
-its forward is the Linear layers' GEMMs (torch.profiler, one thread), the same GEMMs the reference runs.
+Measured 2026-12-02 12:58 UTC on a 2-core AMD EPYC (AVX512-VNNI), idle (load 1.8), the defaults
+(--threads 2, wall clock, 5 rounds; the issue's setting), speed-up x ref:
+
+    model            ref ms   fp32 ms  x ref   int8 ms  x ref   onnx ms  x ref
+    uniter-base         472       443   1.06       223   2.11       212   2.23
+    visualbert-base     466       439   1.06       216   2.15       211   2.22
+    lxmert-base         492       468   1.05       265   1.86       194   2.53
+
+onnx is >= 2x for all three, int8 for two (lxmert's cross-modal layers are mostly attention, kept fp32).
+fp32 stays at parity: ~90 % of its forward is the Linear layers' GEMMs (torch.profiler, one thread), the
+same GEMMs the reference runs. Earlier, at load 13-28: --threads 1 fp32 1.02 / 1.01 / 1.06, onnx 1.74 /
+2.08 / 2.51.
 
 int8, accuracy against speed (2026-12-02, load 8-12; speed: --threads 1 --clock cpu --repeats 3, two runs;
 accuracy: fp32 vs int8 on the demo's 12 trained tiny models (``memeguard demo``, test_seen + test_unseen,
