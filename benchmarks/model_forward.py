@@ -10,7 +10,7 @@ without a reference module are timed against a plain 12-layer BERT-base encoder 
 of positions (what a single-stream model costs at minimum).
 
 Columns per fast path (``memeguard export --optimize``): fp32 (the PyTorch model as trained), int8
-(dynamic int8 Linear layers) and onnx (the exported graph run by onnxruntime), each as ms per batch and
+(int8 feed-forward Linear layers) and onnx (the exported graph run by onnxruntime), each as ms per batch and
 as speed-up over the reference (``ref / ours``: 2.0 = twice as fast); calls alternate between all
 variants and the speed-up is the median of per-round ratios.
 
@@ -26,6 +26,18 @@ Measured 2026-12-02 12:58 UTC on a 2-core AMD EPYC (AVX512-VNNI), idle (load 1.8
     lxmert-base         492       468   1.05       265   1.86       194   2.53
 
 onnx is >= 2x for all three, int8 for two (lxmert's cross-modal layers are mostly attention, kept fp32).
+
+The speed-ups depend on the CPU. Measured 2026-12-02 13:17 UTC on a 2-core Intel Xeon (family 6 model 207,
+AVX512-VNNI and AVX512-BF16), the same defaults, load ~2 (the run itself):
+
+    model            ref ms   fp32 ms  x ref   int8 ms  x ref   onnx ms  x ref
+    uniter-base         458       437   1.06       298   1.59       454   1.01
+    visualbert-base     683       688   1.08       412   1.66       502   1.16
+    lxmert-base         448       406   1.10       291   1.55       338   1.35
+
+The reference and fp32 run as fast as on the EPYC; fbgemm's int8 GEMMs and onnxruntime's fp32 kernels do
+not, so neither path reaches 2x there. bf16 weights (``model.to(torch.bfloat16)``) were slower than fp32 on
+that CPU (uniter-base 758 vs 465 ms; one 400x768 @ 768x3072 GEMM 13.3 vs 7.8 ms), and so was autocast.
 fp32 stays at parity: ~90 % of its forward is the Linear layers' GEMMs (torch.profiler, one thread), the
 same GEMMs the reference runs. Earlier, at load 13-28: --threads 1 fp32 1.02 / 1.01 / 1.06, onnx 1.74 /
 2.08 / 2.51.

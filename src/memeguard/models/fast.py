@@ -1,4 +1,4 @@
-"""Fast CPU inference for every registered model: dynamic int8 Linear layers, or an ONNX graph run by
+"""Fast CPU inference for every registered model: int8 feed-forward Linear layers, or an ONNX graph run by
 onnxruntime.
 
 Why: on a CPU a vision-language transformer spends ~90 % of its forward in the Linear layers' fp32 GEMMs

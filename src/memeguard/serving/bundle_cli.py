@@ -61,8 +61,8 @@ def export(
     optimize: str = typer.Option(
         "fp32",
         "--optimize",
-        help="How score/serve run the models on a CPU: fp32 (as trained), int8 (dynamic int8 Linear layers) "
-        "or onnx (an exported graph run by onnxruntime).",
+        help="How score/serve run the models on a CPU: fp32 (as trained), int8 (int8 feed-forward Linear "
+        "layers) or onnx (an exported graph run by onnxruntime).",
     ),
 ) -> None:
     """Write RUN_DIR... as one bundle: weights, configs, feature settings, operating point, model card."""

@@ -72,8 +72,8 @@ def _members_table(manifest: BundleManifest, configs: Sequence[dict[str, Any]], 
 
 _OPTIMIZE_TEXT = {
     "fp32": "in fp32 PyTorch, as trained",
-    "int8": "on the CPU with dynamic int8 Linear layers (`export --optimize int8`; probabilities within 0.01 "
-    "of fp32 on memeguard's test models)",
+    "int8": "on the CPU with int8 feed-forward Linear layers and per-token activation scales "
+    "(`export --optimize int8`; probabilities within 0.01 of fp32 on memeguard's test models)",
     "onnx": "on the CPU by onnxruntime, from each member's exported `model/model.onnx` "
     "(`export --optimize onnx`)",
 }
