@@ -77,6 +77,17 @@ train runs stop one evaluation sooner: 3201 updates instead of 3531, about 15 s 
 0.981, 0.968, 0.972, but stopped U43's train run at dev AUROC 0.905, just after it found the rule: too close
 a call.
 
+The same comparison on another 2-core machine (Intel Xeon, family 6 model 207), idle, 2026-12-02 13:05-13:56:
+the demo before traindev_init (d21e8ee) 333 s by its clock (573 s user), with it 233 s (412 s user, 22 s
+sys; twice, the same AUROCs each time): ENSEMBLE dev_seen 0.975 / 0.975, test_seen 0.971 / 0.976,
+test_unseen 0.966 / 0.969. Every CPU stage there costs about twice as much (the test suite 482 s against
+265 s), so the 3-minute goal holds on the EPYC and not there. Where the 233 s go: synthesis 27 s, check 5 s,
+clean 11.5 s, grid features 46 s, the 12 runs 127-131 s per worker (the 6 train runs 31-40 s each, the 6
+traindev runs 7-9 s), seed averaging, ensemble and report ~15 s. In one train update (64 ms, 1 thread,
+torch.profiler) about a quarter goes to the 30522-row word embedding: its dense gradient's zero fill,
+its AdamW update and its share of the clipping norm, though the synthetic captions (every split) use 165
+of its rows.
+
     .venv/bin/python benchmarks/learning.py --work /tmp/learning [--n 2000]
         [--models visualbert-tiny lxmert-tiny] [--train-seeds 0 1 2 3] [--label-noise 0.03]
     .venv/bin/python benchmarks/learning.py --recipe src/memeguard/pipeline/recipes/demo.yaml --n 3000 \
