@@ -77,7 +77,7 @@ train runs stop one evaluation sooner: 3201 updates instead of 3531, about 15 s 
 0.981, 0.968, 0.972, but stopped U43's train run at dev AUROC 0.905, just after it found the rule: too close
 a call.
 
-The same comparison on another 2-core machine (Intel Xeon, family 6 model 207), idle, 2026-12-02 13:05-13:56:
+The same comparison on another 2-core machine (Intel Xeon, family 6 model 207), idle, 2026-12-02 13:05-13:46:
 the demo before traindev_init (d21e8ee) 333 s by its clock (573 s user), with it 233 s (412 s user, 22 s
 sys; twice, the same AUROCs each time): ENSEMBLE dev_seen 0.975 / 0.975, test_seen 0.971 / 0.976,
 test_unseen 0.966 / 0.969. Every CPU stage there costs about twice as much (the test suite 482 s against
