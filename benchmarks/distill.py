@@ -49,8 +49,8 @@ Measured 2026-12-02 12:53 UTC with the defaults (the demo's data size, epochs an
   test memes), seeds 7-13 score 0.9730, 0.9610, 0.9541, 0.9675, 0.9535, 0.9631, 0.9675 (every one leaves the
   plateau, 5 of 7 within 0.01); the ~700 test memes with soft targets narrow the spread.
 
-On another 2-core machine (Intel Xeon, family 6 model 207), idle, 2026-12-02 13:57-14:06 UTC, the defaults from
-scratch (8 min 48 s for the pipeline and the 3 seeds' students):
+On another 2-core machine (Intel Xeon, family 6 model 207), idle, 2026-12-02 13:57-14:06 UTC, the defaults
+from scratch (8 min 48 s for the pipeline and the 3 seeds' students):
 
                                 test_unseen              wall               CPU
     model                models       AUROC  ms/meme speed-up  ms/meme speed-up

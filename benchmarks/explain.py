@@ -227,7 +227,7 @@ def attribute(model, batch, keep, steps, method, references):
 def explain_meme(scorer, image, text, truth, label, args, rng, tally, references):
     from memeguard.data.synth import VISUAL_GROUP_NAMES
     from memeguard.models.attribution import keep_mask
-    from memeguard.serving.explain import token_words
+    from memeguard.models.explanation import token_words
 
     steps, ks, draws = args.steps, args.k, args.draws
     ((member, records, batch),) = scorer.member_batches([image], [text])

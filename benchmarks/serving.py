@@ -128,8 +128,8 @@ def main() -> None:
         rows.append(row(f"score_batch({size})", batched, size))
 
         # Where a batch's time goes: decoding + extraction (both spread over the cores) vs the model.
-        from memeguard.serving.batching import map_in_threads
         from memeguard.serving.scorer import load_image
+        from memeguard.threads import map_in_threads
 
         decode = timed([lambda c=c: map_in_threads(lambda item: load_image(item[0]), c) for c in chunks])
         rows.append(row("  of which: decode PNGs", decode, size))

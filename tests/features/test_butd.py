@@ -332,7 +332,9 @@ def test_outputs_shapes_dtypes_and_one_pass(monkeypatch):
     calls = []
     detect = extractor.model.detect
     monkeypatch.setattr(
-        extractor.model, "detect", lambda imgs, fp16=False: calls.append(len(imgs)) or detect(imgs, fp16)
+        extractor.model,
+        "detect",
+        lambda imgs, fp16=False, batched=False: calls.append(len(imgs)) or detect(imgs, fp16, batched),
     )
     imgs = images()
     out = extractor.extract(imgs, [11, 12], ["a", "b"])

@@ -290,3 +290,12 @@ def test_an_unknown_path_is_refused(tokenizer):
     model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
     with pytest.raises(ConfigError, match="path 'curved'"):
         integrated_gradients(model, batch, keep_mask(batch, tokenizer.all_special_ids), path="curved")
+
+
+def test_the_modalities_path_refuses_a_list_of_baselines(tokenizer):
+    """It restores one modality at a time from one joint baseline; a list would be silently ignored."""
+    model, _, _, batch = _model_and_batch("visualbert-tiny", tokenizer)
+    keep = keep_mask(batch, tokenizer.all_special_ids)
+    base = model.attribution_baselines(batch, model.attribution_inputs(batch), keep)
+    with pytest.raises(ConfigError, match="one baseline, not a list"):
+        integrated_gradients(model, batch, keep, baselines=[base, base], path="modalities")

@@ -10,8 +10,9 @@ import time
 import pytest
 from serving_helpers import png_bytes, synthetic_image
 
-from memeguard.serving import batching
-from memeguard.serving.batching import Job, map_in_threads
+from memeguard import threads
+from memeguard.serving.batching import Job
+from memeguard.threads import map_in_threads
 
 
 def test_map_in_threads_keeps_order_and_values() -> None:
@@ -33,7 +34,7 @@ def test_map_in_threads_raises_the_first_failing_items_error() -> None:
         map_in_threads(work, [0, 1, 2, 3])
 
 
-@pytest.mark.skipif(batching.POOL_THREADS < 2, reason="one core: the pool runs the loop")
+@pytest.mark.skipif(threads.POOL_THREADS < 2, reason="one core: the pool runs the loop")
 def test_map_in_threads_runs_items_at_the_same_time() -> None:
     barrier = threading.Barrier(2, timeout=10)  # passes only when two items are in flight at once
     assert map_in_threads(lambda k: barrier.wait() >= 0 and k, [0, 1]) == [0, 1]

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 from memeguard.cli import app
 from memeguard.errors import ConfigError, DataError
-from memeguard.models.tokenization import load_tokenizer
-from memeguard.serving.explain import (
+from memeguard.models.explanation import (
     MAX_ALPHA,
     NEGATIVE_RGB,
     POSITIVE_RGB,
@@ -26,11 +25,12 @@ from memeguard.serving.explain import (
     ModelExplanation,
     RegionAttribution,
     WordAttribution,
-    explain_image,
     region_heat,
     render_png,
     token_words,
 )
+from memeguard.models.tokenization import load_tokenizer
+from memeguard.serving.explain import explain_image
 from memeguard.serving.scorer import load_image
 
 pytest.importorskip("captum")

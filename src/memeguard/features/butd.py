@@ -328,15 +328,11 @@ class ButdExtractor(BaseExtractor):
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
             ids = meme_ids[start : start + self.batch_size]
-            for meme_id, det in zip(ids, self._detect(batch), strict=True):
+            detections = self.model.detect(batch, fp16=self.fp16, batched=self.batched)
+            for meme_id, det in zip(ids, detections, strict=True):
                 for variant, (low, high) in self._limits.items():
                     out[variant].append(self._record(int(meme_id), det, low, high))
         return out
-
-    def _detect(self, batch: Sequence[Any]) -> list[Any]:
-        if self.batched:
-            return self.model.detect(batch, fp16=self.fp16, batched=True)
-        return self.model.detect(batch, fp16=self.fp16)
 
     def _record(self, meme_id: int, det: Any, low: int, high: int) -> RegionRecord:
         from memeguard.features.butd_model import fixed_number_select, rescale_boxes

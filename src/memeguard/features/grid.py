@@ -426,8 +426,11 @@ class GridExtractor(BaseExtractor):
 
     def _parameters(self) -> dict[str, Any]:
         """What a store records; ``reducing_gap`` only when set, so stores made without it keep their meta."""
-        parameters: dict[str, Any] = {"levels": list(self.levels), "cell_px": self.cell_px}
-        parameters["work_side"] = self.side
+        parameters: dict[str, Any] = {
+            "levels": list(self.levels),
+            "cell_px": self.cell_px,
+            "work_side": self.side,
+        }
         if self.reducing_gap is not None:
             parameters["reducing_gap"] = self.reducing_gap
         return parameters

@@ -57,7 +57,7 @@ class Attribution:
     method: str = METHOD
 
 
-def _captum_ig():  # noqa: ANN202 - captum's class, imported lazily
+def captum_ig():  # noqa: ANN202 - captum's class, imported lazily
     try:
         from captum.attr import IntegratedGradients
     except ImportError:
@@ -173,6 +173,8 @@ def integrated_gradients(
         baselines = model.attribution_baselines(batch, inputs, keep)
     if path not in PATHS:
         raise ConfigError(f"integrated-gradients path {path!r}: choose one of {', '.join(PATHS)}")
+    if path == "modalities" and not isinstance(baselines, Mapping):
+        raise ConfigError("the modalities path starts from one baseline, not a list of them")
     if isinstance(baselines, Mapping) and path == "modalities" and len(inputs) > 1:
         return _modality_paths(model, batch, inputs, baselines, steps, internal_batch_size)
     if isinstance(baselines, Mapping):
@@ -260,7 +262,7 @@ def _integrate(
         tiled = tile_batch(batch, values[0].shape[0] // size)
         return model.forward_from_inputs(tiled, **dict(zip(names, values, strict=True))).float()
 
-    ig = _captum_ig()(forward)
+    ig = captum_ig()(forward)
     with torch.enable_grad():
         attributions, delta = ig.attribute(
             tuple(inputs[name] for name in names),

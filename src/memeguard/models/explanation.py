@@ -4,7 +4,7 @@ Why here, in ``models``: the explanation of a meme needs only models, their proc
 region records, and both ``memeguard explain`` (serving: records extracted from pixels by the scorer) and
 the pipeline's report gallery (records read from the runs' feature stores) explain memes. ``pipeline`` may
 not import ``serving``, so the shared part lives next to the IG core (:mod:`memeguard.models.attribution`),
-the lowest package that knows models; ``serving.explain`` re-exports these names.
+the lowest package that knows models.
 
 Numbers are in logit units. For each model the token and region attributions sum to
 ``logit - baseline_logit`` up to ``delta`` (IG's approximation error). An ensemble's words and heat map

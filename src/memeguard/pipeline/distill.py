@@ -76,7 +76,7 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
 
 
-def _blend_weights(ens_dir: Path) -> dict[str, float]:
+def blend_weights(ens_dir: Path) -> dict[str, float]:
     """family -> weight of the ensemble's final blend, refused unless that blend is a weighted mean."""
     path = ens_dir / ENSEMBLE_WEIGHTS_FILE
     if not path.is_file():
@@ -116,7 +116,7 @@ def ensemble_teacher(ens_dir: str | os.PathLike[str]) -> EnsembleTeacher:
     """The teacher an ensemble folder describes: its members' run dirs with their family's weight split
     evenly over the family's runs (a family is the seed average of its runs)."""
     ens_dir = Path(ens_dir)
-    weights = _blend_weights(ens_dir)
+    weights = blend_weights(ens_dir)
     members_path = ens_dir / ENSEMBLE_MEMBERS_FILE
     if not members_path.is_file():
         raise ConfigError(

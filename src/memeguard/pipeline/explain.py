@@ -68,12 +68,12 @@ class _Loaded:
 
 def ensemble_weights(out_dir: Path) -> dict[str, float] | None:
     """family -> weight of the ensemble's final blend when it is a weighted mean, else None."""
-    from memeguard.pipeline.distill import _blend_weights
+    from memeguard.pipeline.distill import blend_weights
 
     if not (out_dir / ENSEMBLE_WEIGHTS_FILE).is_file():
         return None
     try:
-        return _blend_weights(out_dir)
+        return blend_weights(out_dir)
     except ConfigError:
         return None
 
@@ -211,10 +211,10 @@ class GalleryExplainer:
 
 def _captum_missing() -> str | None:
     """The one-line reason explanations cannot run here (captum is an extra), or None."""
-    from memeguard.models.attribution import _captum_ig
+    from memeguard.models.attribution import captum_ig
 
     try:
-        _captum_ig()
+        captum_ig()
     except ConfigError as exc:
         return str(exc)
     return None

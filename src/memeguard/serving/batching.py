@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memeguard.threads import POOL_THREADS, map_in_threads  # noqa: F401 - decoding in a batch (http, scorer)
-
 
 class _Stop:
     """Put on the queue once per worker at shutdown (behind every job queued before it)."""

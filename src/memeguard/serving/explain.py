@@ -6,7 +6,7 @@ for ``memeguard explain`` and ``explain=true`` over HTTP: it builds each ensembl
 the scorer (the same extractor, rounding and processor as scoring) and hands them to
 :mod:`memeguard.models.explanation`, which attributes each member's hateful logit, maps word pieces to the
 meme's words and regions to their pixel boxes, and draws the PNG (the report's gallery uses it too, from
-the runs' feature stores; its names are re-exported here).
+the runs' feature stores).
 """
 
 from __future__ import annotations
@@ -20,53 +20,10 @@ from PIL import Image
 from pydantic import Field
 
 from memeguard.errors import ConfigError
-from memeguard.models.explanation import (
-    MAX_ALPHA,
-    MAX_PNG_SIDE,
-    METHOD,
-    MIN_PNG_SIDE,
-    NEGATIVE_RGB,
-    POSITIVE_RGB,
-    Explanation,
-    MemberInput,
-    ModelExplanation,
-    RegionAttribution,
-    TokenAttribution,
-    WordAttribution,
-    explain_members,
-    region_heat,
-    render_png,
-    token_words,
-    words_of,
-)
+from memeguard.models.explanation import Explanation, MemberInput, explain_members, render_png
 
 if TYPE_CHECKING:  # pragma: no cover
     from memeguard.serving.scorer import MemeScorer
-
-__all__ = [
-    "DEFAULT_STEPS",
-    "HTTP_STEPS",
-    "MAX_ALPHA",
-    "MAX_PNG_SIDE",
-    "METHOD",
-    "MIN_PNG_SIDE",
-    "NEGATIVE_RGB",
-    "POSITIVE_RGB",
-    "Explanation",
-    "ExplanationResponse",
-    "ModelExplanation",
-    "RegionAttribution",
-    "TokenAttribution",
-    "WordAttribution",
-    "explain_files",
-    "explain_image",
-    "explanation_response",
-    "output_stems",
-    "region_heat",
-    "render_png",
-    "token_words",
-    "words_of",
-]
 
 DEFAULT_STEPS = 32
 HTTP_STEPS = 32  # fixed for the service: an explanation costs this many forward + backward passes

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from memeguard.errors import ConfigError, DataError, MemeguardError
-from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown, map_in_threads
+from memeguard.serving.batching import Job, MicroBatcher, QueueFull, ShuttingDown
 from memeguard.serving.explain import HTTP_STEPS, ExplanationResponse
 from memeguard.serving.limits import (
     RequestError,
@@ -47,6 +47,7 @@ from memeguard.serving.limits import (
     header_pixels,
     parse_json,
 )
+from memeguard.threads import map_in_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI

@@ -41,7 +41,7 @@ from memeguard.features import factory
 from memeguard.features.record import RegionRecord
 from memeguard.names import FEATURES_META_FILE, MODEL_DIR, STORE_META_FILE, TRAIN_CONFIG_FILE
 from memeguard.records import load_json
-from memeguard.serving.batching import map_in_threads
+from memeguard.threads import map_in_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
