@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from memeguard.errors import ConfigError
 from memeguard.features.extractor import Extractor
 from memeguard.features.grid import FEATURE_NAMES, GRID_FEATURE_DIM, GridExtractor
 
@@ -277,8 +278,11 @@ def test_reducing_gap_is_a_recorded_parameter_that_changes_only_the_working_copy
     np.testing.assert_allclose(
         got[:, cols("rgb_mean")], plain.extract_one(image, 0).features[:, cols("rgb_mean")], atol=0.02
     )
-    with pytest.raises(ValueError, match="reducing_gap"):
-        GridExtractor(reducing_gap=0.5)
+    for bad in (0.5, math.inf, math.nan):  # a store records it in JSON, which has no inf or nan
+        with pytest.raises(ValueError, match="reducing_gap"):
+            GridExtractor(reducing_gap=bad)
+    with pytest.raises(ConfigError, match="reducing_gap"):
+        make_extractor("grid", reducing_gap=math.inf)
 
 
 @pytest.mark.parametrize("levels, cell_px, gap", [((1,), 8, 2.0), ((2, 1), 8, None), ((3, 2), 4, None)])

@@ -283,7 +283,7 @@ class GridParams(ExtractorParams):
     # original pixel, the default and what existing stores were made with. A coarse copy (a student's
     # 8-px grid) costs a third with 2.0, for features that are close but not the same bits: a recorded
     # parameter, so a store and the scorer that rebuilds its extractor agree.
-    reducing_gap: float | None = Field(None, ge=1.0)
+    reducing_gap: float | None = Field(None, ge=1.0, allow_inf_nan=False)  # recorded in JSON: finite
 
 
 class GridExtractor(BaseExtractor):
@@ -308,8 +308,8 @@ class GridExtractor(BaseExtractor):
         # The short side of the working copy: every level divides it, ~cell_px pixels per finest cell.
         self.side = max(1, math.ceil(max(levels) * cell_px / self._lcm)) * self._lcm
         self.cell_px = cell_px
-        if reducing_gap is not None and not reducing_gap >= 1.0:
-            raise ValueError(f"grid reducing_gap must be >= 1 (or None), got {reducing_gap}")
+        if reducing_gap is not None and not 1.0 <= reducing_gap < math.inf:
+            raise ValueError(f"grid reducing_gap must be finite and >= 1 (or None), got {reducing_gap}")
         self.reducing_gap = None if reducing_gap is None else float(reducing_gap)
 
     @classmethod
